@@ -1,0 +1,252 @@
+//! Settings the actor tree needs: where data lives, how durable a commit is,
+//! and the per-topic configs that Kafka clients may set by name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// When a committed LMDB write transaction reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Durability {
+    /// Every group commit fsyncs before any produce in it is acknowledged.
+    /// `acks=1` and `acks=-1` then promise the record survives power loss.
+    Fsync,
+    /// Commits skip fsync; the partition flushes every `interval_ms`, as
+    /// Kafka's `log.flush.interval.ms`. An acknowledged record survives a
+    /// process crash (it is in the page cache) but a machine crash may lose
+    /// up to one interval.
+    Interval { interval_ms: u64 },
+}
+
+/// Configuration for the storage side of the actor tree.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Threads (actix arbiters) that partition actors are spread over.
+    pub storage_threads: usize,
+    /// First LMDB map size of a partition; it doubles on demand.
+    pub initial_map_bytes: usize,
+    /// Largest a partition's LMDB map may grow; past it produce fails with KAFKA_STORAGE_ERROR.
+    pub max_map_bytes: usize,
+    /// Appends waiting for one group commit before new ones are refused.
+    pub max_pending_appends: usize,
+    /// Upper bound on partitions per topic, so one request cannot create millions of actors.
+    pub max_partitions_per_topic: i32,
+    /// Defaults applied to topics created without explicit configs.
+    pub topic_defaults: TopicConfig,
+    /// Partitions given to a topic that is created without a count (auto-create, or -1).
+    pub default_num_partitions: i32,
+}
+
+impl StorageConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> StorageConfig {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Fsync,
+            storage_threads: 2,
+            initial_map_bytes: 1 << 30,
+            max_map_bytes: 1 << 40,
+            max_pending_appends: 4096,
+            max_partitions_per_topic: 10_000,
+            topic_defaults: TopicConfig::default(),
+            default_num_partitions: 1,
+        }
+    }
+
+    pub fn flush_interval(&self) -> Option<Duration> {
+        match self.durability {
+            Durability::Fsync => None,
+            Durability::Interval { interval_ms } => Some(Duration::from_millis(interval_ms.max(1))),
+        }
+    }
+}
+
+/// The topic configs Tributary understands, by Kafka name. Values are kept as
+/// validated numbers; unknown names are refused so typos do not pass silently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub cleanup_policy: String,
+    pub max_message_bytes: i32,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub min_insync_replicas: i32,
+    pub delete_retention_ms: i64,
+    pub message_timestamp_type: String,
+    pub compression_type: String,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            cleanup_policy: "delete".into(),
+            max_message_bytes: 1_048_588,
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            min_insync_replicas: 1,
+            delete_retention_ms: 24 * 3600 * 1000,
+            message_timestamp_type: "CreateTime".into(),
+            compression_type: "producer".into(),
+        }
+    }
+}
+
+/// A config name or value that was refused, with a message naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The names `TopicConfig` answers to, in the order DescribeConfigs lists them.
+pub const TOPIC_CONFIG_NAMES: &[&str] = &[
+    "cleanup.policy",
+    "compression.type",
+    "delete.retention.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "min.insync.replicas",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+];
+
+fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(name: &str, v: T, min: T) -> Result<T, ConfigError> {
+    if v < min {
+        return Err(ConfigError(format!("config {name}: {v} is below the minimum {min}")));
+    }
+    Ok(v)
+}
+
+impl TopicConfig {
+    /// Applies `name = value` after validating both.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        match name {
+            "retention.ms" => self.retention_ms = at_least(name, parse_num(name, value)?, -1)?,
+            "retention.bytes" => self.retention_bytes = at_least(name, parse_num(name, value)?, -1)?,
+            "segment.bytes" => self.segment_bytes = at_least(name, parse_num(name, value)?, 14)?,
+            "segment.ms" => self.segment_ms = at_least(name, parse_num(name, value)?, 1)?,
+            "delete.retention.ms" => self.delete_retention_ms = at_least(name, parse_num(name, value)?, 0)?,
+            "max.message.bytes" => self.max_message_bytes = at_least(name, parse_num(name, value)?, 0)?,
+            "min.insync.replicas" => self.min_insync_replicas = at_least(name, parse_num(name, value)?, 1)?,
+            "cleanup.policy" => {
+                let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
+                parts.sort_unstable();
+                parts.dedup();
+                if parts.is_empty() || parts.iter().any(|p| *p != "delete" && *p != "compact") {
+                    return Err(ConfigError(format!(
+                        "config cleanup.policy: '{value}' must be delete, compact or compact,delete"
+                    )));
+                }
+                self.cleanup_policy = parts.join(",");
+            }
+            "message.timestamp.type" => {
+                if value != "CreateTime" && value != "LogAppendTime" {
+                    return Err(ConfigError(format!(
+                        "config message.timestamp.type: '{value}' must be CreateTime or LogAppendTime"
+                    )));
+                }
+                self.message_timestamp_type = value.to_string();
+            }
+            "compression.type" => {
+                const CODECS: &[&str] = &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
+                if !CODECS.contains(&value) {
+                    return Err(ConfigError(format!("config compression.type: '{value}' must be one of {CODECS:?}")));
+                }
+                self.compression_type = value.to_string();
+            }
+            _ => return Err(ConfigError(format!("unknown topic config '{name}'"))),
+        }
+        Ok(())
+    }
+
+    /// The current value of a known config, as Kafka prints it.
+    pub fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
+            "cleanup.policy" => self.cleanup_policy.clone(),
+            "message.timestamp.type" => self.message_timestamp_type.clone(),
+            "compression.type" => self.compression_type.clone(),
+            _ => return None,
+        })
+    }
+
+    /// Builds a config from defaults plus explicit overrides.
+    pub fn with_overrides(defaults: &TopicConfig, overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
+        let mut config = defaults.clone();
+        for (name, value) in overrides {
+            config.set(name, value)?;
+        }
+        Ok(config)
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError("topic name is empty".into()));
+    }
+    if name.len() > 249 {
+        return Err(ConfigError(format!("topic name is {} characters; the limit is 249", name.len())));
+    }
+    if name == "." || name == ".." {
+        return Err(ConfigError(format!("topic name '{name}' is not allowed")));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+        return Err(ConfigError(format!("topic name '{name}' has illegal character {c:?}; allowed: a-z A-Z 0-9 . _ -")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_A-b").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn configs_validate_names_and_values() {
+        let mut c = TopicConfig::default();
+        c.set("retention.ms", "1000").unwrap();
+        c.set("cleanup.policy", "delete,compact").unwrap();
+        assert_eq!(c.get("cleanup.policy").unwrap(), "compact,delete");
+        assert!(c.set("retention.ms", "soon").is_err());
+        assert!(c.set("cleanup.policy", "shred").is_err());
+        assert!(c.set("no.such.config", "1").is_err());
+        for name in TOPIC_CONFIG_NAMES {
+            assert!(c.get(name).is_some(), "{name} has a value");
+        }
+    }
+}

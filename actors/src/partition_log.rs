@@ -1,0 +1,400 @@
+//! One partition's log, in an LMDB environment of its own.
+//!
+//! Layout (all keys big-endian so LMDB's byte order is numeric order):
+//! - `batches`: base offset -> the record batch as the producer sent it, with
+//!   the base offset rewritten. One value per batch: a fetch copies whole
+//!   batches out, never re-encodes them.
+//! - `time_index`: running maximum timestamp (sign bit flipped) -> base offset
+//!   of the first batch that reached it. Monotonic, so "first offset with
+//!   timestamp >= t" is one lookup, as Kafka's time index.
+//! - `meta`: `log_start_offset`.
+//!
+//! Invariants: batch keys are contiguous (each key is the previous key plus
+//! its record count); the log end offset is the last batch's last offset + 1;
+//! nothing becomes visible to readers before its write transaction commits.
+
+use std::io::Write;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes as RawBytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, WithoutTls};
+use kafka_protocol::records::RecordBatchDecoder;
+
+use crate::config::StorageConfig;
+use crate::record_batch::{after_prefix, stored_prefix, BatchHeader, ValidatedBatch};
+
+type OffsetKey = U64<BigEndian>;
+/// Databases outlive the transaction that created them once it commits.
+type Db<K, V> = Database<'static, K, V>;
+
+const LOG_START_KEY: &str = "log_start_offset";
+/// Batches a single group commit may carry; a bound on one transaction's size.
+pub const MAX_BATCHES_PER_COMMIT: usize = 65_536;
+
+/// The offsets a reader needs. On a single broker the high watermark is the
+/// log end offset: a record is visible once its transaction commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogOffsets {
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+impl LogOffsets {
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    /// Whole batches, concatenated, starting with the one holding the fetch offset.
+    pub records: Bytes,
+    pub offsets: LogOffsets,
+}
+
+#[derive(Debug)]
+pub enum LogError {
+    Storage(heed::Error),
+    Io(std::io::Error),
+    /// The map reached `max_map_bytes`.
+    Full { map_bytes: usize },
+    OffsetOutOfRange { requested: i64, offsets: LogOffsets },
+    /// Stored bytes that do not parse: never expected, reported loudly.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for LogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogError::Storage(e) => write!(f, "lmdb: {e}"),
+            LogError::Io(e) => write!(f, "io: {e}"),
+            LogError::Full { map_bytes } => write!(f, "partition storage is full at its {map_bytes} byte limit"),
+            LogError::OffsetOutOfRange { requested, offsets } => write!(
+                f,
+                "offset {requested} is outside the log [{}, {}]",
+                offsets.log_start_offset, offsets.log_end_offset
+            ),
+            LogError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+impl From<heed::Error> for LogError {
+    fn from(e: heed::Error) -> Self {
+        LogError::Storage(e)
+    }
+}
+
+impl From<std::io::Error> for LogError {
+    fn from(e: std::io::Error) -> Self {
+        LogError::Io(e)
+    }
+}
+
+/// Maps an i64 timestamp to a u64 whose unsigned order is the signed order.
+fn timestamp_key(ts: i64) -> u64 {
+    (ts as u64) ^ (1 << 63)
+}
+
+fn key_timestamp(key: u64) -> i64 {
+    (key ^ (1 << 63)) as i64
+}
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    env: Env<WithoutTls>,
+    batches: Db<OffsetKey, RawBytes>,
+    time_index: Db<OffsetKey, OffsetKey>,
+    meta: Db<Str, OffsetKey>,
+    offsets: LogOffsets,
+    /// Largest timestamp in the log, `i64::MIN` when empty.
+    max_timestamp: i64,
+    map_bytes: usize,
+    max_map_bytes: usize,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering offsets from what is committed.
+    pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
+        std::fs::create_dir_all(dir)?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(config.initial_map_bytes).max_dbs(4).max_readers(126);
+        if config.flush_interval().is_some() {
+            // Safety: NO_SYNC trades the last un-flushed commits on a machine
+            // crash for speed; the actor calls force_sync every interval.
+            unsafe { options.flags(EnvFlags::NO_SYNC) };
+        }
+        // Safety: the directory is owned by this partition actor alone; no
+        // other process or code path opens or modifies these files.
+        let env = unsafe { options.open(dir) }?;
+        let wtxn = env.write_txn()?;
+        let (batches, time_index, meta) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    opener.create_database(wtxn, Some("batches"))?,
+                    opener.create_database(wtxn, Some("time_index"))?,
+                    opener.create_database(wtxn, Some("meta"))?,
+                )))
+            })?
+            .unwrap_commit();
+
+        let map_bytes = env.info().map_size;
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            env,
+            batches,
+            time_index,
+            meta,
+            offsets: LogOffsets::default(),
+            max_timestamp: i64::MIN,
+            map_bytes,
+            max_map_bytes: config.max_map_bytes.max(map_bytes),
+        };
+        log.recover()?;
+        Ok(log)
+    }
+
+    /// Reads the log's offsets back from what the last commit left.
+    fn recover(&mut self) -> Result<(), LogError> {
+        let rtxn = self.env.read_txn()?;
+        let log_start = self.meta.get(&rtxn, LOG_START_KEY)?.unwrap_or(0) as i64;
+        let log_end = match self.batches.last(&rtxn)? {
+            Some((_, value)) => {
+                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                header.last_offset() + 1
+            }
+            None => log_start,
+        };
+        self.max_timestamp = match self.time_index.last(&rtxn)? {
+            Some((key, _)) => key_timestamp(key),
+            None => i64::MIN,
+        };
+        assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
+        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end };
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.offsets
+    }
+
+    /// Appends every group in one write transaction (one fsync for all), in order.
+    /// Each group gets the offsets of its batches, contiguous.
+    pub fn append_groups(&mut self, groups: &[&[ValidatedBatch]]) -> Result<Vec<AppendOutcome>, LogError> {
+        let total: usize = groups.iter().map(|g| g.len()).sum();
+        assert!(total <= MAX_BATCHES_PER_COMMIT, "group commit of {total} batches over the bound");
+        // Bounded: each retry doubles the map, and the map is capped.
+        for _ in 0..64 {
+            match self.try_append(groups) {
+                Err(LogError::Storage(heed::Error::Mdb(MdbError::MapFull))) => self.grow_map()?,
+                other => return other,
+            }
+        }
+        Err(LogError::Full { map_bytes: self.map_bytes })
+    }
+
+    fn try_append(&mut self, groups: &[&[ValidatedBatch]]) -> Result<Vec<AppendOutcome>, LogError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut next = self.offsets.log_end_offset;
+        let mut max_timestamp = self.max_timestamp;
+        let mut outcomes = Vec::with_capacity(groups.len());
+        for group in groups {
+            let base_offset = next;
+            for batch in group.iter() {
+                let prefix = stored_prefix(&batch.bytes, next, 0);
+                let rest = after_prefix(&batch.bytes);
+                self.batches.put_reserved(&mut wtxn, &(next as u64), batch.bytes.len(), |space| {
+                    space.write_all(&prefix)?;
+                    space.write_all(rest)
+                })?;
+                if batch.header.max_timestamp > max_timestamp {
+                    max_timestamp = batch.header.max_timestamp;
+                    self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &(next as u64))?;
+                }
+                next += batch.record_count();
+            }
+            outcomes.push(AppendOutcome { base_offset, last_offset: next - 1 });
+        }
+        wtxn.commit()?;
+        self.offsets.log_end_offset = next;
+        self.max_timestamp = max_timestamp;
+        Ok(outcomes)
+    }
+
+    fn grow_map(&mut self) -> Result<(), LogError> {
+        if self.map_bytes >= self.max_map_bytes {
+            return Err(LogError::Full { map_bytes: self.map_bytes });
+        }
+        let new_size = (self.map_bytes * 2).min(self.max_map_bytes);
+        // Safety: only this actor touches the env, and no transaction is open
+        // here (the failed write transaction was dropped, which aborted it).
+        unsafe { self.env.resize(new_size) }?;
+        self.map_bytes = self.env.info().map_size;
+        tracing::info!(dir = %self.dir.display(), map_bytes = self.map_bytes, "grew partition map");
+        Ok(())
+    }
+
+    /// Flushes commits made without fsync (interval durability).
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.env.force_sync()?;
+        Ok(())
+    }
+
+    /// Whole batches from the one holding `offset`, up to `max_bytes`. With
+    /// `min_one`, the first batch is returned even if larger, so a consumer
+    /// can always make progress (as Kafka does).
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadOutcome, LogError> {
+        let offsets = self.offsets;
+        if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
+            return Err(LogError::OffsetOutOfRange { requested: offset, offsets });
+        }
+        let mut out = BytesMut::new();
+        if offset == offsets.log_end_offset {
+            return Ok(ReadOutcome { records: out.freeze(), offsets });
+        }
+        let rtxn = self.env.read_txn()?;
+        let start = match self.batches.get_lower_than_or_equal_to(&rtxn, &(offset as u64))? {
+            Some((key, value)) => {
+                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                if header.last_offset() < offset { key + 1 } else { key }
+            }
+            None => offset as u64,
+        };
+        let range = (Bound::Included(start), Bound::Unbounded);
+        for entry in self.batches.range(&rtxn, &range)? {
+            let (_, value) = entry?;
+            let fits = out.len() + value.len() <= max_bytes;
+            if !fits && !(min_one && out.is_empty()) {
+                break;
+            }
+            out.extend_from_slice(value);
+            if !fits {
+                break;
+            }
+        }
+        Ok(ReadOutcome { records: out.freeze(), offsets })
+    }
+
+    /// The first record with timestamp >= `timestamp`: (offset, its timestamp).
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let rtxn = self.env.read_txn()?;
+        let Some((_, base)) = self.time_index.get_greater_than_or_equal_to(&rtxn, &timestamp_key(timestamp))? else {
+            return Ok(None);
+        };
+        self.find_in_batch(&rtxn, base, |ts| ts >= timestamp)
+    }
+
+    /// The record with the largest timestamp (the first if several): (offset, timestamp).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, LogError> {
+        let rtxn = self.env.read_txn()?;
+        let Some((key, base)) = self.time_index.last(&rtxn)? else {
+            return Ok(None);
+        };
+        let max = key_timestamp(key);
+        self.find_in_batch(&rtxn, base, |ts| ts == max)
+    }
+
+    /// Decodes the batch at `base` (decompressing if needed) and returns the
+    /// first record whose timestamp matches.
+    fn find_in_batch(
+        &self,
+        rtxn: &heed::RoTxn<WithoutTls>,
+        base: u64,
+        matches: impl Fn(i64) -> bool,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        if (base as i64) < self.offsets.log_start_offset {
+            return Ok(None);
+        }
+        let Some(value) = self.batches.get(rtxn, &base)? else {
+            return Err(LogError::Corrupt(format!("time index names missing batch {base}")));
+        };
+        let mut buf = Bytes::copy_from_slice(value);
+        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
+        Ok(set.records.iter().find(|r| matches(r.timestamp)).map(|r| (r.offset, r.timestamp)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record_batch::{encode_batch, validate_batches, NewRecord};
+    use kafka_protocol::records::Compression;
+
+    fn batch(n: usize, first_ts: i64, compression: Compression) -> Vec<ValidatedBatch> {
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| NewRecord { timestamp: Some(first_ts + i as i64), value: Some(Bytes::from(vec![7u8; 50])), ..Default::default() })
+            .collect();
+        validate_batches(&encode_batch(&records, compression, 0).unwrap(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn appends_reads_and_recovers_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        {
+            let mut log = PartitionLog::open(&path, &config).unwrap();
+            let a = batch(3, 100, Compression::None);
+            let b = batch(2, 200, Compression::Zstd);
+            let out = log.append_groups(&[&a, &b]).unwrap();
+            assert_eq!(out, vec![AppendOutcome { base_offset: 0, last_offset: 2 }, AppendOutcome { base_offset: 3, last_offset: 4 }]);
+            let read = log.read(4, 1 << 20, true).unwrap();
+            let sets = RecordBatchDecoder::decode_all(&mut read.records.clone()).unwrap();
+            assert_eq!(sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
+            assert!(matches!(log.read(6, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+            assert!(log.read(5, 100, true).unwrap().records.is_empty());
+        }
+        let log = PartitionLog::open(&path, &config).unwrap();
+        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5 });
+        assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
+        assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
+        assert_eq!(log.offset_for_timestamp(999).unwrap(), None);
+        assert_eq!(log.max_timestamp_offset().unwrap(), Some((4, 201)));
+    }
+
+    #[test]
+    fn read_honours_max_bytes_but_returns_at_least_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
+        for i in 0..10 {
+            let b = batch(5, i * 10, Compression::None);
+            log.append_groups(&[&b]).unwrap();
+        }
+        let one = log.read(0, 1, true).unwrap();
+        assert_eq!(RecordBatchDecoder::decode_all(&mut one.records.clone()).unwrap().len(), 1);
+        assert!(log.read(0, 1, false).unwrap().records.is_empty());
+        let all = log.read(7, 1 << 20, true).unwrap();
+        assert_eq!(RecordBatchDecoder::decode_all(&mut all.records.clone()).unwrap().len(), 9);
+    }
+
+    #[test]
+    fn map_grows_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StorageConfig::new(dir.path());
+        config.initial_map_bytes = 256 * 1024;
+        config.max_map_bytes = 64 << 20;
+        let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
+        for i in 0..200 {
+            let b = batch(100, i * 100, Compression::None);
+            log.append_groups(&[&b]).unwrap();
+        }
+        assert_eq!(log.offsets().log_end_offset, 20_000);
+        assert!(log.map_bytes > 256 * 1024);
+    }
+}

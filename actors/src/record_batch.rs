@@ -1,0 +1,412 @@
+//! Kafka record batches (magic v2): header parsing and validation.
+//!
+//! The broker stores batches exactly as the producer sent them; it only
+//! rewrites the base offset and partition leader epoch, which sit outside the
+//! CRC. So validation reads the 61-byte header, checks the CRC32C over the
+//! rest, and for uncompressed batches walks the record lengths. Compressed
+//! batches are never decompressed on the produce path.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+/// Base offset (8) + batch length (4): the part of a batch not counted in `batch_length`.
+pub const LOG_OVERHEAD: usize = 12;
+/// Size of the fixed v2 batch header, up to and including the record count.
+pub const BATCH_HEADER_LEN: usize = 61;
+
+const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
+const MAGIC_OFFSET: usize = 16;
+const CRC_OFFSET: usize = 17;
+const ATTRIBUTES_OFFSET: usize = 21;
+
+/// Attribute bits of a v2 batch.
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Why a batch was refused. Each maps to one Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// Fewer bytes than a header, or than the batch length claims.
+    Truncated { needed: usize, available: usize },
+    /// Magic 0 or 1 (legacy message sets): not accepted, see README.
+    UnsupportedMagic(i8),
+    /// Any other magic byte.
+    InvalidMagic(i8),
+    BadCrc { stored: u32, computed: u32 },
+    InvalidLength(i32),
+    /// Record count does not agree with `last_offset_delta` or the records present.
+    InvalidRecordCount { declared: i32, detail: &'static str },
+    InvalidCompression(i16),
+    /// The batch is larger than the topic's `max.message.bytes`.
+    TooLarge { size: usize, limit: usize },
+    /// A produce request carried no records at all.
+    Empty,
+}
+
+impl BatchError {
+    /// The Kafka error code a produce response carries for this error.
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            BatchError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
+            BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
+            BatchError::InvalidRecordCount { .. } | BatchError::Empty => E::InvalidRecord.code(),
+            _ => E::CorruptMessage.code(),
+        }
+    }
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Truncated { needed, available } => {
+                write!(f, "record batch truncated: needs {needed} bytes, {available} present")
+            }
+            BatchError::UnsupportedMagic(m) => {
+                write!(f, "record batch magic {m} is not supported; use magic 2 (Kafka 0.11+ clients)")
+            }
+            BatchError::InvalidMagic(m) => write!(f, "record batch magic {m} is invalid"),
+            BatchError::BadCrc { stored, computed } => {
+                write!(f, "record batch CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")
+            }
+            BatchError::InvalidLength(l) => write!(f, "record batch length {l} is invalid"),
+            BatchError::InvalidRecordCount { declared, detail } => {
+                write!(f, "record count {declared} is invalid: {detail}")
+            }
+            BatchError::InvalidCompression(c) => write!(f, "compression codec {c} is unknown"),
+            BatchError::TooLarge { size, limit } => {
+                write!(f, "record batch of {size} bytes exceeds max.message.bytes {limit}")
+            }
+            BatchError::Empty => write!(f, "produce request carried no record batch"),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// The fixed header of a v2 record batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl BatchHeader {
+    /// Reads the header fields. Only the length of `buf` is checked here.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < BATCH_HEADER_LEN {
+            // Magic sits at byte 16: a short legacy message set still says what it is.
+            if buf.len() > MAGIC_OFFSET && (buf[MAGIC_OFFSET] as i8) < 2 && (buf[MAGIC_OFFSET] as i8) >= 0 {
+                return Err(BatchError::UnsupportedMagic(buf[MAGIC_OFFSET] as i8));
+            }
+            return Err(BatchError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(buf, 0),
+            batch_length: be_i32(buf, 8),
+            partition_leader_epoch: be_i32(buf, PARTITION_LEADER_EPOCH_OFFSET),
+            magic: buf[MAGIC_OFFSET] as i8,
+            crc: be_i32(buf, CRC_OFFSET) as u32,
+            attributes: be_i16(buf, ATTRIBUTES_OFFSET),
+            last_offset_delta: be_i32(buf, 23),
+            base_timestamp: be_i64(buf, 27),
+            max_timestamp: be_i64(buf, 35),
+            producer_id: be_i64(buf, 43),
+            producer_epoch: be_i16(buf, 51),
+            base_sequence: be_i32(buf, 53),
+            record_count: be_i32(buf, 57),
+        })
+    }
+
+    /// Bytes the whole batch occupies, header included.
+    pub fn total_len(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD
+    }
+
+    pub fn compression(&self) -> i16 {
+        self.attributes & COMPRESSION_MASK
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & TIMESTAMP_TYPE_BIT != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_BIT != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_BIT != 0
+    }
+
+    /// Offset of the last record, given the base offset stored in the header.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+}
+
+/// A batch that passed validation: the header and the exact bytes received.
+#[derive(Debug, Clone)]
+pub struct ValidatedBatch {
+    pub header: BatchHeader,
+    pub bytes: Bytes,
+}
+
+impl ValidatedBatch {
+    /// Records in the batch (`last_offset_delta + 1`, checked equal to the count).
+    pub fn record_count(&self) -> i64 {
+        self.header.last_offset_delta as i64 + 1
+    }
+}
+
+/// Splits the `records` field of a produce request into batches and validates
+/// each. `max_batch_bytes` is the topic's `max.message.bytes`.
+pub fn validate_batches(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<ValidatedBatch>, BatchError> {
+    if records.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let mut batches = Vec::new();
+    let mut at = 0usize;
+    while at < records.len() {
+        let rest = &records[at..];
+        let header = BatchHeader::parse(rest)?;
+        let total = validate_one(rest, &header, max_batch_bytes)?;
+        batches.push(ValidatedBatch { header, bytes: records.slice(at..at + total) });
+        at += total;
+    }
+    Ok(batches)
+}
+
+fn validate_one(buf: &[u8], header: &BatchHeader, max_batch_bytes: usize) -> Result<usize, BatchError> {
+    match header.magic {
+        2 => {}
+        0 | 1 => return Err(BatchError::UnsupportedMagic(header.magic)),
+        m => return Err(BatchError::InvalidMagic(m)),
+    }
+    let min_batch_length = (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32;
+    if header.batch_length < min_batch_length {
+        return Err(BatchError::InvalidLength(header.batch_length));
+    }
+    let total = header.total_len();
+    if total > buf.len() {
+        return Err(BatchError::Truncated { needed: total, available: buf.len() });
+    }
+    if total > max_batch_bytes {
+        return Err(BatchError::TooLarge { size: total, limit: max_batch_bytes });
+    }
+    let computed = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..total]);
+    if computed != header.crc {
+        return Err(BatchError::BadCrc { stored: header.crc, computed });
+    }
+    if header.compression() > 4 {
+        return Err(BatchError::InvalidCompression(header.compression()));
+    }
+    if header.record_count <= 0 {
+        return Err(BatchError::InvalidRecordCount { declared: header.record_count, detail: "a batch needs at least one record" });
+    }
+    if header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::InvalidRecordCount {
+            declared: header.record_count,
+            detail: "last offset delta must be record count - 1",
+        });
+    }
+    if header.compression() == 0 {
+        check_uncompressed_records(&buf[BATCH_HEADER_LEN..total], header.record_count)?;
+    }
+    Ok(total)
+}
+
+/// Walks the length prefixes of uncompressed records: they must tile the body
+/// exactly and number `declared`.
+fn check_uncompressed_records(mut body: &[u8], declared: i32) -> Result<(), BatchError> {
+    let mut seen = 0i32;
+    while !body.is_empty() {
+        if seen == declared {
+            return Err(BatchError::InvalidRecordCount { declared, detail: "more records present than declared" });
+        }
+        let (len, used) = read_varint(body).ok_or(BatchError::InvalidRecordCount {
+            declared,
+            detail: "record length varint is malformed",
+        })?;
+        if len <= 0 || (len as usize) > body.len() - used {
+            return Err(BatchError::InvalidRecordCount { declared, detail: "record length runs past the batch" });
+        }
+        body = &body[used + len as usize..];
+        seen += 1;
+    }
+    if seen != declared {
+        return Err(BatchError::InvalidRecordCount { declared, detail: "fewer records present than declared" });
+    }
+    Ok(())
+}
+
+/// Reads a zigzag varint (Kafka's record encoding). Returns the value and bytes used.
+fn read_varint(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw: u64 = 0;
+    for (i, byte) in buf.iter().take(10).enumerate() {
+        raw |= ((byte & 0x7f) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The first 16 bytes a stored batch begins with: the broker's base offset and
+/// leader epoch around the producer's batch length. Both fields sit before the
+/// CRC'd region, so `prefix ++ batch[16..]` is still a valid batch.
+pub fn stored_prefix(batch: &[u8], base_offset: i64, leader_epoch: i32) -> [u8; MAGIC_OFFSET] {
+    assert!(batch.len() >= BATCH_HEADER_LEN, "a stored batch has a full header");
+    let mut prefix = [0u8; MAGIC_OFFSET];
+    prefix[..8].copy_from_slice(&base_offset.to_be_bytes());
+    prefix[8..PARTITION_LEADER_EPOCH_OFFSET].copy_from_slice(&batch[8..PARTITION_LEADER_EPOCH_OFFSET]);
+    prefix[PARTITION_LEADER_EPOCH_OFFSET..].copy_from_slice(&leader_epoch.to_be_bytes());
+    prefix
+}
+
+/// Bytes of a batch after the prefix that `stored_prefix` replaces.
+pub fn after_prefix(batch: &[u8]) -> &[u8] {
+    &batch[MAGIC_OFFSET..]
+}
+
+/// A record to produce: what a producer sets, before the broker assigns offsets.
+#[derive(Debug, Clone, Default)]
+pub struct NewRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; `None` takes `default_timestamp`.
+    pub timestamp: Option<i64>,
+}
+
+impl NewRecord {
+    pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> NewRecord {
+        NewRecord { key: Some(key.into()), value: Some(value.into()), ..NewRecord::default() }
+    }
+}
+
+/// Encodes `records` as one v2 batch (no producer id, base sequence -1).
+pub fn encode_batch(records: &[NewRecord], compression: Compression, default_timestamp: i64) -> Result<Bytes, String> {
+    let encoded: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder starts a new batch wherever offset - sequence changes;
+            // this keeps it constant and makes the base sequence -1.
+            sequence: i as i32 - 1,
+            timestamp: r.timestamp.unwrap_or(default_timestamp),
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.iter().map(|(k, v)| (k.clone().into(), v.clone())).collect(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions { version: 2, compression };
+    RecordBatchEncoder::encode(&mut buf, encoded.iter(), &options).map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn encode(n: usize, compression: Compression) -> Bytes {
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| NewRecord {
+                timestamp: Some(1_000 + i as i64),
+                ..NewRecord::new(format!("k{i}"), vec![b'v'; 100])
+            })
+            .collect();
+        encode_batch(&records, compression, 0).unwrap()
+    }
+
+    #[test]
+    fn accepts_valid_batches_of_every_codec() {
+        for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let b = encode(10, c);
+            let v = validate_batches(&b, 1 << 20).unwrap();
+            assert_eq!(v.len(), 1);
+            assert_eq!(v[0].record_count(), 10);
+            assert_eq!(v[0].header.max_timestamp, 1_009);
+        }
+    }
+
+    #[test]
+    fn splits_concatenated_batches() {
+        let mut both = BytesMut::new();
+        both.extend_from_slice(&encode(3, Compression::None));
+        both.extend_from_slice(&encode(4, Compression::None));
+        let v = validate_batches(&both.freeze(), 1 << 20).unwrap();
+        assert_eq!(v.iter().map(|b| b.record_count()).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn rejects_bad_crc_truncation_magic_and_size() {
+        let good = encode(5, Compression::None);
+        let mut bad = BytesMut::from(&good[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(matches!(validate_batches(&bad.freeze(), 1 << 20), Err(BatchError::BadCrc { .. })));
+        assert!(matches!(validate_batches(&good.slice(..good.len() - 3), 1 << 20), Err(BatchError::Truncated { .. })));
+        assert!(matches!(validate_batches(&good.slice(..20), 1 << 20), Err(BatchError::Truncated { .. })));
+        let mut v1 = BytesMut::from(&good[..]);
+        v1[MAGIC_OFFSET] = 1;
+        assert!(matches!(validate_batches(&v1.freeze(), 1 << 20), Err(BatchError::UnsupportedMagic(1))));
+        assert!(matches!(validate_batches(&good, 100), Err(BatchError::TooLarge { .. })));
+        assert_eq!(validate_batches(&Bytes::new(), 100).unwrap_err(), BatchError::Empty);
+    }
+
+    #[test]
+    fn rejects_record_count_mismatch_even_with_valid_crc() {
+        let good = encode(5, Compression::None);
+        let mut b = BytesMut::from(&good[..]);
+        b[57..61].copy_from_slice(&4i32.to_be_bytes());
+        b[23..27].copy_from_slice(&3i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(validate_batches(&b.freeze(), 1 << 20), Err(BatchError::InvalidRecordCount { .. })));
+    }
+
+    #[test]
+    fn rewriting_the_base_offset_keeps_the_crc_valid() {
+        let good = encode(5, Compression::Lz4);
+        let mut out = stored_prefix(&good, 42, 7).to_vec();
+        out.extend_from_slice(after_prefix(&good));
+        let stored = Bytes::from(out);
+        let v = validate_batches(&stored, 1 << 20).unwrap();
+        assert_eq!(v[0].header.base_offset, 42);
+        assert_eq!(v[0].header.partition_leader_epoch, 7);
+    }
+}

@@ -1,0 +1,382 @@
+//! `TopicRegistry`: the actor that owns which topics exist.
+//!
+//! It persists topic records (id, partition count, config overrides) with
+//! postcard in a small LMDB environment, `<data_dir>/__tributary_metadata`,
+//! spawns one supervised `PartitionActor` per partition on the storage
+//! arbiters, and publishes an immutable `MetadataSnapshot` through a `watch`
+//! channel. Request handlers read the snapshot without a message round trip;
+//! only changes go through the actor, one at a time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use heed::types::{Bytes as RawBytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
+use crate::partition_actor::{partition_dir, PartitionActor, Remove};
+use crate::partition_log::LogOffsets;
+
+const METADATA_DIR: &str = "__tributary_metadata";
+
+/// A partition as request handlers see it: where to send messages, and a
+/// watch on its offsets that wakes fetches waiting for data.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    pub index: i32,
+    pub addr: Addr<PartitionActor>,
+    pub offsets: watch::Receiver<LogOffsets>,
+}
+
+/// A topic as request handlers see it.
+pub struct TopicView {
+    pub name: Arc<str>,
+    pub id: Uuid,
+    pub config: TopicConfig,
+    /// Configs set explicitly on this topic (the rest are defaults).
+    pub overrides: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionHandle>,
+}
+
+/// Every topic, immutable: replaced whole on each change.
+#[derive(Default, Clone)]
+pub struct MetadataSnapshot {
+    pub topics: BTreeMap<Arc<str>, Arc<TopicView>>,
+}
+
+impl MetadataSnapshot {
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicView>> {
+        self.topics.get(name)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionHandle> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
+}
+
+/// Why a topic change was refused. Each maps to one Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    AlreadyExists(String),
+    Unknown(String),
+    InvalidName(String),
+    InvalidPartitions(String),
+    InvalidReplicationFactor(String),
+    InvalidConfig(String),
+    Storage(String),
+}
+
+impl TopicError {
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            TopicError::AlreadyExists(_) => E::TopicAlreadyExists.code(),
+            TopicError::Unknown(_) => E::UnknownTopicOrPartition.code(),
+            TopicError::InvalidName(_) => E::InvalidTopicException.code(),
+            TopicError::InvalidPartitions(_) => E::InvalidPartitions.code(),
+            TopicError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
+            TopicError::InvalidConfig(_) => E::InvalidConfig.code(),
+            TopicError::Storage(_) => E::KafkaStorageError.code(),
+        }
+    }
+}
+
+impl std::fmt::Display for TopicError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicError::AlreadyExists(t) => write!(f, "topic '{t}' already exists"),
+            TopicError::Unknown(t) => write!(f, "topic '{t}' does not exist"),
+            TopicError::InvalidName(m)
+            | TopicError::InvalidPartitions(m)
+            | TopicError::InvalidReplicationFactor(m)
+            | TopicError::InvalidConfig(m)
+            | TopicError::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// What the metadata store keeps per topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TopicRecord {
+    id: [u8; 16],
+    partitions: i32,
+    overrides: BTreeMap<String, String>,
+}
+
+/// Create a topic. `partitions: None` takes the broker default.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<TopicView>, TopicError>")]
+pub struct CreateTopic {
+    pub name: String,
+    pub partitions: Option<i32>,
+    pub configs: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
+/// Delete a topic and its data. Answered once every partition directory is gone.
+#[derive(Message)]
+#[rtype(result = "Result<(), TopicError>")]
+pub struct DeleteTopic {
+    pub name: String,
+}
+
+/// Grow a topic to `count` partitions.
+#[derive(Message)]
+#[rtype(result = "Result<(), TopicError>")]
+pub struct CreatePartitions {
+    pub name: String,
+    pub count: i32,
+    pub validate_only: bool,
+}
+
+pub struct TopicRegistry {
+    config: Arc<StorageConfig>,
+    env: Env<WithoutTls>,
+    store: Database<'static, Str, RawBytes>,
+    topics: BTreeMap<Arc<str>, Arc<TopicView>>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    snapshot_tx: watch::Sender<Arc<MetadataSnapshot>>,
+}
+
+impl TopicRegistry {
+    /// Opens the metadata store and starts every known topic's partitions.
+    /// Must be called inside a running actix `System`.
+    pub fn open(
+        config: Arc<StorageConfig>,
+    ) -> Result<(TopicRegistry, watch::Receiver<Arc<MetadataSnapshot>>), TopicError> {
+        let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
+        let dir: PathBuf = config.data_dir.join(METADATA_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(64 << 20).max_dbs(2);
+        // Safety: this directory belongs to the registry alone.
+        let env = unsafe { options.open(&dir) }.map_err(|e| storage(&e))?;
+        let wtxn = env.write_txn().map_err(|e| storage(&e))?;
+        let store = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit(opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?))
+            })
+            .map_err(|e| storage(&e))?
+            .unwrap_commit();
+
+        let threads = config.storage_threads.clamp(1, 64);
+        let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MetadataSnapshot::default()));
+        let mut registry = TopicRegistry {
+            config,
+            env,
+            store,
+            topics: BTreeMap::new(),
+            arbiters,
+            next_arbiter: 0,
+            snapshot_tx,
+        };
+        registry.load()?;
+        Ok((registry, snapshot_rx))
+    }
+
+    fn load(&mut self) -> Result<(), TopicError> {
+        let rtxn = self.env.read_txn().map_err(|e| TopicError::Storage(e.to_string()))?;
+        let mut records = Vec::new();
+        for entry in self.store.iter(&rtxn).map_err(|e| TopicError::Storage(e.to_string()))? {
+            let (name, value) = entry.map_err(|e| TopicError::Storage(e.to_string()))?;
+            let record: TopicRecord = postcard::from_bytes(value)
+                .map_err(|e| TopicError::Storage(format!("topic record '{name}' unreadable: {e}")))?;
+            records.push((name.to_string(), record));
+        }
+        drop(rtxn);
+        for (name, record) in records {
+            let config = TopicConfig::with_overrides(&self.config.topic_defaults, &record.overrides)
+                .map_err(|e| TopicError::InvalidConfig(format!("stored config of '{name}': {e}")))?;
+            let name: Arc<str> = name.into();
+            let partitions = (0..record.partitions).map(|i| self.spawn_partition(&name, i)).collect();
+            let view = TopicView {
+                name: name.clone(),
+                id: Uuid::from_bytes(record.id),
+                config,
+                overrides: record.overrides,
+                partitions,
+            };
+            self.topics.insert(name, Arc::new(view));
+        }
+        tracing::info!(topics = self.topics.len(), "loaded topic metadata");
+        self.publish();
+        Ok(())
+    }
+
+    fn spawn_partition(&mut self, topic: &Arc<str>, index: i32) -> PartitionHandle {
+        let (offsets_tx, offsets) = watch::channel(LogOffsets::default());
+        let offsets_tx = Arc::new(offsets_tx);
+        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        self.next_arbiter += 1;
+        let (config, topic) = (self.config.clone(), topic.clone());
+        let addr = Supervisor::start_in_arbiter(arbiter, move |_| PartitionActor::new(topic, index, config, offsets_tx));
+        PartitionHandle { index, addr, offsets }
+    }
+
+    fn publish(&self) {
+        self.snapshot_tx.send_replace(Arc::new(MetadataSnapshot { topics: self.topics.clone() }));
+    }
+
+    fn persist(&self, name: &str, record: Option<&TopicRecord>) -> Result<(), TopicError> {
+        let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
+        let mut wtxn = self.env.write_txn().map_err(|e| storage(&e))?;
+        match record {
+            Some(record) => {
+                let bytes = postcard::to_stdvec(record).map_err(|e| storage(&e))?;
+                self.store.put(&mut wtxn, name, &bytes).map_err(|e| storage(&e))?;
+            }
+            None => {
+                self.store.delete(&mut wtxn, name).map_err(|e| storage(&e))?;
+            }
+        }
+        wtxn.commit().map_err(|e| storage(&e))
+    }
+
+    fn check_partition_count(&self, count: i32) -> Result<(), TopicError> {
+        if count < 1 || count > self.config.max_partitions_per_topic {
+            return Err(TopicError::InvalidPartitions(format!(
+                "partition count {count} must be between 1 and {}",
+                self.config.max_partitions_per_topic
+            )));
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, msg: CreateTopic) -> Result<Arc<TopicView>, TopicError> {
+        validate_topic_name(&msg.name).map_err(|e| TopicError::InvalidName(e.0))?;
+        if self.topics.contains_key(msg.name.as_str()) {
+            return Err(TopicError::AlreadyExists(msg.name));
+        }
+        let count = msg.partitions.unwrap_or(self.config.default_num_partitions);
+        self.check_partition_count(count)?;
+        let config = TopicConfig::with_overrides(&self.config.topic_defaults, &msg.configs)
+            .map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let name: Arc<str> = msg.name.into();
+        let id = Uuid::new_v4();
+        if msg.validate_only {
+            return Ok(Arc::new(TopicView { name, id, config, overrides: msg.configs, partitions: Vec::new() }));
+        }
+        // A crash during an earlier delete may have left files behind: a new
+        // topic must never inherit them.
+        for index in 0..count {
+            remove_stale_dir(&partition_dir(&self.config, &name, index))?;
+        }
+        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: msg.configs.clone() };
+        self.persist(&name, Some(&record))?;
+        let partitions = (0..count).map(|i| self.spawn_partition(&name, i)).collect();
+        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides: msg.configs, partitions });
+        self.topics.insert(name.clone(), view.clone());
+        self.publish();
+        tracing::info!(topic = %name, partitions = count, "created topic");
+        Ok(view)
+    }
+}
+
+fn remove_stale_dir(dir: &std::path::Path) -> Result<(), TopicError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::warn!(dir = %dir.display(), "removed stale partition directory");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TopicError::Storage(format!("removing stale {}: {e}", dir.display()))),
+    }
+}
+
+impl Actor for TopicRegistry {
+    type Context = Context<Self>;
+}
+
+/// The registry keeps its state across a restart: topics and partition
+/// actors stay as they are, so nothing is spawned twice.
+impl Supervised for TopicRegistry {}
+
+impl Handler<CreateTopic> for TopicRegistry {
+    type Result = Result<Arc<TopicView>, TopicError>;
+
+    fn handle(&mut self, msg: CreateTopic, _: &mut Context<Self>) -> Self::Result {
+        self.create(msg)
+    }
+}
+
+impl Handler<DeleteTopic> for TopicRegistry {
+    /// Atomic: no other change runs until the partition directories are gone,
+    /// so a topic re-created at once never meets the old files.
+    type Result = AtomicResponse<Self, Result<(), TopicError>>;
+
+    fn handle(&mut self, msg: DeleteTopic, _: &mut Context<Self>) -> Self::Result {
+        let Some(view) = self.topics.get(msg.name.as_str()).cloned() else {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(TopicError::Unknown(msg.name)))));
+        };
+        if let Err(e) = self.persist(&msg.name, None) {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
+        }
+        self.topics.remove(msg.name.as_str());
+        self.publish();
+        tracing::info!(topic = %msg.name, "deleted topic");
+        let removals: Vec<_> = view.partitions.iter().map(|p| p.addr.send(Remove)).collect();
+        AtomicResponse::new(Box::pin(
+            async move {
+                for removal in futures::future::join_all(removals).await {
+                    match removal {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(TopicError::Storage(e.to_string())),
+                        Err(e) => return Err(TopicError::Storage(format!("partition actor gone: {e}"))),
+                    }
+                }
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<CreatePartitions> for TopicRegistry {
+    type Result = Result<(), TopicError>;
+
+    fn handle(&mut self, msg: CreatePartitions, _: &mut Context<Self>) -> Self::Result {
+        let Some(view) = self.topics.get(msg.name.as_str()).cloned() else {
+            return Err(TopicError::Unknown(msg.name));
+        };
+        let current = view.partitions.len() as i32;
+        if msg.count <= current {
+            return Err(TopicError::InvalidPartitions(format!(
+                "topic '{}' has {current} partitions; the new count {} must be larger",
+                msg.name, msg.count
+            )));
+        }
+        self.check_partition_count(msg.count)?;
+        if msg.validate_only {
+            return Ok(());
+        }
+        for index in current..msg.count {
+            remove_stale_dir(&partition_dir(&self.config, &view.name, index))?;
+        }
+        let record = TopicRecord { id: *view.id.as_bytes(), partitions: msg.count, overrides: view.overrides.clone() };
+        self.persist(&view.name, Some(&record))?;
+        let mut partitions = view.partitions.clone();
+        for index in current..msg.count {
+            partitions.push(self.spawn_partition(&view.name, index));
+        }
+        let grown = TopicView {
+            name: view.name.clone(),
+            id: view.id,
+            config: view.config.clone(),
+            overrides: view.overrides.clone(),
+            partitions,
+        };
+        self.topics.insert(view.name.clone(), Arc::new(grown));
+        self.publish();
+        Ok(())
+    }
+}
