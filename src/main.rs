@@ -1,1 +1,114 @@
-fn main(){}
+//! `tributary`: a Kafka-compatible event streaming broker.
+
+mod config;
+mod connection;
+mod kafka;
+mod server;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::BrokerConfig;
+use crate::kafka::RequestContext;
+use crate::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "A Kafka-compatible event streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a broker (defaults: 127.0.0.1:9092, data in ./data).
+    Start {
+        /// TOML config file; keys it omits keep the defaults of config/tributary.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding the config (e.g. 127.0.0.1:9092).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory, overriding the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the default configuration, to start a config file from.
+    DefaultConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::DefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::Start {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let text = match &config {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let mut config = BrokerConfig::load(text.as_deref())?;
+            if let Some(listen) = listen {
+                config.broker.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                config.broker.data_dir = dir;
+            }
+            actix::System::new().block_on(run(config))
+        }
+    }
+}
+
+async fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.broker.data_dir)
+        .with_context(|| format!("creating data dir {}", config.broker.data_dir.display()))?;
+    let broker = tributary_actors::Broker::start(config.storage_config())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data_dir = config.broker.data_dir.clone();
+    let server = Server::bind(RequestContext {
+        broker,
+        config: std::sync::Arc::new(config),
+    })
+    .await?;
+    tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
+    server.run(shutdown_signal()).await;
+    actix::System::current().stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -131,9 +131,15 @@ fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigE
         .map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
 }
 
-fn at_least<T: PartialOrd + std::fmt::Display + Copy>(name: &str, v: T, min: T) -> Result<T, ConfigError> {
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+    name: &str,
+    v: T,
+    min: T,
+) -> Result<T, ConfigError> {
     if v < min {
-        return Err(ConfigError(format!("config {name}: {v} is below the minimum {min}")));
+        return Err(ConfigError(format!(
+            "config {name}: {v} is below the minimum {min}"
+        )));
     }
     Ok(v)
 }
@@ -143,12 +149,20 @@ impl TopicConfig {
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         match name {
             "retention.ms" => self.retention_ms = at_least(name, parse_num(name, value)?, -1)?,
-            "retention.bytes" => self.retention_bytes = at_least(name, parse_num(name, value)?, -1)?,
+            "retention.bytes" => {
+                self.retention_bytes = at_least(name, parse_num(name, value)?, -1)?
+            }
             "segment.bytes" => self.segment_bytes = at_least(name, parse_num(name, value)?, 14)?,
             "segment.ms" => self.segment_ms = at_least(name, parse_num(name, value)?, 1)?,
-            "delete.retention.ms" => self.delete_retention_ms = at_least(name, parse_num(name, value)?, 0)?,
-            "max.message.bytes" => self.max_message_bytes = at_least(name, parse_num(name, value)?, 0)?,
-            "min.insync.replicas" => self.min_insync_replicas = at_least(name, parse_num(name, value)?, 1)?,
+            "delete.retention.ms" => {
+                self.delete_retention_ms = at_least(name, parse_num(name, value)?, 0)?
+            }
+            "max.message.bytes" => {
+                self.max_message_bytes = at_least(name, parse_num(name, value)?, 0)?
+            }
+            "min.insync.replicas" => {
+                self.min_insync_replicas = at_least(name, parse_num(name, value)?, 1)?
+            }
             "cleanup.policy" => {
                 let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
                 parts.sort_unstable();
@@ -169,9 +183,12 @@ impl TopicConfig {
                 self.message_timestamp_type = value.to_string();
             }
             "compression.type" => {
-                const CODECS: &[&str] = &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
+                const CODECS: &[&str] =
+                    &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
                 if !CODECS.contains(&value) {
-                    return Err(ConfigError(format!("config compression.type: '{value}' must be one of {CODECS:?}")));
+                    return Err(ConfigError(format!(
+                        "config compression.type: '{value}' must be one of {CODECS:?}"
+                    )));
                 }
                 self.compression_type = value.to_string();
             }
@@ -198,7 +215,10 @@ impl TopicConfig {
     }
 
     /// Builds a config from defaults plus explicit overrides.
-    pub fn with_overrides(defaults: &TopicConfig, overrides: &BTreeMap<String, String>) -> Result<TopicConfig, ConfigError> {
+    pub fn with_overrides(
+        defaults: &TopicConfig,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, ConfigError> {
         let mut config = defaults.clone();
         for (name, value) in overrides {
             config.set(name, value)?;
@@ -213,13 +233,21 @@ pub fn validate_topic_name(name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError("topic name is empty".into()));
     }
     if name.len() > 249 {
-        return Err(ConfigError(format!("topic name is {} characters; the limit is 249", name.len())));
+        return Err(ConfigError(format!(
+            "topic name is {} characters; the limit is 249",
+            name.len()
+        )));
     }
     if name == "." || name == ".." {
         return Err(ConfigError(format!("topic name '{name}' is not allowed")));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
-        return Err(ConfigError(format!("topic name '{name}' has illegal character {c:?}; allowed: a-z A-Z 0-9 . _ -")));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(ConfigError(format!(
+            "topic name '{name}' has illegal character {c:?}; allowed: a-z A-Z 0-9 . _ -"
+        )));
     }
     Ok(())
 }
@@ -232,7 +260,10 @@ mod tests {
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v1_A-b").is_ok());
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
-            assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                validate_topic_name(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

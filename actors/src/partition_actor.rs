@@ -20,7 +20,9 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::StorageConfig;
-use crate::partition_log::{AppendOutcome, LogError, LogOffsets, PartitionLog, ReadOutcome, MAX_BATCHES_PER_COMMIT};
+use crate::partition_log::{
+    AppendOutcome, LogError, LogOffsets, PartitionLog, ReadOutcome, MAX_BATCHES_PER_COMMIT,
+};
 use crate::record_batch::ValidatedBatch;
 
 /// Messages a partition mailbox holds before senders wait.
@@ -32,7 +34,10 @@ pub enum PartitionError {
     /// Restarting after a panic, or closed: retry shortly.
     Unavailable(String),
     Storage(String),
-    OffsetOutOfRange { requested: i64, offsets: LogOffsets },
+    OffsetOutOfRange {
+        requested: i64,
+        offsets: LogOffsets,
+    },
     /// The partition's topic was deleted.
     Deleted,
 }
@@ -71,7 +76,9 @@ impl std::error::Error for PartitionError {}
 impl From<LogError> for PartitionError {
     fn from(e: LogError) -> Self {
         match e {
-            LogError::OffsetOutOfRange { requested, offsets } => PartitionError::OffsetOutOfRange { requested, offsets },
+            LogError::OffsetOutOfRange { requested, offsets } => {
+                PartitionError::OffsetOutOfRange { requested, offsets }
+            }
             other => PartitionError::Storage(other.to_string()),
         }
     }
@@ -196,7 +203,9 @@ impl PartitionActor {
         #[cfg(feature = "fault-injection")]
         let inject = std::mem::take(&mut self.panic_next);
         let Some(log) = self.log.as_mut() else {
-            return Err(PartitionError::Unavailable("partition log could not be opened".into()));
+            return Err(PartitionError::Unavailable(
+                "partition log could not be opened".into(),
+            ));
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             #[cfg(feature = "fault-injection")]
@@ -209,7 +218,8 @@ impl PartitionActor {
             Ok(result) => result.map_err(PartitionError::from),
             Err(_) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, "partition actor panicked; restarting");
-                let error = PartitionError::Unavailable("partition restarting after a panic".into());
+                let error =
+                    PartitionError::Unavailable("partition restarting after a panic".into());
                 self.fail_pending(&error);
                 self.log = None;
                 ctx.stop();
@@ -292,7 +302,10 @@ impl Supervised for PartitionActor {
         tracing::warn!(topic = %self.topic, partition = self.partition, "partition actor restarting");
         self.log = None;
         self.flush_scheduled = false;
-        assert!(self.pending.is_empty(), "pending appends are answered before a stop");
+        assert!(
+            self.pending.is_empty(),
+            "pending appends are answered before a stop"
+        );
     }
 }
 
@@ -311,15 +324,20 @@ impl Handler<Append> for PartitionActor {
         }
         let (reply, answer) = oneshot::channel();
         self.pending_batches += msg.batches.len();
-        self.pending.push(PendingAppend { batches: msg.batches, reply });
+        self.pending.push(PendingAppend {
+            batches: msg.batches,
+            reply,
+        });
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);
         }
         Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(PartitionError::Unavailable("partition restarted before commit".into())))
+            answer.await.unwrap_or_else(|_| {
+                Err(PartitionError::Unavailable(
+                    "partition restarted before commit".into(),
+                ))
+            })
         })
     }
 }
@@ -367,7 +385,10 @@ impl Handler<Remove> for PartitionActor {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PartitionError::Storage(format!("removing {}: {e}", self.dir.display()))),
+            Err(e) => Err(PartitionError::Storage(format!(
+                "removing {}: {e}",
+                self.dir.display()
+            ))),
         }
     }
 }

@@ -66,8 +66,13 @@ pub enum LogError {
     Storage(heed::Error),
     Io(std::io::Error),
     /// The map reached `max_map_bytes`.
-    Full { map_bytes: usize },
-    OffsetOutOfRange { requested: i64, offsets: LogOffsets },
+    Full {
+        map_bytes: usize,
+    },
+    OffsetOutOfRange {
+        requested: i64,
+        offsets: LogOffsets,
+    },
     /// Stored bytes that do not parse: never expected, reported loudly.
     Corrupt(String),
 }
@@ -77,7 +82,9 @@ impl std::fmt::Display for LogError {
         match self {
             LogError::Storage(e) => write!(f, "lmdb: {e}"),
             LogError::Io(e) => write!(f, "io: {e}"),
-            LogError::Full { map_bytes } => write!(f, "partition storage is full at its {map_bytes} byte limit"),
+            LogError::Full { map_bytes } => {
+                write!(f, "partition storage is full at its {map_bytes} byte limit")
+            }
             LogError::OffsetOutOfRange { requested, offsets } => write!(
                 f,
                 "offset {requested} is outside the log [{}, {}]",
@@ -129,7 +136,10 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(config.initial_map_bytes).max_dbs(4).max_readers(126);
+        options
+            .map_size(config.initial_map_bytes)
+            .max_dbs(4)
+            .max_readers(126);
         if config.flush_interval().is_some() {
             // Safety: NO_SYNC trades the last un-flushed commits on a machine
             // crash for speed; the actor calls force_sync every interval.
@@ -171,7 +181,8 @@ impl PartitionLog {
         let log_start = self.meta.get(&rtxn, LOG_START_KEY)?.unwrap_or(0) as i64;
         let log_end = match self.batches.last(&rtxn)? {
             Some((_, value)) => {
-                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                let header =
+                    BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
                 header.last_offset() + 1
             }
             None => log_start,
@@ -180,8 +191,14 @@ impl PartitionLog {
             Some((key, _)) => key_timestamp(key),
             None => i64::MIN,
         };
-        assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
-        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end };
+        assert!(
+            log_start <= log_end,
+            "log start {log_start} beyond log end {log_end}"
+        );
+        self.offsets = LogOffsets {
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        };
         Ok(())
     }
 
@@ -195,9 +212,15 @@ impl PartitionLog {
 
     /// Appends every group in one write transaction (one fsync for all), in order.
     /// Each group gets the offsets of its batches, contiguous.
-    pub fn append_groups(&mut self, groups: &[&[ValidatedBatch]]) -> Result<Vec<AppendOutcome>, LogError> {
+    pub fn append_groups(
+        &mut self,
+        groups: &[&[ValidatedBatch]],
+    ) -> Result<Vec<AppendOutcome>, LogError> {
         let total: usize = groups.iter().map(|g| g.len()).sum();
-        assert!(total <= MAX_BATCHES_PER_COMMIT, "group commit of {total} batches over the bound");
+        assert!(
+            total <= MAX_BATCHES_PER_COMMIT,
+            "group commit of {total} batches over the bound"
+        );
         // Bounded: each retry doubles the map, and the map is capped.
         for _ in 0..64 {
             match self.try_append(groups) {
@@ -205,7 +228,9 @@ impl PartitionLog {
                 other => return other,
             }
         }
-        Err(LogError::Full { map_bytes: self.map_bytes })
+        Err(LogError::Full {
+            map_bytes: self.map_bytes,
+        })
     }
 
     fn try_append(&mut self, groups: &[&[ValidatedBatch]]) -> Result<Vec<AppendOutcome>, LogError> {
@@ -218,17 +243,29 @@ impl PartitionLog {
             for batch in group.iter() {
                 let prefix = stored_prefix(&batch.bytes, next, 0);
                 let rest = after_prefix(&batch.bytes);
-                self.batches.put_reserved(&mut wtxn, &(next as u64), batch.bytes.len(), |space| {
-                    space.write_all(&prefix)?;
-                    space.write_all(rest)
-                })?;
+                self.batches.put_reserved(
+                    &mut wtxn,
+                    &(next as u64),
+                    batch.bytes.len(),
+                    |space| {
+                        space.write_all(&prefix)?;
+                        space.write_all(rest)
+                    },
+                )?;
                 if batch.header.max_timestamp > max_timestamp {
                     max_timestamp = batch.header.max_timestamp;
-                    self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &(next as u64))?;
+                    self.time_index.put(
+                        &mut wtxn,
+                        &timestamp_key(max_timestamp),
+                        &(next as u64),
+                    )?;
                 }
                 next += batch.record_count();
             }
-            outcomes.push(AppendOutcome { base_offset, last_offset: next - 1 });
+            outcomes.push(AppendOutcome {
+                base_offset,
+                last_offset: next - 1,
+            });
         }
         wtxn.commit()?;
         self.offsets.log_end_offset = next;
@@ -238,7 +275,9 @@ impl PartitionLog {
 
     fn grow_map(&mut self) -> Result<(), LogError> {
         if self.map_bytes >= self.max_map_bytes {
-            return Err(LogError::Full { map_bytes: self.map_bytes });
+            return Err(LogError::Full {
+                map_bytes: self.map_bytes,
+            });
         }
         let new_size = (self.map_bytes * 2).min(self.max_map_bytes);
         // Safety: only this actor touches the env, and no transaction is open
@@ -258,20 +297,39 @@ impl PartitionLog {
     /// Whole batches from the one holding `offset`, up to `max_bytes`. With
     /// `min_one`, the first batch is returned even if larger, so a consumer
     /// can always make progress (as Kafka does).
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadOutcome, LogError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadOutcome, LogError> {
         let offsets = self.offsets;
         if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
-            return Err(LogError::OffsetOutOfRange { requested: offset, offsets });
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                offsets,
+            });
         }
         let mut out = BytesMut::new();
         if offset == offsets.log_end_offset {
-            return Ok(ReadOutcome { records: out.freeze(), offsets });
+            return Ok(ReadOutcome {
+                records: out.freeze(),
+                offsets,
+            });
         }
         let rtxn = self.env.read_txn()?;
-        let start = match self.batches.get_lower_than_or_equal_to(&rtxn, &(offset as u64))? {
+        let start = match self
+            .batches
+            .get_lower_than_or_equal_to(&rtxn, &(offset as u64))?
+        {
             Some((key, value)) => {
-                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
-                if header.last_offset() < offset { key + 1 } else { key }
+                let header =
+                    BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                if header.last_offset() < offset {
+                    key + 1
+                } else {
+                    key
+                }
             }
             None => offset as u64,
         };
@@ -287,13 +345,19 @@ impl PartitionLog {
                 break;
             }
         }
-        Ok(ReadOutcome { records: out.freeze(), offsets })
+        Ok(ReadOutcome {
+            records: out.freeze(),
+            offsets,
+        })
     }
 
     /// The first record with timestamp >= `timestamp`: (offset, its timestamp).
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
         let rtxn = self.env.read_txn()?;
-        let Some((_, base)) = self.time_index.get_greater_than_or_equal_to(&rtxn, &timestamp_key(timestamp))? else {
+        let Some((_, base)) = self
+            .time_index
+            .get_greater_than_or_equal_to(&rtxn, &timestamp_key(timestamp))?
+        else {
             return Ok(None);
         };
         self.find_in_batch(&rtxn, base, |ts| ts >= timestamp)
@@ -321,11 +385,18 @@ impl PartitionLog {
             return Ok(None);
         }
         let Some(value) = self.batches.get(rtxn, &base)? else {
-            return Err(LogError::Corrupt(format!("time index names missing batch {base}")));
+            return Err(LogError::Corrupt(format!(
+                "time index names missing batch {base}"
+            )));
         };
         let mut buf = Bytes::copy_from_slice(value);
-        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
-        Ok(set.records.iter().find(|r| matches(r.timestamp)).map(|r| (r.offset, r.timestamp)))
+        let set = RecordBatchDecoder::decode(&mut buf)
+            .map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| matches(r.timestamp))
+            .map(|r| (r.offset, r.timestamp)))
     }
 }
 
@@ -337,7 +408,11 @@ mod tests {
 
     fn batch(n: usize, first_ts: i64, compression: Compression) -> Vec<ValidatedBatch> {
         let records: Vec<NewRecord> = (0..n)
-            .map(|i| NewRecord { timestamp: Some(first_ts + i as i64), value: Some(Bytes::from(vec![7u8; 50])), ..Default::default() })
+            .map(|i| NewRecord {
+                timestamp: Some(first_ts + i as i64),
+                value: Some(Bytes::from(vec![7u8; 50])),
+                ..Default::default()
+            })
             .collect();
         validate_batches(&encode_batch(&records, compression, 0).unwrap(), 1 << 20).unwrap()
     }
@@ -352,15 +427,39 @@ mod tests {
             let a = batch(3, 100, Compression::None);
             let b = batch(2, 200, Compression::Zstd);
             let out = log.append_groups(&[&a, &b]).unwrap();
-            assert_eq!(out, vec![AppendOutcome { base_offset: 0, last_offset: 2 }, AppendOutcome { base_offset: 3, last_offset: 4 }]);
+            assert_eq!(
+                out,
+                vec![
+                    AppendOutcome {
+                        base_offset: 0,
+                        last_offset: 2
+                    },
+                    AppendOutcome {
+                        base_offset: 3,
+                        last_offset: 4
+                    }
+                ]
+            );
             let read = log.read(4, 1 << 20, true).unwrap();
             let sets = RecordBatchDecoder::decode_all(&mut read.records.clone()).unwrap();
-            assert_eq!(sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
-            assert!(matches!(log.read(6, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+            assert_eq!(
+                sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                vec![3, 4]
+            );
+            assert!(matches!(
+                log.read(6, 100, true),
+                Err(LogError::OffsetOutOfRange { .. })
+            ));
             assert!(log.read(5, 100, true).unwrap().records.is_empty());
         }
         let log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5 });
+        assert_eq!(
+            log.offsets(),
+            LogOffsets {
+                log_start_offset: 0,
+                log_end_offset: 5
+            }
+        );
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
         assert_eq!(log.offset_for_timestamp(999).unwrap(), None);
@@ -377,10 +476,20 @@ mod tests {
             log.append_groups(&[&b]).unwrap();
         }
         let one = log.read(0, 1, true).unwrap();
-        assert_eq!(RecordBatchDecoder::decode_all(&mut one.records.clone()).unwrap().len(), 1);
+        assert_eq!(
+            RecordBatchDecoder::decode_all(&mut one.records.clone())
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(log.read(0, 1, false).unwrap().records.is_empty());
         let all = log.read(7, 1 << 20, true).unwrap();
-        assert_eq!(RecordBatchDecoder::decode_all(&mut all.records.clone()).unwrap().len(), 9);
+        assert_eq!(
+            RecordBatchDecoder::decode_all(&mut all.records.clone())
+                .unwrap()
+                .len(),
+            9
+        );
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! Broker configuration: a TOML file whose defaults are `config/tributary.toml`,
+//! compiled in so `tributary start` needs no file at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tributary_actors::{Durability, StorageConfig};
+
+/// The commented default configuration, also the embedded default.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/tributary.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub broker: BrokerSection,
+    pub limits: LimitsSection,
+    pub storage: StorageSection,
+    pub topics: TopicsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    pub node_id: i32,
+    pub cluster_id: String,
+    pub listen: SocketAddr,
+    pub advertised_listener: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout_ms: u64,
+    pub max_fetch_wait_ms: u64,
+    pub max_fetch_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub durability: String,
+    pub flush_interval_ms: u64,
+    pub storage_threads: usize,
+    pub initial_map_bytes: usize,
+    pub max_partition_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsSection {
+    pub auto_create: bool,
+    pub num_partitions: i32,
+    pub max_partitions_per_topic: i32,
+    pub max_message_bytes: i32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+}
+
+impl BrokerConfig {
+    /// The embedded default, overlaid with `file` if given: keys absent from
+    /// the file keep their defaults.
+    pub fn load(file: Option<&str>) -> anyhow::Result<BrokerConfig> {
+        let mut merged: toml::Table = DEFAULT_CONFIG.parse().context("embedded default config")?;
+        if let Some(text) = file {
+            let overlay: toml::Table = text.parse().context("config file is not valid TOML")?;
+            merge(&mut merged, overlay);
+        }
+        let config: BrokerConfig = toml::Value::Table(merged)
+            .try_into()
+            .context("config file")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 || l.max_frame_bytes > 1 << 30 {
+            bail!("limits.max_frame_bytes must be between 1 KiB and 1 GiB");
+        }
+        if l.max_connections == 0 || l.max_fetch_bytes == 0 {
+            bail!("limits.max_connections and limits.max_fetch_bytes must be positive");
+        }
+        if !matches!(self.storage.durability.as_str(), "fsync" | "interval") {
+            bail!(
+                "storage.durability must be \"fsync\" or \"interval\", not {:?}",
+                self.storage.durability
+            );
+        }
+        if self.topics.num_partitions < 1
+            || self.topics.num_partitions > self.topics.max_partitions_per_topic
+        {
+            bail!("topics.num_partitions must be between 1 and topics.max_partitions_per_topic");
+        }
+        if self.broker.node_id < 0 {
+            bail!("broker.node_id must not be negative");
+        }
+        if self.topics.max_message_bytes < 1024 {
+            bail!("topics.max_message_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The host and port clients are told to use.
+    pub fn advertised(&self) -> (String, i32) {
+        let listen = self.broker.listen;
+        if self.broker.advertised_listener.is_empty() {
+            return (listen.ip().to_string(), listen.port() as i32);
+        }
+        match self.broker.advertised_listener.rsplit_once(':') {
+            Some((host, port)) => (
+                host.to_string(),
+                port.parse().unwrap_or(listen.port() as i32),
+            ),
+            None => (
+                self.broker.advertised_listener.clone(),
+                listen.port() as i32,
+            ),
+        }
+    }
+
+    pub fn storage_config(&self) -> StorageConfig {
+        let mut storage = StorageConfig::new(self.broker.data_dir.clone());
+        storage.durability = match self.storage.durability.as_str() {
+            "interval" => Durability::Interval {
+                interval_ms: self.storage.flush_interval_ms,
+            },
+            _ => Durability::Fsync,
+        };
+        storage.storage_threads = self.storage.storage_threads;
+        storage.initial_map_bytes = self.storage.initial_map_bytes;
+        storage.max_map_bytes = self.storage.max_partition_bytes;
+        storage.max_partitions_per_topic = self.topics.max_partitions_per_topic;
+        storage.default_num_partitions = self.topics.num_partitions;
+        storage.topic_defaults.max_message_bytes = self.topics.max_message_bytes;
+        storage.topic_defaults.retention_ms = self.topics.retention_ms;
+        storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
+        storage
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = BrokerConfig::load(None).unwrap();
+        assert_eq!(c.broker.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(c.advertised(), ("127.0.0.1".to_string(), 9092));
+    }
+
+    #[test]
+    fn overlay_keeps_defaults_and_refuses_typos() {
+        let c = BrokerConfig::load(Some("[broker]\nlisten = \"127.0.0.1:19092\"\n")).unwrap();
+        assert_eq!(c.broker.listen.port(), 19092);
+        assert_eq!(c.topics.num_partitions, 1);
+        assert!(BrokerConfig::load(Some("[broker]\nlisen = \"x\"\n")).is_err());
+        assert!(BrokerConfig::load(Some("[storage]\ndurability = \"maybe\"\n")).is_err());
+    }
+}

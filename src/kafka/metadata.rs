@@ -1,0 +1,141 @@
+//! Metadata: brokers, topics and partition leaders. On one broker, this
+//! broker leads every partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
+use kafka_protocol::ResponseError;
+use tributary_actors::{CreateTopic, TopicError, TopicView};
+
+use super::{str_bytes, topic_name, RequestContext};
+
+pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let (host, port) = ctx.config.advertised();
+    let node = BrokerId(ctx.node_id());
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(node)
+        .with_host(str_bytes(host))
+        .with_port(port);
+    // Before v4 the request has no flag and Kafka always allowed creation.
+    let allow_create =
+        ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
+
+    let topics = match req.topics {
+        None => ctx
+            .broker
+            .metadata()
+            .topics
+            .values()
+            .map(|t| describe(ctx, t, version))
+            .collect(),
+        Some(requested) => {
+            let mut out = Vec::with_capacity(requested.len());
+            for topic in requested {
+                let name = match topic.name {
+                    Some(name) => name.0.to_string(),
+                    None => {
+                        let snapshot = ctx.broker.metadata();
+                        match snapshot.topics.values().find(|t| t.id == topic.topic_id) {
+                            Some(t) => {
+                                out.push(describe(ctx, t, version));
+                                continue;
+                            }
+                            None => {
+                                out.push(
+                                    error_topic(None, ResponseError::UnknownTopicId.code())
+                                        .with_topic_id(topic.topic_id),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                };
+                out.push(lookup_or_create(ctx, &name, allow_create, version).await);
+            }
+            out
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_cluster_id((version >= 2).then(|| str_bytes(ctx.config.broker.cluster_id.clone())))
+        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
+        .with_topics(topics)
+}
+
+/// Looks a topic up, creating it if allowed; errors become a topic entry with an error code.
+pub async fn lookup_or_create(
+    ctx: &RequestContext,
+    name: &str,
+    allow_create: bool,
+    version: i16,
+) -> MetadataResponseTopic {
+    if let Some(view) = ctx.broker.metadata().topic(name) {
+        return describe(ctx, view, version);
+    }
+    if let Err(e) = tributary_actors::config::validate_topic_name(name) {
+        tracing::debug!(topic = name, error = %e, "metadata for invalid topic name");
+        return error_topic(Some(name), ResponseError::InvalidTopicException.code());
+    }
+    if !allow_create {
+        return error_topic(Some(name), ResponseError::UnknownTopicOrPartition.code());
+    }
+    match auto_create(ctx, name).await {
+        Ok(view) => describe(ctx, &view, version),
+        Err(code) => error_topic(Some(name), code),
+    }
+}
+
+/// Creates `name` with the broker's defaults. Losing a creation race is success.
+pub async fn auto_create(ctx: &RequestContext, name: &str) -> Result<Arc<TopicView>, i16> {
+    let msg = CreateTopic {
+        name: name.to_string(),
+        partitions: None,
+        configs: BTreeMap::new(),
+        validate_only: false,
+    };
+    match ctx.broker.registry().send(msg).await {
+        Ok(Ok(view)) => Ok(view),
+        Ok(Err(TopicError::AlreadyExists(_))) => ctx
+            .broker
+            .metadata()
+            .topic(name)
+            .cloned()
+            .ok_or(ResponseError::UnknownTopicOrPartition.code()),
+        Ok(Err(e)) => Err(e.error_code()),
+        Err(_) => Err(ResponseError::UnknownServerError.code()),
+    }
+}
+
+fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(name.map(topic_name))
+        .with_error_code(code)
+}
+
+fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.node_id());
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.index)
+                .with_leader_id(node)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_topic_id(if version >= 10 {
+            topic.id
+        } else {
+            uuid::Uuid::nil()
+        })
+        .with_partitions(partitions)
+}

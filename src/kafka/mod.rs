@@ -1,0 +1,237 @@
+//! Kafka request handling: decode a frame with `kafka-protocol`, route it to
+//! the handler for its API (one file each), encode the response at the
+//! version the client asked for.
+
+mod api_versions;
+mod create_partitions;
+mod create_topics;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tributary_actors::Broker;
+
+use crate::config::BrokerConfig;
+
+/// What every handler may use.
+pub struct RequestContext {
+    pub broker: Broker,
+    pub config: Arc<BrokerConfig>,
+}
+
+impl RequestContext {
+    pub fn node_id(&self) -> i32 {
+        self.config.broker.node_id
+    }
+}
+
+/// The APIs and version ranges this broker serves, as ApiVersions advertises
+/// them. Each is within what `kafka-protocol` can encode; the upper bounds
+/// stop before versions that address topics by id only.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+];
+
+pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Why a request could not be answered; the connection is closed with this reason.
+#[derive(Debug)]
+pub enum RequestError {
+    TooShort(usize),
+    UnknownApiKey(i16),
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+    },
+    Decode {
+        api: ApiKey,
+        version: i16,
+        error: String,
+    },
+    Encode {
+        api: ApiKey,
+        version: i16,
+        error: String,
+    },
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::TooShort(n) => {
+                write!(f, "request of {n} bytes is shorter than a request header")
+            }
+            RequestError::UnknownApiKey(k) => write!(f, "unknown API key {k}"),
+            RequestError::UnsupportedVersion { api, version } => {
+                write!(f, "{api:?} v{version} is not supported (see ApiVersions)")
+            }
+            RequestError::Decode {
+                api,
+                version,
+                error,
+            } => write!(f, "cannot decode {api:?} v{version}: {error}"),
+            RequestError::Encode {
+                api,
+                version,
+                error,
+            } => write!(f, "cannot encode {api:?} v{version} response: {error}"),
+        }
+    }
+}
+
+/// A decoded request header and the rest of the frame.
+pub struct DecodedRequest {
+    pub api: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: Bytes,
+}
+
+/// Reads the request header. ApiVersions at an unknown version is let through
+/// (the handler answers it in v0, as Kafka does); other unsupported versions are errors.
+pub fn decode_header(mut frame: Bytes) -> Result<DecodedRequest, RequestError> {
+    if frame.len() < 8 {
+        return Err(RequestError::TooShort(frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| RequestError::UnknownApiKey(key))?;
+    let supported = supported_range(api).is_some_and(|(min, max)| (min..=max).contains(&version));
+    if !supported && api != ApiKey::ApiVersions {
+        return Err(RequestError::UnsupportedVersion { api, version });
+    }
+    // ApiVersions beyond what we know is read with the newest header we know.
+    let header_version = api.request_header_version(if supported { version } else { 0 });
+    let header =
+        RequestHeader::decode(&mut frame, header_version).map_err(|e| RequestError::Decode {
+            api,
+            version,
+            error: format!("header: {e}"),
+        })?;
+    Ok(DecodedRequest {
+        api,
+        version,
+        header,
+        body: frame,
+    })
+}
+
+fn decode_body<T: Decodable>(req: &mut DecodedRequest) -> Result<T, RequestError> {
+    T::decode(&mut req.body, req.version).map_err(|e| RequestError::Decode {
+        api: req.api,
+        version: req.version,
+        error: e.to_string(),
+    })
+}
+
+/// Encodes length prefix, response header and body in one buffer.
+fn encode_response<T: Encodable>(
+    req: &DecodedRequest,
+    version: i16,
+    body: &T,
+) -> Result<Bytes, RequestError> {
+    let fail = |e: anyhow::Error| RequestError::Encode {
+        api: req.api,
+        version,
+        error: e.to_string(),
+    };
+    let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
+    let header_version = req.api.response_header_version(version);
+    let size = header.compute_size(header_version).map_err(fail)?
+        + body.compute_size(version).map_err(fail)?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.put_i32(size as i32);
+    header.encode(&mut buf, header_version).map_err(fail)?;
+    body.encode(&mut buf, version).map_err(fail)?;
+    debug_assert_eq!(buf.len(), 4 + size, "computed size matches encoded size");
+    Ok(buf.freeze())
+}
+
+/// Handles one request frame. `Ok(None)` means no response is due (produce with acks=0).
+pub async fn handle_frame(
+    ctx: &RequestContext,
+    frame: Bytes,
+) -> Result<Option<Bytes>, RequestError> {
+    let mut req = decode_header(frame)?;
+    let v = req.version;
+    let response = match req.api {
+        ApiKey::ApiVersions => {
+            let (version, body) = api_versions::handle(&mut req);
+            return encode_response(&req, version, &body).map(Some);
+        }
+        ApiKey::Metadata => {
+            let body = metadata::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::Produce => match produce::handle(ctx, decode_body(&mut req)?, v).await {
+            Some(body) => encode_response(&req, v, &body)?,
+            None => return Ok(None),
+        },
+        ApiKey::Fetch => {
+            let body = fetch::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::ListOffsets => {
+            let body = list_offsets::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::CreateTopics => {
+            let body = create_topics::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DeleteTopics => {
+            let body = delete_topics::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::CreatePartitions => {
+            let body = create_partitions::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DescribeConfigs => {
+            let body = describe_configs::handle(ctx, decode_body(&mut req)?);
+            encode_response(&req, v, &body)?
+        }
+        api => return Err(RequestError::UnsupportedVersion { api, version: v }),
+    };
+    Ok(Some(response))
+}
+
+pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// An error message for responses whose every version carries one.
+pub fn message(text: impl std::fmt::Display) -> Option<StrBytes> {
+    Some(str_bytes(text.to_string()))
+}
+
+/// An error message only where `version >= since`: `kafka-protocol` refuses to
+/// encode a field that the chosen version does not have.
+pub fn message_since(version: i16, since: i16, text: impl std::fmt::Display) -> Option<StrBytes> {
+    (version >= since).then(|| str_bytes(text.to_string()))
+}

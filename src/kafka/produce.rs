@@ -1,0 +1,117 @@
+//! Produce: validate batches on the connection's thread, then hand each
+//! partition's batches to its `PartitionActor`, which answers after the group
+//! commit. acks=0 gets no response, as in Kafka.
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+use tributary_actors::{validate_batches, Append};
+
+use super::{message_since, RequestContext};
+
+pub async fn handle(
+    ctx: &RequestContext,
+    req: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let refusal = if !matches!(acks, -1..=1) {
+        Some((
+            ResponseError::InvalidRequiredAcks.code(),
+            format!("acks {acks} is invalid; use -1, 0 or 1"),
+        ))
+    } else if req.transactional_id.is_some() {
+        Some((
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+            "transactions are not supported yet".to_string(),
+        ))
+    } else {
+        None
+    };
+
+    // Every partition's append is sent before any is awaited, so the
+    // partitions of one request commit in parallel.
+    let mut pending = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let mut view = ctx.broker.metadata().topic(&name).cloned();
+        if view.is_none() && refusal.is_none() && ctx.config.topics.auto_create {
+            view = super::metadata::auto_create(ctx, &name).await.ok();
+        }
+        for partition in topic.partition_data {
+            let index = partition.index;
+            let handle = view.as_ref().and_then(|v| {
+                usize::try_from(index)
+                    .ok()
+                    .and_then(|i| v.partitions.get(i))
+            });
+            let outcome = match (&refusal, view.as_ref(), handle) {
+                (Some((code, why)), _, _) => Err((*code, why.clone())),
+                (None, Some(view), Some(handle)) => {
+                    let limit = view.config.max_message_bytes.max(0) as usize;
+                    match partition
+                        .records
+                        .as_ref()
+                        .map(|r| validate_batches(r, limit))
+                    {
+                        Some(Ok(batches)) => Ok(handle.addr.send(Append { batches })),
+                        Some(Err(e)) => Err((e.error_code(), e.to_string())),
+                        None => Err((
+                            ResponseError::InvalidRecord.code(),
+                            "produce request carried null records".into(),
+                        )),
+                    }
+                }
+                _ => Err((
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    format!("unknown topic or partition {name}-{index}"),
+                )),
+            };
+            if let Err((_, why)) = &outcome {
+                tracing::debug!(topic = %name, partition = index, reason = %why, "produce refused");
+            }
+            pending.push((topic.name.clone(), index, outcome));
+        }
+    }
+
+    let mut responses: Vec<TopicProduceResponse> = Vec::new();
+    for (topic, index, outcome) in pending {
+        let response = PartitionProduceResponse::default()
+            .with_index(index)
+            .with_log_append_time_ms(-1);
+        let response = match outcome {
+            Ok(append) => match append.await {
+                Ok(Ok(appended)) => {
+                    let log_start = if version >= 5 { 0 } else { -1 };
+                    response
+                        .with_base_offset(appended.base_offset)
+                        .with_log_start_offset(log_start)
+                }
+                Ok(Err(e)) => response
+                    .with_error_code(e.error_code())
+                    .with_base_offset(-1)
+                    .with_error_message(message_since(version, 8, &e)),
+                Err(e) => response
+                    .with_error_code(ResponseError::NotLeaderOrFollower.code())
+                    .with_base_offset(-1)
+                    .with_error_message(message_since(version, 8, e)),
+            },
+            Err((code, why)) => response
+                .with_error_code(code)
+                .with_base_offset(-1)
+                .with_error_message(message_since(version, 8, why)),
+        };
+        match responses.last_mut() {
+            Some(last) if last.name == topic => last.partition_responses.push(response),
+            _ => responses.push(
+                TopicProduceResponse::default()
+                    .with_name(topic)
+                    .with_partition_responses(vec![response]),
+            ),
+        }
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}
