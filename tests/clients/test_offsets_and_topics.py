@@ -1,0 +1,131 @@
+"""ListOffsets, topic administration and their errors, through AdminClient,
+the consumer's offset lookups, and kafka-python's admin client."""
+
+import kafka
+import kafka.admin
+import kafka.errors
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+from helpers import consume_partitions, create_topic
+
+
+def test_list_offsets_earliest_latest_and_by_timestamp(broker):
+    create_topic(broker.bootstrap, "timed", 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    base = 1_700_000_000_000
+    for i in range(100):
+        producer.produce("timed", value=str(i), timestamp=base + i * 10)
+        if i % 10 == 9:
+            producer.flush(10)  # several batches, so the lookup crosses batch boundaries
+    assert producer.flush(10) == 0
+
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "offsets-test"})
+    low, high = consumer.get_watermark_offsets(TopicPartition("timed", 0), timeout=10)
+    assert (low, high) == (0, 100)
+    query = [TopicPartition("timed", 0, base + 555)]  # between record 55 and 56
+    assert consumer.offsets_for_times(query, timeout=10)[0].offset == 56
+    query = [TopicPartition("timed", 0, base)]
+    assert consumer.offsets_for_times(query, timeout=10)[0].offset == 0
+    query = [TopicPartition("timed", 0, base + 10_000)]  # after every record: the end (-1 from the broker)
+    assert consumer.offsets_for_times(query, timeout=10)[0].offset in (-1, 100)
+    consumer.close()
+
+    # kafka-python asks with ListOffsets at its own versions.
+    kc = kafka.KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    tp = kafka.TopicPartition("timed", 0)
+    assert kc.beginning_offsets([tp])[tp] == 0
+    assert kc.end_offsets([tp])[tp] == 100
+    found = kc.offsets_for_times({tp: base + 301})[tp]
+    assert (found.offset, found.timestamp) == (31, base + 310)
+    kc.close()
+
+
+def test_create_describe_grow_and_delete_topics(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    futures = admin.create_topics([NewTopic("admin-a", 3, 1, config={"retention.ms": "60000"}),
+                                   NewTopic("admin-b", 2, 1)])
+    for f in futures.values():
+        f.result(10)
+
+    md = admin.list_topics(timeout=10)
+    assert {"admin-a", "admin-b"} <= set(md.topics)
+    assert len(md.topics["admin-a"].partitions) == 3
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "admin-a")
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["retention.ms"].value == "60000"
+    assert configs["cleanup.policy"].value == "delete"
+
+    admin.create_partitions([NewPartitions("admin-a", 5)])["admin-a"].result(10)
+    assert len(admin.list_topics("admin-a", timeout=10).topics["admin-a"].partitions) == 5
+
+    # Errors carry Kafka's codes.
+    with pytest.raises(KafkaException) as exists:
+        admin.create_topics([NewTopic("admin-a", 1, 1)])["admin-a"].result(10)
+    assert exists.value.args[0].name() == "TOPIC_ALREADY_EXISTS"
+    with pytest.raises(KafkaException) as bad_rf:
+        admin.create_topics([NewTopic("admin-rf", 1, 3)])["admin-rf"].result(10)
+    assert bad_rf.value.args[0].name() == "INVALID_REPLICATION_FACTOR"
+    with pytest.raises(KafkaException) as bad_name:
+        admin.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"].result(10)
+    assert bad_name.value.args[0].name() == "TOPIC_EXCEPTION"  # librdkafka's name for INVALID_TOPIC_EXCEPTION (17)
+    with pytest.raises(KafkaException) as bad_config:
+        admin.create_topics([NewTopic("admin-c", 1, 1, config={"retention.ms": "soon"})])["admin-c"].result(10)
+    assert bad_config.value.args[0].name() == "INVALID_CONFIG"
+    with pytest.raises(KafkaException) as shrink:
+        admin.create_partitions([NewPartitions("admin-a", 2)])["admin-a"].result(10)
+    assert shrink.value.args[0].name() == "INVALID_PARTITIONS"
+
+    admin.delete_topics(["admin-a"])["admin-a"].result(10)
+    assert "admin-a" not in admin.list_topics(timeout=10).topics
+    assert not (broker.data_dir / "admin-a-0").exists()
+    with pytest.raises(KafkaException) as unknown:
+        admin.delete_topics(["admin-a"])["admin-a"].result(10)
+    assert unknown.value.args[0].name() == "UNKNOWN_TOPIC_OR_PART"
+
+
+def test_kafka_python_admin_client(broker):
+    admin = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([kafka.admin.NewTopic("kpa", num_partitions=4, replication_factor=1)])
+    assert "kpa" in admin.list_topics()
+    with pytest.raises(kafka.errors.TopicAlreadyExistsError):
+        admin.create_topics([kafka.admin.NewTopic("kpa", num_partitions=1, replication_factor=1)])
+    admin.delete_topics(["kpa"])
+    assert "kpa" not in admin.list_topics()
+    admin.close()
+
+
+def test_auto_create_on_metadata_and_produce(broker_factory):
+    on = broker_factory("[topics]\nauto_create = true\nnum_partitions = 3\n")
+    producer = Producer({"bootstrap.servers": on.bootstrap})
+    producer.produce("made-by-produce", value=b"x")
+    assert producer.flush(10) == 0
+    md = AdminClient({"bootstrap.servers": on.bootstrap}).list_topics(timeout=10)
+    assert len(md.topics["made-by-produce"].partitions) == 3
+
+    off = broker_factory("[topics]\nauto_create = false\n")
+    md = AdminClient({"bootstrap.servers": off.bootstrap}).list_topics("never-made", timeout=10)
+    assert md.topics["never-made"].error.name() == "UNKNOWN_TOPIC_OR_PART"
+    assert not (off.data_dir / "never-made-0").exists()
+
+
+def test_fetch_out_of_range_and_unknown_partition(broker):
+    create_topic(broker.bootstrap, "small", 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(5):
+        producer.produce("small", value=str(i))
+    producer.flush(10)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "oor", "auto.offset.reset": "error"})
+    consumer.assign([TopicPartition("small", 0, 50)])
+    err = None
+    for _ in range(40):
+        m = consumer.poll(0.5)
+        if m is not None and m.error():
+            err = m.error()
+            break
+    consumer.close()
+    assert err is not None and "out of range" in str(err).lower()
+    # The log itself is untouched.
+    assert len(consume_partitions(broker.bootstrap, "small", [0], 5)[0]) == 5
