@@ -12,6 +12,9 @@ mod list_offsets;
 mod metadata;
 mod produce;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
