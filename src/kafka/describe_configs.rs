@@ -20,11 +20,10 @@ pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConf
         .into_iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let wanted = |config: &str| {
-                resource
-                    .configuration_keys
-                    .as_ref()
-                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == config))
+            // Null or empty asks for every config, as in Kafka.
+            let wanted = |config: &str| match resource.configuration_keys.as_deref() {
+                None | Some([]) => true,
+                Some(keys) => keys.iter().any(|k| k.as_str() == config),
             };
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)

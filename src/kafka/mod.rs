@@ -14,6 +14,8 @@ mod produce;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod version_tests;
 
 use std::sync::Arc;
 
