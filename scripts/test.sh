@@ -16,6 +16,9 @@ fi
 echo "== installing Python test clients (tests/requirements.txt)"
 python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
+echo "== installing kafkajs (tests/js/package-lock.json)"
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== building (release)"
 cargo build --release --workspace --locked
 
