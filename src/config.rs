@@ -71,9 +71,7 @@ impl BrokerConfig {
             let overlay: toml::Table = text.parse().context("config file is not valid TOML")?;
             merge(&mut merged, overlay);
         }
-        let config: BrokerConfig = toml::Value::Table(merged)
-            .try_into()
-            .context("config file")?;
+        let config: BrokerConfig = toml::Value::Table(merged).try_into().context("config file")?;
         config.validate()?;
         Ok(config)
     }
@@ -87,14 +85,9 @@ impl BrokerConfig {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");
         }
         if !matches!(self.storage.durability.as_str(), "fsync" | "interval") {
-            bail!(
-                "storage.durability must be \"fsync\" or \"interval\", not {:?}",
-                self.storage.durability
-            );
+            bail!("storage.durability must be \"fsync\" or \"interval\", not {:?}", self.storage.durability);
         }
-        if self.topics.num_partitions < 1
-            || self.topics.num_partitions > self.topics.max_partitions_per_topic
-        {
+        if self.topics.num_partitions < 1 || self.topics.num_partitions > self.topics.max_partitions_per_topic {
             bail!("topics.num_partitions must be between 1 and topics.max_partitions_per_topic");
         }
         if self.broker.node_id < 0 {
@@ -113,23 +106,15 @@ impl BrokerConfig {
             return (listen.ip().to_string(), listen.port() as i32);
         }
         match self.broker.advertised_listener.rsplit_once(':') {
-            Some((host, port)) => (
-                host.to_string(),
-                port.parse().unwrap_or(listen.port() as i32),
-            ),
-            None => (
-                self.broker.advertised_listener.clone(),
-                listen.port() as i32,
-            ),
+            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(listen.port() as i32)),
+            None => (self.broker.advertised_listener.clone(), listen.port() as i32),
         }
     }
 
     pub fn storage_config(&self) -> StorageConfig {
         let mut storage = StorageConfig::new(self.broker.data_dir.clone());
         storage.durability = match self.storage.durability.as_str() {
-            "interval" => Durability::Interval {
-                interval_ms: self.storage.flush_interval_ms,
-            },
+            "interval" => Durability::Interval { interval_ms: self.storage.flush_interval_ms },
             _ => Durability::Fsync,
         };
         storage.storage_threads = self.storage.storage_threads;

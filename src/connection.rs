@@ -26,10 +26,7 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::TooLarge { size, limit } => {
-                write!(
-                    f,
-                    "request frame of {size} bytes exceeds limits.max_frame_bytes {limit}"
-                )
+                write!(f, "request frame of {size} bytes exceeds limits.max_frame_bytes {limit}")
             }
             FrameError::Invalid(len) => write!(f, "request frame length {len} is invalid"),
             FrameError::Io(e) => write!(f, "{e}"),
@@ -54,26 +51,15 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     }
     let len = len as usize;
     if len > max_frame_bytes {
-        return Err(FrameError::TooLarge {
-            size: len,
-            limit: max_frame_bytes,
-        });
+        return Err(FrameError::TooLarge { size: len, limit: max_frame_bytes });
     }
     let mut frame = BytesMut::zeroed(len);
-    reader
-        .read_exact(&mut frame)
-        .await
-        .map_err(FrameError::Io)?;
+    reader.read_exact(&mut frame).await.map_err(FrameError::Io)?;
     Ok(Some(frame.freeze()))
 }
 
 /// Serves one client until it disconnects, misbehaves, idles out, or the broker shuts down.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<RequestContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
@@ -125,28 +111,13 @@ mod tests {
     #[tokio::test]
     async fn frames_are_bounded_and_validated() {
         let mut ok: &[u8] = &[0, 0, 0, 2, 7, 8];
-        assert_eq!(
-            read_frame(&mut ok, 16).await.unwrap().unwrap().as_ref(),
-            &[7, 8]
-        );
+        assert_eq!(read_frame(&mut ok, 16).await.unwrap().unwrap().as_ref(), &[7, 8]);
         let mut big: &[u8] = &[0, 0, 1, 0];
-        assert!(matches!(
-            read_frame(&mut big, 16).await,
-            Err(FrameError::TooLarge {
-                size: 256,
-                limit: 16
-            })
-        ));
+        assert!(matches!(read_frame(&mut big, 16).await, Err(FrameError::TooLarge { size: 256, limit: 16 })));
         let mut negative: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            read_frame(&mut negative, 16).await,
-            Err(FrameError::Invalid(-1))
-        ));
+        assert!(matches!(read_frame(&mut negative, 16).await, Err(FrameError::Invalid(-1))));
         let mut truncated: &[u8] = &[0, 0, 0, 9, 1];
-        assert!(matches!(
-            read_frame(&mut truncated, 16).await,
-            Err(FrameError::Io(_))
-        ));
+        assert!(matches!(read_frame(&mut truncated, 16).await, Err(FrameError::Io(_))));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty, 16).await.unwrap().is_none());
     }

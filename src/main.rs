@@ -16,11 +16,7 @@ use crate::kafka::RequestContext;
 use crate::server::Server;
 
 #[derive(Parser)]
-#[command(
-    name = "tributary",
-    version,
-    about = "A Kafka-compatible event streaming broker"
-)]
+#[command(name = "tributary", version, about = "A Kafka-compatible event streaming broker")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,9 +42,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -56,16 +50,11 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())
         }
-        Command::Start {
-            config,
-            listen,
-            data_dir,
-        } => {
+        Command::Start { config, listen, data_dir } => {
             let text = match &config {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                ),
+                Some(path) => {
+                    Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+                }
                 None => None,
             };
             let mut config = BrokerConfig::load(text.as_deref())?;
@@ -83,14 +72,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.broker.data_dir)
         .with_context(|| format!("creating data dir {}", config.broker.data_dir.display()))?;
-    let broker = tributary_actors::Broker::start(config.storage_config())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let broker = tributary_actors::Broker::start(config.storage_config()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.broker.data_dir.clone();
-    let server = Server::bind(RequestContext {
-        broker,
-        config: std::sync::Arc::new(config),
-    })
-    .await?;
+    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config) }).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
     actix::System::current().stop();

@@ -23,13 +23,8 @@ pub struct Server {
 impl Server {
     pub async fn bind(ctx: RequestContext) -> anyhow::Result<Server> {
         let addr = ctx.config.broker.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Server {
-            listener,
-            ctx: Arc::new(ctx),
-        })
+        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        Ok(Server { listener, ctx: Arc::new(ctx) })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -71,14 +66,8 @@ impl Server {
         let _ = stop_tx.send(true);
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         let all = limits.max_connections as u32;
-        if tokio::time::timeout(grace, slots.acquire_many(all))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_secs = limits.shutdown_grace_secs,
-                "connections still open after the grace period"
-            );
+        if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+            tracing::warn!(grace_secs = limits.shutdown_grace_secs, "connections still open after the grace period");
         }
     }
 }

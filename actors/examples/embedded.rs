@@ -12,25 +12,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let broker = Broker::start(StorageConfig::new(&data_dir))?;
         broker.create_topic("greetings", 2, BTreeMap::new()).await?;
 
-        let records: Vec<NewRecord> = ["hello", "bonjour", "hallo"]
-            .iter()
-            .map(|word| NewRecord::new("lang", word.to_string()))
-            .collect();
+        let records: Vec<NewRecord> =
+            ["hello", "bonjour", "hallo"].iter().map(|word| NewRecord::new("lang", word.to_string())).collect();
         let appended = broker.produce("greetings", 0, &records).await?;
-        println!(
-            "appended offsets {}..={}",
-            appended.base_offset, appended.last_offset
-        );
+        println!("appended offsets {}..={}", appended.base_offset, appended.last_offset);
 
         for record in broker.fetch("greetings", 0, 0, 1 << 20).await? {
-            let value = record
-                .value
-                .map(|v| String::from_utf8_lossy(&v).into_owned());
+            let value = record.value.map(|v| String::from_utf8_lossy(&v).into_owned());
             println!("offset {} value {:?}", record.offset, value);
         }
-        let latest = broker
-            .list_offset("greetings", 0, OffsetQuery::Latest)
-            .await?;
+        let latest = broker.list_offset("greetings", 0, OffsetQuery::Latest).await?;
         println!("next offset {:?}", latest.map(|(offset, _)| offset));
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;

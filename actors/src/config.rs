@@ -125,21 +125,12 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
 ];
 
 fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
+    value.trim().parse().map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
 }
 
-fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
-    name: &str,
-    v: T,
-    min: T,
-) -> Result<T, ConfigError> {
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(name: &str, v: T, min: T) -> Result<T, ConfigError> {
     if v < min {
-        return Err(ConfigError(format!(
-            "config {name}: {v} is below the minimum {min}"
-        )));
+        return Err(ConfigError(format!("config {name}: {v} is below the minimum {min}")));
     }
     Ok(v)
 }
@@ -149,20 +140,12 @@ impl TopicConfig {
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         match name {
             "retention.ms" => self.retention_ms = at_least(name, parse_num(name, value)?, -1)?,
-            "retention.bytes" => {
-                self.retention_bytes = at_least(name, parse_num(name, value)?, -1)?
-            }
+            "retention.bytes" => self.retention_bytes = at_least(name, parse_num(name, value)?, -1)?,
             "segment.bytes" => self.segment_bytes = at_least(name, parse_num(name, value)?, 14)?,
             "segment.ms" => self.segment_ms = at_least(name, parse_num(name, value)?, 1)?,
-            "delete.retention.ms" => {
-                self.delete_retention_ms = at_least(name, parse_num(name, value)?, 0)?
-            }
-            "max.message.bytes" => {
-                self.max_message_bytes = at_least(name, parse_num(name, value)?, 0)?
-            }
-            "min.insync.replicas" => {
-                self.min_insync_replicas = at_least(name, parse_num(name, value)?, 1)?
-            }
+            "delete.retention.ms" => self.delete_retention_ms = at_least(name, parse_num(name, value)?, 0)?,
+            "max.message.bytes" => self.max_message_bytes = at_least(name, parse_num(name, value)?, 0)?,
+            "min.insync.replicas" => self.min_insync_replicas = at_least(name, parse_num(name, value)?, 1)?,
             "cleanup.policy" => {
                 let mut parts: Vec<&str> = value.split(',').map(str::trim).collect();
                 parts.sort_unstable();
@@ -183,12 +166,9 @@ impl TopicConfig {
                 self.message_timestamp_type = value.to_string();
             }
             "compression.type" => {
-                const CODECS: &[&str] =
-                    &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
+                const CODECS: &[&str] = &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
                 if !CODECS.contains(&value) {
-                    return Err(ConfigError(format!(
-                        "config compression.type: '{value}' must be one of {CODECS:?}"
-                    )));
+                    return Err(ConfigError(format!("config compression.type: '{value}' must be one of {CODECS:?}")));
                 }
                 self.compression_type = value.to_string();
             }
@@ -214,6 +194,11 @@ impl TopicConfig {
         })
     }
 
+    /// `Some(now)` when batches of this topic are stamped with the broker's time.
+    pub fn log_append_time(&self, now: i64) -> Option<i64> {
+        (self.message_timestamp_type == "LogAppendTime").then_some(now)
+    }
+
     /// Builds a config from defaults plus explicit overrides.
     pub fn with_overrides(
         defaults: &TopicConfig,
@@ -233,18 +218,12 @@ pub fn validate_topic_name(name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError("topic name is empty".into()));
     }
     if name.len() > 249 {
-        return Err(ConfigError(format!(
-            "topic name is {} characters; the limit is 249",
-            name.len()
-        )));
+        return Err(ConfigError(format!("topic name is {} characters; the limit is 249", name.len())));
     }
     if name == "." || name == ".." {
         return Err(ConfigError(format!("topic name '{name}' is not allowed")));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
         return Err(ConfigError(format!(
             "topic name '{name}' has illegal character {c:?}; allowed: a-z A-Z 0-9 . _ -"
         )));
@@ -260,10 +239,7 @@ mod tests {
     fn topic_names_follow_kafka_rules() {
         assert!(validate_topic_name("orders.v1_A-b").is_ok());
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
-            assert!(
-                validate_topic_name(bad).is_err(),
-                "{bad:?} should be refused"
-            );
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

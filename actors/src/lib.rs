@@ -31,8 +31,7 @@ pub use partition_actor::{Append, ListOffset, OffsetQuery, PartitionActor, Parti
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
 pub use topic_registry::{
-    CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot, PartitionHandle, TopicError,
-    TopicRegistry, TopicView,
+    CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot, PartitionHandle, TopicError, TopicRegistry, TopicView,
 };
 
 /// Why an embedded produce or fetch failed.
@@ -83,13 +82,8 @@ impl Broker {
         // The registry is built before the supervisor takes it, so a store
         // that fails to open is reported to the caller instead of looping.
         let mut registry = Some(registry);
-        let registry =
-            Supervisor::start(move |_| registry.take().expect("registry is started once"));
-        Ok(Broker {
-            config,
-            registry,
-            metadata,
-        })
+        let registry = Supervisor::start(move |_| registry.take().expect("registry is started once"));
+        Ok(Broker { config, registry, metadata })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -111,38 +105,20 @@ impl Broker {
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<TopicView>, ClientError> {
-        let msg = CreateTopic {
-            name: name.to_string(),
-            partitions: Some(partitions),
-            configs,
-            validate_only: false,
-        };
-        self.registry
-            .send(msg)
-            .await
-            .map_err(ClientError::Mailbox)?
-            .map_err(ClientError::Topic)
+        let msg = CreateTopic { name: name.to_string(), partitions: Some(partitions), configs, validate_only: false };
+        self.registry.send(msg).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Topic)
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        let msg = DeleteTopic {
-            name: name.to_string(),
-        };
-        self.registry
-            .send(msg)
-            .await
-            .map_err(ClientError::Mailbox)?
-            .map_err(ClientError::Topic)
+        let msg = DeleteTopic { name: name.to_string() };
+        self.registry.send(msg).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Topic)
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionHandle, ClientError> {
         self.metadata()
             .partition(topic, partition)
             .cloned()
-            .ok_or_else(|| ClientError::UnknownTopicOrPartition {
-                topic: topic.to_string(),
-                partition,
-            })
+            .ok_or_else(|| ClientError::UnknownTopicOrPartition { topic: topic.to_string(), partition })
     }
 
     /// Produces `records` as one batch; returns its offsets once committed.
@@ -153,16 +129,14 @@ impl Broker {
         records: &[NewRecord],
     ) -> Result<AppendOutcome, ClientError> {
         let handle = self.partition(topic, partition)?;
-        let batch =
-            encode_batch(records, Compression::None, now_ms()).map_err(ClientError::Encoding)?;
-        let limit = self
-            .metadata()
-            .topic(topic)
-            .map_or(usize::MAX, |t| t.config.max_message_bytes.max(0) as usize);
+        let batch = encode_batch(records, Compression::None, now_ms()).map_err(ClientError::Encoding)?;
+        let view = self.metadata().topic(topic).cloned();
+        let limit = view.as_ref().map_or(usize::MAX, |t| t.config.max_message_bytes.max(0) as usize);
         let batches = validate_batches(&batch, limit).map_err(ClientError::Batch)?;
+        let log_append_time = view.as_ref().and_then(|t| t.config.log_append_time(now_ms()));
         handle
             .addr
-            .send(Append { batches })
+            .send(Append { batches, log_append_time })
             .await
             .map_err(ClientError::Mailbox)?
             .map_err(ClientError::Partition)
@@ -179,22 +153,13 @@ impl Broker {
         let handle = self.partition(topic, partition)?;
         let read = handle
             .addr
-            .send(Read {
-                offset,
-                max_bytes,
-                min_one: true,
-            })
+            .send(Read { offset, max_bytes, min_one: true })
             .await
             .map_err(ClientError::Mailbox)?
             .map_err(ClientError::Partition)?;
         let mut buf = read.records;
-        let sets = RecordBatchDecoder::decode_all(&mut buf)
-            .map_err(|e| ClientError::Encoding(e.to_string()))?;
-        Ok(sets
-            .into_iter()
-            .flat_map(|s| s.records)
-            .filter(|r| r.offset >= offset)
-            .collect())
+        let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| ClientError::Encoding(e.to_string()))?;
+        Ok(sets.into_iter().flat_map(|s| s.records).filter(|r| r.offset >= offset).collect())
     }
 
     /// Resolves a ListOffsets query for one partition: `(offset, timestamp)`.
@@ -205,19 +170,11 @@ impl Broker {
         query: OffsetQuery,
     ) -> Result<Option<(i64, i64)>, ClientError> {
         let handle = self.partition(topic, partition)?;
-        handle
-            .addr
-            .send(ListOffset(query))
-            .await
-            .map_err(ClientError::Mailbox)?
-            .map_err(ClientError::Partition)
+        handle.addr.send(ListOffset(query)).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Partition)
     }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

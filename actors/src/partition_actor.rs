@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::StorageConfig;
 use crate::partition_log::{
-    AppendOutcome, LogError, LogOffsets, PartitionLog, ReadOutcome, MAX_BATCHES_PER_COMMIT,
+    AppendGroup, AppendOutcome, LogError, LogOffsets, PartitionLog, ReadOutcome, MAX_BATCHES_PER_COMMIT,
 };
 use crate::record_batch::ValidatedBatch;
 
@@ -61,11 +61,9 @@ impl std::fmt::Display for PartitionError {
         match self {
             PartitionError::Unavailable(why) => write!(f, "partition unavailable: {why}"),
             PartitionError::Storage(why) => write!(f, "storage error: {why}"),
-            PartitionError::OffsetOutOfRange { requested, offsets } => write!(
-                f,
-                "offset {requested} out of range [{}, {}]",
-                offsets.log_start_offset, offsets.log_end_offset
-            ),
+            PartitionError::OffsetOutOfRange { requested, offsets } => {
+                write!(f, "offset {requested} out of range [{}, {}]", offsets.log_start_offset, offsets.log_end_offset)
+            }
             PartitionError::Deleted => write!(f, "partition was deleted"),
         }
     }
@@ -90,6 +88,8 @@ impl From<LogError> for PartitionError {
 #[rtype(result = "Result<AppendOutcome, PartitionError>")]
 pub struct Append {
     pub batches: Vec<ValidatedBatch>,
+    /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`.
+    pub log_append_time: Option<i64>,
 }
 
 /// Read whole batches starting at the one holding `offset`.
@@ -132,6 +132,7 @@ struct Flush;
 
 struct PendingAppend {
     batches: Vec<ValidatedBatch>,
+    log_append_time: Option<i64>,
     reply: oneshot::Sender<Result<AppendOutcome, PartitionError>>,
 }
 
@@ -203,9 +204,7 @@ impl PartitionActor {
         #[cfg(feature = "fault-injection")]
         let inject = std::mem::take(&mut self.panic_next);
         let Some(log) = self.log.as_mut() else {
-            return Err(PartitionError::Unavailable(
-                "partition log could not be opened".into(),
-            ));
+            return Err(PartitionError::Unavailable("partition log could not be opened".into()));
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             #[cfg(feature = "fault-injection")]
@@ -218,8 +217,7 @@ impl PartitionActor {
             Ok(result) => result.map_err(PartitionError::from),
             Err(_) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, "partition actor panicked; restarting");
-                let error =
-                    PartitionError::Unavailable("partition restarting after a panic".into());
+                let error = PartitionError::Unavailable("partition restarting after a panic".into());
                 self.fail_pending(&error);
                 self.log = None;
                 ctx.stop();
@@ -243,7 +241,8 @@ impl PartitionActor {
         if pending.is_empty() {
             return;
         }
-        let groups: Vec<&[ValidatedBatch]> = pending.iter().map(|p| p.batches.as_slice()).collect();
+        let groups: Vec<AppendGroup> =
+            pending.iter().map(|p| AppendGroup { batches: &p.batches, log_append_time: p.log_append_time }).collect();
         let result = self.guarded(ctx, |log| log.append_groups(&groups));
         match result {
             Ok(outcomes) => {
@@ -302,10 +301,7 @@ impl Supervised for PartitionActor {
         tracing::warn!(topic = %self.topic, partition = self.partition, "partition actor restarting");
         self.log = None;
         self.flush_scheduled = false;
-        assert!(
-            self.pending.is_empty(),
-            "pending appends are answered before a stop"
-        );
+        assert!(self.pending.is_empty(), "pending appends are answered before a stop");
     }
 }
 
@@ -324,20 +320,15 @@ impl Handler<Append> for PartitionActor {
         }
         let (reply, answer) = oneshot::channel();
         self.pending_batches += msg.batches.len();
-        self.pending.push(PendingAppend {
-            batches: msg.batches,
-            reply,
-        });
+        self.pending.push(PendingAppend { batches: msg.batches, log_append_time: msg.log_append_time, reply });
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);
         }
         Box::pin(async move {
-            answer.await.unwrap_or_else(|_| {
-                Err(PartitionError::Unavailable(
-                    "partition restarted before commit".into(),
-                ))
-            })
+            answer
+                .await
+                .unwrap_or_else(|_| Err(PartitionError::Unavailable("partition restarted before commit".into())))
         })
     }
 }
@@ -385,10 +376,7 @@ impl Handler<Remove> for PartitionActor {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PartitionError::Storage(format!(
-                "removing {}: {e}",
-                self.dir.display()
-            ))),
+            Err(e) => Err(PartitionError::Storage(format!("removing {}: {e}", self.dir.display()))),
         }
     }
 }

@@ -24,7 +24,7 @@ use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, Wit
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::config::StorageConfig;
-use crate::record_batch::{after_prefix, stored_prefix, BatchHeader, ValidatedBatch};
+use crate::record_batch::{after_prefix, stamp_log_append_time, stored_prefix, BatchHeader, ValidatedBatch};
 
 type OffsetKey = U64<BigEndian>;
 /// Databases outlive the transaction that created them once it commits.
@@ -52,6 +52,22 @@ impl LogOffsets {
 pub struct AppendOutcome {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// The time stamped on the batches (LogAppendTime topics), else -1.
+    pub log_append_time: i64,
+}
+
+/// One producer's batches for a group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendGroup<'a> {
+    pub batches: &'a [ValidatedBatch],
+    /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`.
+    pub log_append_time: Option<i64>,
+}
+
+impl<'a> AppendGroup<'a> {
+    pub fn new(batches: &'a [ValidatedBatch]) -> AppendGroup<'a> {
+        AppendGroup { batches, log_append_time: None }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,10 +167,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options
-            .map_size(config.initial_map_bytes)
-            .max_dbs(4)
-            .max_readers(126);
+        options.map_size(config.initial_map_bytes).max_dbs(4).max_readers(126);
         if config.flush_interval().is_some() {
             // Safety: NO_SYNC trades the last un-flushed commits on a machine
             // crash for speed; the actor calls force_sync every interval.
@@ -196,8 +209,7 @@ impl PartitionLog {
         let log_start = self.meta.get(&rtxn, LOG_START_KEY)?.unwrap_or(0) as i64;
         let log_end = match self.batches.last(&rtxn)? {
             Some((_, value)) => {
-                let header =
-                    BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
                 header.last_offset() + 1
             }
             None => log_start,
@@ -206,14 +218,8 @@ impl PartitionLog {
             Some((key, _)) => key_timestamp(key),
             None => i64::MIN,
         };
-        assert!(
-            log_start <= log_end,
-            "log start {log_start} beyond log end {log_end}"
-        );
-        self.offsets = LogOffsets {
-            log_start_offset: log_start,
-            log_end_offset: log_end,
-        };
+        assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
+        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end };
         Ok(())
     }
 
@@ -227,15 +233,9 @@ impl PartitionLog {
 
     /// Appends every group in one write transaction (one fsync for all), in order.
     /// Each group gets the offsets of its batches, contiguous.
-    pub fn append_groups(
-        &mut self,
-        groups: &[&[ValidatedBatch]],
-    ) -> Result<Vec<AppendOutcome>, LogError> {
-        let total: usize = groups.iter().map(|g| g.len()).sum();
-        assert!(
-            total <= MAX_BATCHES_PER_COMMIT,
-            "group commit of {total} batches over the bound"
-        );
+    pub fn append_groups(&mut self, groups: &[AppendGroup]) -> Result<Vec<AppendOutcome>, LogError> {
+        let total: usize = groups.iter().map(|g| g.batches.len()).sum();
+        assert!(total <= MAX_BATCHES_PER_COMMIT, "group commit of {total} batches over the bound");
         // Bounded: each retry doubles the map, and the map is capped.
         for _ in 0..64 {
             match self.try_append(groups) {
@@ -243,44 +243,37 @@ impl PartitionLog {
                 other => return other,
             }
         }
-        Err(LogError::Full {
-            map_bytes: self.map_bytes,
-        })
+        Err(LogError::Full { map_bytes: self.map_bytes })
     }
 
-    fn try_append(&mut self, groups: &[&[ValidatedBatch]]) -> Result<Vec<AppendOutcome>, LogError> {
+    fn try_append(&mut self, groups: &[AppendGroup]) -> Result<Vec<AppendOutcome>, LogError> {
         let mut wtxn = self.env.write_txn()?;
         let mut next = self.offsets.log_end_offset;
         let mut max_timestamp = self.max_timestamp;
         let mut outcomes = Vec::with_capacity(groups.len());
         for group in groups {
             let base_offset = next;
-            for batch in group.iter() {
+            for batch in group.batches {
                 let prefix = stored_prefix(&batch.bytes, next, 0);
                 let rest = after_prefix(&batch.bytes);
-                self.batches.put_reserved(
-                    &mut wtxn,
-                    &(next as u64),
-                    batch.bytes.len(),
-                    |space| {
-                        space.write_all(&prefix)?;
-                        space.write_all(rest)
-                    },
-                )?;
-                if batch.header.max_timestamp > max_timestamp {
-                    max_timestamp = batch.header.max_timestamp;
-                    self.time_index.put(
-                        &mut wtxn,
-                        &timestamp_key(max_timestamp),
-                        &(next as u64),
-                    )?;
+                let key = next as u64;
+                self.batches.put_reserved(&mut wtxn, &key, batch.bytes.len(), |space| {
+                    space.write_all(&prefix)?;
+                    space.write_all(rest)?;
+                    if let Some(time) = group.log_append_time {
+                        stamp_log_append_time(space.written_mut(), time);
+                    }
+                    Ok(())
+                })?;
+                let batch_max = group.log_append_time.unwrap_or(batch.header.max_timestamp);
+                if batch_max > max_timestamp {
+                    max_timestamp = batch_max;
+                    self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &key)?;
                 }
                 next += batch.record_count();
             }
-            outcomes.push(AppendOutcome {
-                base_offset,
-                last_offset: next - 1,
-            });
+            let log_append_time = group.log_append_time.unwrap_or(-1);
+            outcomes.push(AppendOutcome { base_offset, last_offset: next - 1, log_append_time });
         }
         wtxn.commit()?;
         self.offsets.log_end_offset = next;
@@ -290,9 +283,7 @@ impl PartitionLog {
 
     fn grow_map(&mut self) -> Result<(), LogError> {
         if self.map_bytes >= self.max_map_bytes {
-            return Err(LogError::Full {
-                map_bytes: self.map_bytes,
-            });
+            return Err(LogError::Full { map_bytes: self.map_bytes });
         }
         let new_size = (self.map_bytes * 2).min(self.max_map_bytes);
         // Safety: only this actor touches the env, and no transaction is open
@@ -312,34 +303,19 @@ impl PartitionLog {
     /// Whole batches from the one holding `offset`, up to `max_bytes`. With
     /// `min_one`, the first batch is returned even if larger, so a consumer
     /// can always make progress (as Kafka does).
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        min_one: bool,
-    ) -> Result<ReadOutcome, LogError> {
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadOutcome, LogError> {
         let offsets = self.offsets;
         if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                offsets,
-            });
+            return Err(LogError::OffsetOutOfRange { requested: offset, offsets });
         }
         let mut out = BytesMut::new();
         if offset == offsets.log_end_offset {
-            return Ok(ReadOutcome {
-                records: out.freeze(),
-                offsets,
-            });
+            return Ok(ReadOutcome { records: out.freeze(), offsets });
         }
         let rtxn = self.env.read_txn()?;
-        let start = match self
-            .batches
-            .get_lower_than_or_equal_to(&rtxn, &(offset as u64))?
-        {
+        let start = match self.batches.get_lower_than_or_equal_to(&rtxn, &(offset as u64))? {
             Some((key, value)) => {
-                let header =
-                    BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
                 if header.last_offset() < offset {
                     key + 1
                 } else {
@@ -361,19 +337,13 @@ impl PartitionLog {
                 break;
             }
         }
-        Ok(ReadOutcome {
-            records: out.freeze(),
-            offsets,
-        })
+        Ok(ReadOutcome { records: out.freeze(), offsets })
     }
 
     /// The first record with timestamp >= `timestamp`: (offset, its timestamp).
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
         let rtxn = self.env.read_txn()?;
-        let Some((_, base)) = self
-            .time_index
-            .get_greater_than_or_equal_to(&rtxn, &timestamp_key(timestamp))?
-        else {
+        let Some((_, base)) = self.time_index.get_greater_than_or_equal_to(&rtxn, &timestamp_key(timestamp))? else {
             return Ok(None);
         };
         self.find_in_batch(&rtxn, base, |ts| ts >= timestamp)
@@ -401,18 +371,11 @@ impl PartitionLog {
             return Ok(None);
         }
         let Some(value) = self.batches.get(rtxn, &base)? else {
-            return Err(LogError::Corrupt(format!(
-                "time index names missing batch {base}"
-            )));
+            return Err(LogError::Corrupt(format!("time index names missing batch {base}")));
         };
         let mut buf = Bytes::copy_from_slice(value);
-        let set = RecordBatchDecoder::decode(&mut buf)
-            .map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
-        Ok(set
-            .records
-            .iter()
-            .find(|r| matches(r.timestamp))
-            .map(|r| (r.offset, r.timestamp)))
+        let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
+        Ok(set.records.iter().find(|r| matches(r.timestamp)).map(|r| (r.offset, r.timestamp)))
     }
 }
 
@@ -442,40 +405,16 @@ mod tests {
             let mut log = PartitionLog::open(&path, &config).unwrap();
             let a = batch(3, 100, Compression::None);
             let b = batch(2, 200, Compression::Zstd);
-            let out = log.append_groups(&[&a, &b]).unwrap();
-            assert_eq!(
-                out,
-                vec![
-                    AppendOutcome {
-                        base_offset: 0,
-                        last_offset: 2
-                    },
-                    AppendOutcome {
-                        base_offset: 3,
-                        last_offset: 4
-                    }
-                ]
-            );
+            let out = log.append_groups(&[AppendGroup::new(&a), AppendGroup::new(&b)]).unwrap();
+            assert_eq!(out.iter().map(|o| (o.base_offset, o.last_offset)).collect::<Vec<_>>(), vec![(0, 2), (3, 4)]);
             let read = log.read(4, 1 << 20, true).unwrap();
             let sets = RecordBatchDecoder::decode_all(&mut read.records.clone()).unwrap();
-            assert_eq!(
-                sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(),
-                vec![3, 4]
-            );
-            assert!(matches!(
-                log.read(6, 100, true),
-                Err(LogError::OffsetOutOfRange { .. })
-            ));
+            assert_eq!(sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
+            assert!(matches!(log.read(6, 100, true), Err(LogError::OffsetOutOfRange { .. })));
             assert!(log.read(5, 100, true).unwrap().records.is_empty());
         }
         let log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(
-            log.offsets(),
-            LogOffsets {
-                log_start_offset: 0,
-                log_end_offset: 5
-            }
-        );
+        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5 });
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
         assert_eq!(log.offset_for_timestamp(999).unwrap(), None);
@@ -489,23 +428,13 @@ mod tests {
         let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
         for i in 0..10 {
             let b = batch(5, i * 10, Compression::None);
-            log.append_groups(&[&b]).unwrap();
+            log.append_groups(&[AppendGroup::new(&b)]).unwrap();
         }
         let one = log.read(0, 1, true).unwrap();
-        assert_eq!(
-            RecordBatchDecoder::decode_all(&mut one.records.clone())
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(RecordBatchDecoder::decode_all(&mut one.records.clone()).unwrap().len(), 1);
         assert!(log.read(0, 1, false).unwrap().records.is_empty());
         let all = log.read(7, 1 << 20, true).unwrap();
-        assert_eq!(
-            RecordBatchDecoder::decode_all(&mut all.records.clone())
-                .unwrap()
-                .len(),
-            9
-        );
+        assert_eq!(RecordBatchDecoder::decode_all(&mut all.records.clone()).unwrap().len(), 9);
     }
 
     #[test]
@@ -517,7 +446,7 @@ mod tests {
         let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
         for i in 0..200 {
             let b = batch(100, i * 100, Compression::None);
-            log.append_groups(&[&b]).unwrap();
+            log.append_groups(&[AppendGroup::new(&b)]).unwrap();
         }
         assert_eq!(log.offsets().log_end_offset, 20_000);
         assert!(log.map_bytes > 256 * 1024);

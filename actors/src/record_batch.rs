@@ -7,9 +7,7 @@
 //! batches are never decompressed on the produce path.
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 /// Base offset (8) + batch length (4): the part of a batch not counted in `batch_length`.
 pub const LOG_OVERHEAD: usize = 12;
@@ -20,6 +18,7 @@ const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
+const MAX_TIMESTAMP_OFFSET: usize = 35;
 
 /// Attribute bits of a v2 batch.
 const COMPRESSION_MASK: i16 = 0x07;
@@ -76,16 +75,10 @@ impl std::fmt::Display for BatchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BatchError::Truncated { needed, available } => {
-                write!(
-                    f,
-                    "record batch truncated: needs {needed} bytes, {available} present"
-                )
+                write!(f, "record batch truncated: needs {needed} bytes, {available} present")
             }
             BatchError::UnsupportedMagic(m) => {
-                write!(
-                    f,
-                    "record batch magic {m} is not supported; use magic 2 (Kafka 0.11+ clients)"
-                )
+                write!(f, "record batch magic {m} is not supported; use magic 2 (Kafka 0.11+ clients)")
             }
             BatchError::InvalidMagic(m) => write!(f, "record batch magic {m} is invalid"),
             BatchError::BadCrc { stored, computed } => {
@@ -97,10 +90,7 @@ impl std::fmt::Display for BatchError {
             }
             BatchError::InvalidCompression(c) => write!(f, "compression codec {c} is unknown"),
             BatchError::TooLarge { size, limit } => {
-                write!(
-                    f,
-                    "record batch of {size} bytes exceeds max.message.bytes {limit}"
-                )
+                write!(f, "record batch of {size} bytes exceeds max.message.bytes {limit}")
             }
             BatchError::Empty => write!(f, "produce request carried no record batch"),
         }
@@ -142,16 +132,10 @@ impl BatchHeader {
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         if buf.len() < BATCH_HEADER_LEN {
             // Magic sits at byte 16: a short legacy message set still says what it is.
-            if buf.len() > MAGIC_OFFSET
-                && (buf[MAGIC_OFFSET] as i8) < 2
-                && (buf[MAGIC_OFFSET] as i8) >= 0
-            {
+            if buf.len() > MAGIC_OFFSET && (buf[MAGIC_OFFSET] as i8) < 2 && (buf[MAGIC_OFFSET] as i8) >= 0 {
                 return Err(BatchError::UnsupportedMagic(buf[MAGIC_OFFSET] as i8));
             }
-            return Err(BatchError::Truncated {
-                needed: BATCH_HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(BatchError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
         }
         Ok(BatchHeader {
             base_offset: be_i64(buf, 0),
@@ -162,7 +146,7 @@ impl BatchHeader {
             attributes: be_i16(buf, ATTRIBUTES_OFFSET),
             last_offset_delta: be_i32(buf, 23),
             base_timestamp: be_i64(buf, 27),
-            max_timestamp: be_i64(buf, 35),
+            max_timestamp: be_i64(buf, MAX_TIMESTAMP_OFFSET),
             producer_id: be_i64(buf, 43),
             producer_epoch: be_i16(buf, 51),
             base_sequence: be_i32(buf, 53),
@@ -213,10 +197,7 @@ impl ValidatedBatch {
 
 /// Splits the `records` field of a produce request into batches and validates
 /// each. `max_batch_bytes` is the topic's `max.message.bytes`.
-pub fn validate_batches(
-    records: &Bytes,
-    max_batch_bytes: usize,
-) -> Result<Vec<ValidatedBatch>, BatchError> {
+pub fn validate_batches(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<ValidatedBatch>, BatchError> {
     if records.is_empty() {
         return Err(BatchError::Empty);
     }
@@ -226,20 +207,13 @@ pub fn validate_batches(
         let rest = &records[at..];
         let header = BatchHeader::parse(rest)?;
         let total = validate_one(rest, &header, max_batch_bytes)?;
-        batches.push(ValidatedBatch {
-            header,
-            bytes: records.slice(at..at + total),
-        });
+        batches.push(ValidatedBatch { header, bytes: records.slice(at..at + total) });
         at += total;
     }
     Ok(batches)
 }
 
-fn validate_one(
-    buf: &[u8],
-    header: &BatchHeader,
-    max_batch_bytes: usize,
-) -> Result<usize, BatchError> {
+fn validate_one(buf: &[u8], header: &BatchHeader, max_batch_bytes: usize) -> Result<usize, BatchError> {
     match header.magic {
         2 => {}
         0 | 1 => return Err(BatchError::UnsupportedMagic(header.magic)),
@@ -251,23 +225,14 @@ fn validate_one(
     }
     let total = header.total_len();
     if total > buf.len() {
-        return Err(BatchError::Truncated {
-            needed: total,
-            available: buf.len(),
-        });
+        return Err(BatchError::Truncated { needed: total, available: buf.len() });
     }
     if total > max_batch_bytes {
-        return Err(BatchError::TooLarge {
-            size: total,
-            limit: max_batch_bytes,
-        });
+        return Err(BatchError::TooLarge { size: total, limit: max_batch_bytes });
     }
     let computed = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..total]);
     if computed != header.crc {
-        return Err(BatchError::BadCrc {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchError::BadCrc { stored: header.crc, computed });
     }
     if header.compression() > 4 {
         return Err(BatchError::InvalidCompression(header.compression()));
@@ -296,29 +261,18 @@ fn check_uncompressed_records(mut body: &[u8], declared: i32) -> Result<(), Batc
     let mut seen = 0i32;
     while !body.is_empty() {
         if seen == declared {
-            return Err(BatchError::InvalidRecordCount {
-                declared,
-                detail: "more records present than declared",
-            });
+            return Err(BatchError::InvalidRecordCount { declared, detail: "more records present than declared" });
         }
-        let (len, used) = read_varint(body).ok_or(BatchError::InvalidRecordCount {
-            declared,
-            detail: "record length varint is malformed",
-        })?;
+        let (len, used) = read_varint(body)
+            .ok_or(BatchError::InvalidRecordCount { declared, detail: "record length varint is malformed" })?;
         if len <= 0 || (len as usize) > body.len() - used {
-            return Err(BatchError::InvalidRecordCount {
-                declared,
-                detail: "record length runs past the batch",
-            });
+            return Err(BatchError::InvalidRecordCount { declared, detail: "record length runs past the batch" });
         }
         body = &body[used + len as usize..];
         seen += 1;
     }
     if seen != declared {
-        return Err(BatchError::InvalidRecordCount {
-            declared,
-            detail: "fewer records present than declared",
-        });
+        return Err(BatchError::InvalidRecordCount { declared, detail: "fewer records present than declared" });
     }
     Ok(())
 }
@@ -340,16 +294,25 @@ fn read_varint(buf: &[u8]) -> Option<(i64, usize)> {
 /// leader epoch around the producer's batch length. Both fields sit before the
 /// CRC'd region, so `prefix ++ batch[16..]` is still a valid batch.
 pub fn stored_prefix(batch: &[u8], base_offset: i64, leader_epoch: i32) -> [u8; MAGIC_OFFSET] {
-    assert!(
-        batch.len() >= BATCH_HEADER_LEN,
-        "a stored batch has a full header"
-    );
+    assert!(batch.len() >= BATCH_HEADER_LEN, "a stored batch has a full header");
     let mut prefix = [0u8; MAGIC_OFFSET];
     prefix[..8].copy_from_slice(&base_offset.to_be_bytes());
-    prefix[8..PARTITION_LEADER_EPOCH_OFFSET]
-        .copy_from_slice(&batch[8..PARTITION_LEADER_EPOCH_OFFSET]);
+    prefix[8..PARTITION_LEADER_EPOCH_OFFSET].copy_from_slice(&batch[8..PARTITION_LEADER_EPOCH_OFFSET]);
     prefix[PARTITION_LEADER_EPOCH_OFFSET..].copy_from_slice(&leader_epoch.to_be_bytes());
     prefix
+}
+
+/// Stamps a stored batch with the broker's append time, as Kafka does for
+/// topics with `message.timestamp.type=LogAppendTime`: sets the timestamp-type
+/// attribute and the max timestamp (which consumers then read as every
+/// record's timestamp) and recomputes the CRC over the changed region.
+pub fn stamp_log_append_time(batch: &mut [u8], append_time: i64) {
+    assert!(batch.len() >= BATCH_HEADER_LEN, "a stored batch has a full header");
+    let attributes = be_i16(batch, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
+    batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&append_time.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Bytes of a batch after the prefix that `stored_prefix` replaces.
@@ -369,20 +332,12 @@ pub struct NewRecord {
 
 impl NewRecord {
     pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> NewRecord {
-        NewRecord {
-            key: Some(key.into()),
-            value: Some(value.into()),
-            ..NewRecord::default()
-        }
+        NewRecord { key: Some(key.into()), value: Some(value.into()), ..NewRecord::default() }
     }
 }
 
 /// Encodes `records` as one v2 batch (no producer id, base sequence -1).
-pub fn encode_batch(
-    records: &[NewRecord],
-    compression: Compression,
-    default_timestamp: i64,
-) -> Result<Bytes, String> {
+pub fn encode_batch(records: &[NewRecord], compression: Compression, default_timestamp: i64) -> Result<Bytes, String> {
     let encoded: Vec<Record> = records
         .iter()
         .enumerate()
@@ -401,18 +356,11 @@ pub fn encode_batch(
             timestamp: r.timestamp.unwrap_or(default_timestamp),
             key: r.key.clone(),
             value: r.value.clone(),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone().into(), v.clone()))
-                .collect(),
+            headers: r.headers.iter().map(|(k, v)| (k.clone().into(), v.clone())).collect(),
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression,
-    };
+    let options = RecordEncodeOptions { version: 2, compression };
     RecordBatchEncoder::encode(&mut buf, encoded.iter(), &options).map_err(|e| e.to_string())?;
     Ok(buf.freeze())
 }
@@ -433,13 +381,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_batches_of_every_codec() {
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
             let b = encode(10, c);
             let v = validate_batches(&b, 1 << 20).unwrap();
             assert_eq!(v.len(), 1);
@@ -454,10 +396,7 @@ mod tests {
         both.extend_from_slice(&encode(3, Compression::None));
         both.extend_from_slice(&encode(4, Compression::None));
         let v = validate_batches(&both.freeze(), 1 << 20).unwrap();
-        assert_eq!(
-            v.iter().map(|b| b.record_count()).collect::<Vec<_>>(),
-            vec![3, 4]
-        );
+        assert_eq!(v.iter().map(|b| b.record_count()).collect::<Vec<_>>(), vec![3, 4]);
     }
 
     #[test]
@@ -466,32 +405,14 @@ mod tests {
         let mut bad = BytesMut::from(&good[..]);
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
-        assert!(matches!(
-            validate_batches(&bad.freeze(), 1 << 20),
-            Err(BatchError::BadCrc { .. })
-        ));
-        assert!(matches!(
-            validate_batches(&good.slice(..good.len() - 3), 1 << 20),
-            Err(BatchError::Truncated { .. })
-        ));
-        assert!(matches!(
-            validate_batches(&good.slice(..20), 1 << 20),
-            Err(BatchError::Truncated { .. })
-        ));
+        assert!(matches!(validate_batches(&bad.freeze(), 1 << 20), Err(BatchError::BadCrc { .. })));
+        assert!(matches!(validate_batches(&good.slice(..good.len() - 3), 1 << 20), Err(BatchError::Truncated { .. })));
+        assert!(matches!(validate_batches(&good.slice(..20), 1 << 20), Err(BatchError::Truncated { .. })));
         let mut v1 = BytesMut::from(&good[..]);
         v1[MAGIC_OFFSET] = 1;
-        assert!(matches!(
-            validate_batches(&v1.freeze(), 1 << 20),
-            Err(BatchError::UnsupportedMagic(1))
-        ));
-        assert!(matches!(
-            validate_batches(&good, 100),
-            Err(BatchError::TooLarge { .. })
-        ));
-        assert_eq!(
-            validate_batches(&Bytes::new(), 100).unwrap_err(),
-            BatchError::Empty
-        );
+        assert!(matches!(validate_batches(&v1.freeze(), 1 << 20), Err(BatchError::UnsupportedMagic(1))));
+        assert!(matches!(validate_batches(&good, 100), Err(BatchError::TooLarge { .. })));
+        assert_eq!(validate_batches(&Bytes::new(), 100).unwrap_err(), BatchError::Empty);
     }
 
     #[test]
@@ -502,10 +423,16 @@ mod tests {
         b[23..27].copy_from_slice(&3i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(
-            validate_batches(&b.freeze(), 1 << 20),
-            Err(BatchError::InvalidRecordCount { .. })
-        ));
+        assert!(matches!(validate_batches(&b.freeze(), 1 << 20), Err(BatchError::InvalidRecordCount { .. })));
+    }
+
+    #[test]
+    fn log_append_time_stamping_keeps_the_batch_valid() {
+        let mut batch = encode(3, Compression::Gzip).to_vec();
+        stamp_log_append_time(&mut batch, 99_000);
+        let v = validate_batches(&Bytes::from(batch), 1 << 20).unwrap();
+        assert!(v[0].header.is_log_append_time());
+        assert_eq!(v[0].header.max_timestamp, 99_000);
     }
 
     #[test]

@@ -153,8 +153,7 @@ impl TopicRegistry {
     pub fn open(
         config: Arc<StorageConfig>,
     ) -> Result<(TopicRegistry, watch::Receiver<Arc<MetadataSnapshot>>), TopicError> {
-        let storage =
-            |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
+        let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
         let dir: PathBuf = config.data_dir.join(METADATA_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
@@ -164,9 +163,7 @@ impl TopicRegistry {
         let wtxn = env.write_txn().map_err(|e| storage(&e))?;
         let store = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                Ok(CommitOrAbort::<_, ()>::Commit(
-                    opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?,
-                ))
+                Ok(CommitOrAbort::<_, ()>::Commit(opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?))
             })
             .map_err(|e| storage(&e))?
             .unwrap_commit();
@@ -174,47 +171,27 @@ impl TopicRegistry {
         let threads = config.storage_threads.clamp(1, 64);
         let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MetadataSnapshot::default()));
-        let mut registry = TopicRegistry {
-            config,
-            env,
-            store,
-            topics: BTreeMap::new(),
-            arbiters,
-            next_arbiter: 0,
-            snapshot_tx,
-        };
+        let mut registry =
+            TopicRegistry { config, env, store, topics: BTreeMap::new(), arbiters, next_arbiter: 0, snapshot_tx };
         registry.load()?;
         Ok((registry, snapshot_rx))
     }
 
     fn load(&mut self) -> Result<(), TopicError> {
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(|e| TopicError::Storage(e.to_string()))?;
+        let rtxn = self.env.read_txn().map_err(|e| TopicError::Storage(e.to_string()))?;
         let mut records = Vec::new();
-        for entry in self
-            .store
-            .iter(&rtxn)
-            .map_err(|e| TopicError::Storage(e.to_string()))?
-        {
+        for entry in self.store.iter(&rtxn).map_err(|e| TopicError::Storage(e.to_string()))? {
             let (name, value) = entry.map_err(|e| TopicError::Storage(e.to_string()))?;
-            let record: TopicRecord = postcard::from_bytes(value).map_err(|e| {
-                TopicError::Storage(format!("topic record '{name}' unreadable: {e}"))
-            })?;
+            let record: TopicRecord = postcard::from_bytes(value)
+                .map_err(|e| TopicError::Storage(format!("topic record '{name}' unreadable: {e}")))?;
             records.push((name.to_string(), record));
         }
         drop(rtxn);
         for (name, record) in records {
-            let config =
-                TopicConfig::with_overrides(&self.config.topic_defaults, &record.overrides)
-                    .map_err(|e| {
-                        TopicError::InvalidConfig(format!("stored config of '{name}': {e}"))
-                    })?;
+            let config = TopicConfig::with_overrides(&self.config.topic_defaults, &record.overrides)
+                .map_err(|e| TopicError::InvalidConfig(format!("stored config of '{name}': {e}")))?;
             let name: Arc<str> = name.into();
-            let partitions = (0..record.partitions)
-                .map(|i| self.spawn_partition(&name, i))
-                .collect();
+            let partitions = (0..record.partitions).map(|i| self.spawn_partition(&name, i)).collect();
             let view = TopicView {
                 name: name.clone(),
                 id: Uuid::from_bytes(record.id),
@@ -235,37 +212,25 @@ impl TopicRegistry {
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
         let (config, topic) = (self.config.clone(), topic.clone());
-        let addr = Supervisor::start_in_arbiter(arbiter, move |_| {
-            PartitionActor::new(topic, index, config, offsets_tx)
-        });
-        PartitionHandle {
-            index,
-            addr,
-            offsets,
-        }
+        let addr =
+            Supervisor::start_in_arbiter(arbiter, move |_| PartitionActor::new(topic, index, config, offsets_tx));
+        PartitionHandle { index, addr, offsets }
     }
 
     fn publish(&self) {
-        self.snapshot_tx.send_replace(Arc::new(MetadataSnapshot {
-            topics: self.topics.clone(),
-        }));
+        self.snapshot_tx.send_replace(Arc::new(MetadataSnapshot { topics: self.topics.clone() }));
     }
 
     fn persist(&self, name: &str, record: Option<&TopicRecord>) -> Result<(), TopicError> {
-        let storage =
-            |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
+        let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("metadata store: {e}"));
         let mut wtxn = self.env.write_txn().map_err(|e| storage(&e))?;
         match record {
             Some(record) => {
                 let bytes = postcard::to_stdvec(record).map_err(|e| storage(&e))?;
-                self.store
-                    .put(&mut wtxn, name, &bytes)
-                    .map_err(|e| storage(&e))?;
+                self.store.put(&mut wtxn, name, &bytes).map_err(|e| storage(&e))?;
             }
             None => {
-                self.store
-                    .delete(&mut wtxn, name)
-                    .map_err(|e| storage(&e))?;
+                self.store.delete(&mut wtxn, name).map_err(|e| storage(&e))?;
             }
         }
         wtxn.commit().map_err(|e| storage(&e))
@@ -293,33 +258,17 @@ impl TopicRegistry {
         let name: Arc<str> = msg.name.into();
         let id = Uuid::new_v4();
         if msg.validate_only {
-            return Ok(Arc::new(TopicView {
-                name,
-                id,
-                config,
-                overrides: msg.configs,
-                partitions: Vec::new(),
-            }));
+            return Ok(Arc::new(TopicView { name, id, config, overrides: msg.configs, partitions: Vec::new() }));
         }
         // A crash during an earlier delete may have left files behind: a new
         // topic must never inherit them.
         for index in 0..count {
             remove_stale_dir(&partition_dir(&self.config, &name, index))?;
         }
-        let record = TopicRecord {
-            id: *id.as_bytes(),
-            partitions: count,
-            overrides: msg.configs.clone(),
-        };
+        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: msg.configs.clone() };
         self.persist(&name, Some(&record))?;
         let partitions = (0..count).map(|i| self.spawn_partition(&name, i)).collect();
-        let view = Arc::new(TopicView {
-            name: name.clone(),
-            id,
-            config,
-            overrides: msg.configs,
-            partitions,
-        });
+        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides: msg.configs, partitions });
         self.topics.insert(name.clone(), view.clone());
         self.publish();
         tracing::info!(topic = %name, partitions = count, "created topic");
@@ -334,10 +283,7 @@ fn remove_stale_dir(dir: &std::path::Path) -> Result<(), TopicError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(TopicError::Storage(format!(
-            "removing stale {}: {e}",
-            dir.display()
-        ))),
+        Err(e) => Err(TopicError::Storage(format!("removing stale {}: {e}", dir.display()))),
     }
 }
 
@@ -372,20 +318,14 @@ impl Handler<DeleteTopic> for TopicRegistry {
         self.topics.remove(msg.name.as_str());
         self.publish();
         tracing::info!(topic = %msg.name, "deleted topic");
-        let removals: Vec<_> = view
-            .partitions
-            .iter()
-            .map(|p| p.addr.send(Remove))
-            .collect();
+        let removals: Vec<_> = view.partitions.iter().map(|p| p.addr.send(Remove)).collect();
         AtomicResponse::new(Box::pin(
             async move {
                 for removal in futures::future::join_all(removals).await {
                     match removal {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(TopicError::Storage(e.to_string())),
-                        Err(e) => {
-                            return Err(TopicError::Storage(format!("partition actor gone: {e}")))
-                        }
+                        Err(e) => return Err(TopicError::Storage(format!("partition actor gone: {e}"))),
                     }
                 }
                 Ok(())
@@ -416,11 +356,7 @@ impl Handler<CreatePartitions> for TopicRegistry {
         for index in current..msg.count {
             remove_stale_dir(&partition_dir(&self.config, &view.name, index))?;
         }
-        let record = TopicRecord {
-            id: *view.id.as_bytes(),
-            partitions: msg.count,
-            overrides: view.overrides.clone(),
-        };
+        let record = TopicRecord { id: *view.id.as_bytes(), partitions: msg.count, overrides: view.overrides.clone() };
         self.persist(&view.name, Some(&record))?;
         let mut partitions = view.partitions.clone();
         for index in current..msg.count {

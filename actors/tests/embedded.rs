@@ -4,65 +4,38 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tributary_actors::partition_actor::InjectPanic;
-use tributary_actors::{
-    Broker, ClientError, NewRecord, OffsetQuery, PartitionError, StorageConfig,
-};
+use tributary_actors::{Broker, ClientError, NewRecord, OffsetQuery, PartitionError, StorageConfig};
 
 fn records(prefix: &str, n: usize) -> Vec<NewRecord> {
-    (0..n)
-        .map(|i| NewRecord::new(format!("{prefix}-k{i}"), format!("{prefix}-v{i}")))
-        .collect()
+    (0..n).map(|i| NewRecord::new(format!("{prefix}-k{i}"), format!("{prefix}-v{i}"))).collect()
 }
 
 fn values(records: &[tributary_actors::Record]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
-        .collect()
+    records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect()
 }
 
 #[actix::test]
 async fn produce_fetch_and_list_offsets_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(StorageConfig::new(dir.path())).unwrap();
-    broker
-        .create_topic("events", 3, BTreeMap::new())
-        .await
-        .unwrap();
+    broker.create_topic("events", 3, BTreeMap::new()).await.unwrap();
     let first = broker.produce("events", 1, &records("a", 4)).await.unwrap();
     let second = broker.produce("events", 1, &records("b", 2)).await.unwrap();
     assert_eq!((first.base_offset, first.last_offset), (0, 3));
     assert_eq!((second.base_offset, second.last_offset), (4, 5));
 
     let fetched = broker.fetch("events", 1, 2, 1 << 20).await.unwrap();
-    assert_eq!(
-        fetched.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![2, 3, 4, 5]
-    );
+    assert_eq!(fetched.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
     assert_eq!(values(&fetched)[2], "b-v0");
-    assert_eq!(
-        broker
-            .list_offset("events", 1, OffsetQuery::Latest)
-            .await
-            .unwrap(),
-        Some((6, -1))
-    );
-    assert_eq!(
-        broker
-            .list_offset("events", 0, OffsetQuery::Latest)
-            .await
-            .unwrap(),
-        Some((0, -1))
-    );
+    assert_eq!(broker.list_offset("events", 1, OffsetQuery::Latest).await.unwrap(), Some((6, -1)));
+    assert_eq!(broker.list_offset("events", 0, OffsetQuery::Latest).await.unwrap(), Some((0, -1)));
     assert!(matches!(
         broker.produce("events", 3, &records("c", 1)).await,
         Err(ClientError::UnknownTopicOrPartition { .. })
     ));
     assert!(matches!(
         broker.fetch("events", 1, 7, 1024).await,
-        Err(ClientError::Partition(
-            PartitionError::OffsetOutOfRange { .. }
-        ))
+        Err(ClientError::Partition(PartitionError::OffsetOutOfRange { .. }))
     ));
 }
 
@@ -75,14 +48,7 @@ fn topics_survive_a_restart_of_the_tree() {
     std::thread::spawn(move || {
         actix::System::new().block_on(async move {
             let broker = Broker::start(StorageConfig::new(&path)).unwrap();
-            broker
-                .create_topic(
-                    "kept",
-                    2,
-                    BTreeMap::from([("retention.ms".into(), "1000".into())]),
-                )
-                .await
-                .unwrap();
+            broker.create_topic("kept", 2, BTreeMap::from([("retention.ms".into(), "1000".into())])).await.unwrap();
             broker.produce("kept", 1, &records("x", 3)).await.unwrap();
             actix::System::current().stop();
         });
@@ -93,11 +59,7 @@ fn topics_survive_a_restart_of_the_tree() {
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
         let broker = Broker::start(StorageConfig::new(&path)).unwrap();
-        let topic = broker
-            .metadata()
-            .topic("kept")
-            .cloned()
-            .expect("topic reloaded");
+        let topic = broker.metadata().topic("kept").cloned().expect("topic reloaded");
         assert_eq!(topic.partitions.len(), 2);
         assert_eq!(topic.config.retention_ms, 1000);
         let fetched = broker.fetch("kept", 1, 0, 1 << 20).await.unwrap();
@@ -109,15 +71,9 @@ fn topics_survive_a_restart_of_the_tree() {
 async fn a_panicking_partition_is_restarted_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(StorageConfig::new(dir.path())).unwrap();
-    broker
-        .create_topic("fragile", 1, BTreeMap::new())
-        .await
-        .unwrap();
+    broker.create_topic("fragile", 1, BTreeMap::new()).await.unwrap();
     for round in 0..5 {
-        broker
-            .produce("fragile", 0, &records(&format!("r{round}"), 10))
-            .await
-            .unwrap();
+        broker.produce("fragile", 0, &records(&format!("r{round}"), 10)).await.unwrap();
     }
     let handle = broker.partition("fragile", 0).unwrap();
     handle.addr.send(InjectPanic).await.unwrap();
@@ -126,9 +82,7 @@ async fn a_panicking_partition_is_restarted_and_loses_nothing_acknowledged() {
     let failed = broker.produce("fragile", 0, &records("lost", 3)).await;
     match failed {
         Err(ClientError::Partition(e @ PartitionError::Unavailable(_))) => {
-            assert!(kafka_protocol::ResponseError::try_from_code(e.error_code())
-                .unwrap()
-                .is_retriable());
+            assert!(kafka_protocol::ResponseError::try_from_code(e.error_code()).unwrap().is_retriable());
         }
         other => panic!("expected a retriable error, got {other:?}"),
     }
@@ -156,63 +110,33 @@ async fn a_panicking_partition_is_restarted_and_loses_nothing_acknowledged() {
 async fn concurrent_appends_keep_offsets_contiguous() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(StorageConfig::new(dir.path())).unwrap();
-    broker
-        .create_topic("busy", 1, BTreeMap::new())
-        .await
-        .unwrap();
+    broker.create_topic("busy", 1, BTreeMap::new()).await.unwrap();
     let appends: Vec<_> = (0..200)
         .map(|i| {
             let broker = broker.clone();
-            async move {
-                broker
-                    .produce("busy", 0, &records(&format!("p{i}"), 5))
-                    .await
-                    .unwrap()
-            }
+            async move { broker.produce("busy", 0, &records(&format!("p{i}"), 5)).await.unwrap() }
         })
         .collect();
     let mut outcomes = futures::future::join_all(appends).await;
     outcomes.sort_by_key(|o| o.base_offset);
     for (i, o) in outcomes.iter().enumerate() {
-        assert_eq!(
-            o.base_offset,
-            i as i64 * 5,
-            "each append gets its own contiguous range"
-        );
+        assert_eq!(o.base_offset, i as i64 * 5, "each append gets its own contiguous range");
         assert_eq!(o.last_offset, o.base_offset + 4);
     }
-    assert_eq!(
-        broker
-            .list_offset("busy", 0, OffsetQuery::Latest)
-            .await
-            .unwrap(),
-        Some((1000, -1))
-    );
+    assert_eq!(broker.list_offset("busy", 0, OffsetQuery::Latest).await.unwrap(), Some((1000, -1)));
 }
 
 #[actix::test]
 async fn deleting_a_topic_removes_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(StorageConfig::new(dir.path())).unwrap();
-    broker
-        .create_topic("gone", 2, BTreeMap::new())
-        .await
-        .unwrap();
+    broker.create_topic("gone", 2, BTreeMap::new()).await.unwrap();
     broker.produce("gone", 0, &records("g", 3)).await.unwrap();
     assert!(dir.path().join("gone-0").exists());
     broker.delete_topic("gone").await.unwrap();
     assert!(!dir.path().join("gone-0").exists());
     assert!(broker.metadata().topic("gone").is_none());
     // Re-created at once, the topic starts empty.
-    broker
-        .create_topic("gone", 1, BTreeMap::new())
-        .await
-        .unwrap();
-    assert_eq!(
-        broker
-            .list_offset("gone", 0, OffsetQuery::Latest)
-            .await
-            .unwrap(),
-        Some((0, -1))
-    );
+    broker.create_topic("gone", 1, BTreeMap::new()).await.unwrap();
+    assert_eq!(broker.list_offset("gone", 0, OffsetQuery::Latest).await.unwrap(), Some((0, -1)));
 }

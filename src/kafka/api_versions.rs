@@ -14,23 +14,16 @@ pub fn handle(req: &mut DecodedRequest) -> (i16, ApiVersionsResponse) {
     let api_keys: Vec<ApiVersion> = SUPPORTED_APIS
         .iter()
         .map(|(key, min, max)| {
-            ApiVersion::default()
-                .with_api_key(*key as i16)
-                .with_min_version(*min)
-                .with_max_version(*max)
+            ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max)
         })
         .collect();
     let (_, max) = super::supported_range(req.api).expect("ApiVersions is always supported");
-    let readable =
-        req.version <= max && ApiVersionsRequest::decode(&mut req.body, req.version).is_ok();
+    let readable = req.version <= max && ApiVersionsRequest::decode(&mut req.body, req.version).is_ok();
     if !readable {
         let body = ApiVersionsResponse::default()
             .with_error_code(ResponseError::UnsupportedVersion.code())
             .with_api_keys(api_keys);
         return (0, body);
     }
-    (
-        req.version,
-        ApiVersionsResponse::default().with_api_keys(api_keys),
-    )
+    (req.version, ApiVersionsResponse::default().with_api_keys(api_keys))
 }

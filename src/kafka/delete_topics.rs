@@ -7,26 +7,14 @@ use tributary_actors::DeleteTopic;
 
 use super::{message_since, RequestContext};
 
-pub async fn handle(
-    ctx: &RequestContext,
-    req: DeleteTopicsRequest,
-    version: i16,
-) -> DeleteTopicsResponse {
+pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     let mut results = Vec::with_capacity(req.topic_names.len());
     for name in req.topic_names {
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
-        let outcome = ctx
-            .broker
-            .registry()
-            .send(DeleteTopic {
-                name: name.0.to_string(),
-            })
-            .await;
+        let outcome = ctx.broker.registry().send(DeleteTopic { name: name.0.to_string() }).await;
         results.push(match outcome {
             Ok(Ok(())) => result,
-            Ok(Err(e)) => result
-                .with_error_code(e.error_code())
-                .with_error_message(message_since(version, 5, &e)),
+            Ok(Err(e)) => result.with_error_code(e.error_code()).with_error_message(message_since(version, 5, &e)),
             Err(e) => result
                 .with_error_code(ResponseError::UnknownServerError.code())
                 .with_error_message(message_since(version, 5, e)),

@@ -1,8 +1,6 @@
 //! DescribeConfigs for topics (resource type 2) and this broker (type 4).
 
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
+use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
 use tributary_actors::config::TOPIC_CONFIG_NAMES;
@@ -35,11 +33,8 @@ pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConf
                             .iter()
                             .filter(|n| wanted(n))
                             .map(|n| {
-                                let source = if topic.overrides.contains_key(*n) {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_DEFAULT
-                                };
+                                let source =
+                                    if topic.overrides.contains_key(*n) { SOURCE_TOPIC } else { SOURCE_DEFAULT };
                                 entry(n, topic.config.get(n).unwrap_or_default(), source)
                             })
                             .collect();
@@ -54,9 +49,7 @@ pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConf
                     if !name.is_empty() && name != id {
                         return result
                             .with_error_code(ResponseError::InvalidRequest.code())
-                            .with_error_message(message(format!(
-                                "this is broker {id}, not '{name}'"
-                            )));
+                            .with_error_message(message(format!("this is broker {id}, not '{name}'")));
                     }
                     let configs = broker_configs(ctx)
                         .into_iter()
@@ -65,11 +58,9 @@ pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConf
                         .collect();
                     result.with_configs(configs)
                 }
-                other => result
-                    .with_error_code(ResponseError::InvalidRequest.code())
-                    .with_error_message(message(format!(
-                        "resource type {other} is not supported; use 2 (topic) or 4 (broker)"
-                    ))),
+                other => result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(message(
+                    format!("resource type {other} is not supported; use 2 (topic) or 4 (broker)"),
+                )),
             }
         })
         .collect();
@@ -87,17 +78,11 @@ fn entry(name: &str, value: String, source: i8) -> DescribeConfigsResourceResult
 fn broker_configs(ctx: &RequestContext) -> Vec<(&'static str, String)> {
     let c = &ctx.config;
     vec![
-        (
-            "auto.create.topics.enable",
-            c.topics.auto_create.to_string(),
-        ),
+        ("auto.create.topics.enable", c.topics.auto_create.to_string()),
         ("broker.id", c.broker.node_id.to_string()),
         ("log.dirs", c.broker.data_dir.display().to_string()),
         ("message.max.bytes", c.topics.max_message_bytes.to_string()),
         ("num.partitions", c.topics.num_partitions.to_string()),
-        (
-            "socket.request.max.bytes",
-            c.limits.max_frame_bytes.to_string(),
-        ),
+        ("socket.request.max.bytes", c.limits.max_frame_bytes.to_string()),
     ]
 }

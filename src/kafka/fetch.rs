@@ -31,11 +31,8 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
     let limits = &ctx.config.limits;
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(limits.max_fetch_wait_ms));
     let deadline = Instant::now() + wait;
-    let max_bytes = if req.max_bytes > 0 {
-        (req.max_bytes as usize).min(limits.max_fetch_bytes)
-    } else {
-        limits.max_fetch_bytes
-    };
+    let max_bytes =
+        if req.max_bytes > 0 { (req.max_bytes as usize).min(limits.max_fetch_bytes) } else { limits.max_fetch_bytes };
     let min_bytes = req.min_bytes.max(0) as usize;
     let read_committed = req.isolation_level == READ_COMMITTED;
 
@@ -63,19 +60,13 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
             }
         }
         results = read_all(&targets, max_bytes, version).await;
-        let total: usize = results
-            .iter()
-            .map(|r| r.records.as_ref().map_or(0, Bytes::len))
-            .sum();
+        let total: usize = results.iter().map(|r| r.records.as_ref().map_or(0, Bytes::len)).sum();
         let any_error = results.iter().any(|r| r.error_code != 0);
         if total >= min_bytes || any_error || targets.is_empty() || Instant::now() >= deadline {
             break;
         }
-        let mut watches: Vec<_> = targets
-            .iter_mut()
-            .filter_map(|t| t.handle.as_mut())
-            .map(|h| h.offsets.changed().boxed())
-            .collect();
+        let mut watches: Vec<_> =
+            targets.iter_mut().filter_map(|t| t.handle.as_mut()).map(|h| h.offsets.changed().boxed()).collect();
         if watches.is_empty() {
             break;
         }
@@ -92,11 +83,8 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
         }
         match responses.last_mut() {
             Some(last) if last.topic == target.topic => last.partitions.push(data),
-            _ => responses.push(
-                FetchableTopicResponse::default()
-                    .with_topic(target.topic.clone())
-                    .with_partitions(vec![data]),
-            ),
+            _ => responses
+                .push(FetchableTopicResponse::default().with_topic(target.topic.clone()).with_partitions(vec![data])),
         }
     }
     FetchResponse::default().with_responses(responses)
@@ -118,22 +106,14 @@ async fn read_all(targets: &[Target], max_bytes: usize, version: i16) -> Vec<Par
             continue;
         };
         let min_one = remaining == max_bytes;
-        let read = Read {
-            offset: t.offset,
-            max_bytes: t.max_bytes.min(remaining),
-            min_one,
-        };
+        let read = Read { offset: t.offset, max_bytes: t.max_bytes.min(remaining), min_one };
         let data = match handle.addr.send(read).await {
             Ok(Ok(read)) => {
                 remaining = remaining.saturating_sub(read.records.len());
                 let hw = read.offsets.high_watermark();
                 data.with_high_watermark(hw)
                     .with_last_stable_offset(hw)
-                    .with_log_start_offset(if version >= 5 {
-                        read.offsets.log_start_offset
-                    } else {
-                        -1
-                    })
+                    .with_log_start_offset(if version >= 5 { read.offsets.log_start_offset } else { -1 })
                     .with_records(Some(read.records))
             }
             Ok(Err(e)) => data.with_error_code(e.error_code()),

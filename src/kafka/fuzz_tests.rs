@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, MetadataRequest, ProduceRequest, RequestHeader,
-};
+use kafka_protocol::messages::{ApiKey, FetchRequest, MetadataRequest, ProduceRequest, RequestHeader};
 use kafka_protocol::protocol::Encodable;
 use kafka_protocol::records::Compression;
 use proptest::prelude::*;
@@ -27,26 +25,21 @@ fn encode_request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
         .with_request_api_version(version)
         .with_correlation_id(7);
     let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .unwrap();
+    header.encode(&mut buf, api.request_header_version(version)).unwrap();
     body.encode(&mut buf, version).unwrap();
     buf.freeze()
 }
 
 fn valid_requests() -> Vec<Bytes> {
     let batch = encode_batch(&[NewRecord::new("k", "fuzz-value")], Compression::None, 1).unwrap();
-    let produce = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name("fuzz-scratch"))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch))])]);
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20);
+    let produce =
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name("fuzz-scratch"))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))])]);
+    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20);
     vec![
         encode_request(ApiKey::Produce, 3, &produce),
         encode_request(ApiKey::Produce, 9, &produce),
@@ -59,20 +52,13 @@ fn valid_requests() -> Vec<Bytes> {
 fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
     let valid = valid_requests();
     let gentle = valid.clone();
-    let apis: Vec<(i16, i16, i16)> = SUPPORTED_APIS
-        .iter()
-        .map(|(k, min, max)| (*k as i16, *min, *max))
-        .collect();
+    let apis: Vec<(i16, i16, i16)> = SUPPORTED_APIS.iter().map(|(k, min, max)| (*k as i16, *min, *max)).collect();
     prop_oneof![
         // Pure noise.
         proptest::collection::vec(any::<u8>(), 0..512),
         // A plausible header (supported key and version) over a random body.
-        (
-            proptest::sample::select(apis),
-            any::<u8>(),
-            proptest::collection::vec(any::<u8>(), 0..512)
-        )
-            .prop_map(|((key, min, max), pick, body)| {
+        (proptest::sample::select(apis), any::<u8>(), proptest::collection::vec(any::<u8>(), 0..512)).prop_map(
+            |((key, min, max), pick, body)| {
                 let version = min + (pick as i16 % (max - min + 1));
                 let mut frame = Vec::with_capacity(8 + body.len());
                 frame.put_i16(key);
@@ -80,13 +66,10 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
                 frame.put_i32(1);
                 frame.extend_from_slice(&body);
                 frame
-            }),
+            }
+        ),
         // A valid request with bytes flipped, truncated or extended.
-        (
-            proptest::sample::select(valid),
-            proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
-            any::<u16>()
-        )
+        (proptest::sample::select(valid), proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), any::<u16>())
             .prop_map(|(frame, flips, cut)| {
                 let mut frame = frame.to_vec();
                 for (at, byte) in flips {
@@ -98,17 +81,12 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
                 frame
             }),
         // A valid request with one byte changed after the header: reaches the handlers.
-        (
-            proptest::sample::select(gentle),
-            any::<usize>(),
-            any::<u8>()
-        )
-            .prop_map(|(frame, at, byte)| {
-                let mut frame = frame.to_vec();
-                let i = 8 + at % (frame.len() - 8);
-                frame[i] = byte;
-                frame
-            }),
+        (proptest::sample::select(gentle), any::<usize>(), any::<u8>()).prop_map(|(frame, at, byte)| {
+            let mut frame = frame.to_vec();
+            let i = 8 + at % (frame.len() - 8);
+            frame[i] = byte;
+            frame
+        }),
     ]
 }
 
@@ -120,24 +98,13 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
         let mut config = BrokerConfig::load(None).unwrap();
         config.broker.data_dir = data_dir.clone();
         let broker = Broker::start(config.storage_config()).unwrap();
-        broker
-            .create_topic("kept", 1, BTreeMap::new())
-            .await
-            .unwrap();
-        let kept: Vec<NewRecord> = (0..10)
-            .map(|i| NewRecord::new(format!("k{i}"), format!("v{i}")))
-            .collect();
+        broker.create_topic("kept", 1, BTreeMap::new()).await.unwrap();
+        let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("k{i}"), format!("v{i}"))).collect();
         broker.produce("kept", 0, &kept).await.unwrap();
-        let ctx = Arc::new(RequestContext {
-            broker: broker.clone(),
-            config: Arc::new(config),
-        });
+        let ctx = Arc::new(RequestContext { broker: broker.clone(), config: Arc::new(config) });
 
         // Cases are generated up front, then run through the async handler one by one.
-        let mut runner = TestRunner::new(Config {
-            cases: 3000,
-            ..Config::default()
-        });
+        let mut runner = TestRunner::new(Config { cases: 3000, ..Config::default() });
         let strategy = frame_strategy();
         let mut inputs = Vec::with_capacity(3000);
         for _ in 0..3000 {
@@ -152,19 +119,12 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
             }
         }
         // The generator reaches both the handlers and the error paths.
-        assert!(
-            answered > 200 && refused > 200,
-            "answered {answered}, refused {refused}"
-        );
+        assert!(answered > 200 && refused > 200, "answered {answered}, refused {refused}");
 
         let records = broker.fetch("kept", 0, 0, 1 << 20).await.unwrap();
         let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
         let expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("v{i}"))).collect();
-        assert_eq!(
-            &values[..10],
-            &expected[..],
-            "fuzzing must not change stored records"
-        );
+        assert_eq!(&values[..10], &expected[..], "fuzzing must not change stored records");
     });
 }
 
@@ -173,9 +133,8 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
 /// patch makes it an ordinary decode error that closes the connection.
 #[test]
 fn huge_array_count_in_a_tiny_frame_is_a_decode_error() {
-    let frame = Bytes::from_static(&[
-        0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xff, 0xff, 0x03, 0x3c, 0x0c, 0x00,
-    ]);
+    let frame =
+        Bytes::from_static(&[0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xff, 0xff, 0x03, 0x3c, 0x0c, 0x00]);
     let mut req = super::decode_header(frame).unwrap();
     let decoded: Result<MetadataRequest, _> = super::decode_body(&mut req);
     assert!(matches!(decoded, Err(super::RequestError::Decode { .. })));

@@ -1,9 +1,7 @@
 //! ListOffsets: earliest (-2), latest (-1), max timestamp (-3, v7+), or the
 //! first offset at or after a timestamp.
 
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
 use tributary_actors::{ListOffset, OffsetQuery};
@@ -14,11 +12,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 
-pub async fn handle(
-    ctx: &RequestContext,
-    req: ListOffsetsRequest,
-    version: i16,
-) -> ListOffsetsResponse {
+pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let snapshot = ctx.broker.metadata();
     // The leader epoch field exists from v4 on; -1 is its absent value.
     let epoch = if version >= 4 { 0 } else { -1 };
@@ -26,8 +20,7 @@ pub async fn handle(
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
-            let response =
-                ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let query = match p.timestamp {
                 LATEST => OffsetQuery::Latest,
                 EARLIEST => OffsetQuery::Earliest,
@@ -65,26 +58,15 @@ pub async fn handle(
                 }
             };
             partitions.push(match answer {
-                Ok(Some((offset, timestamp))) => response
-                    .with_offset(offset)
-                    .with_timestamp(timestamp)
-                    .with_leader_epoch(epoch),
+                Ok(Some((offset, timestamp))) => {
+                    response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
+                }
                 // Kafka answers "no such record" with offset and timestamp -1.
-                Ok(None) => response
-                    .with_offset(-1)
-                    .with_timestamp(-1)
-                    .with_leader_epoch(epoch),
-                Err(e) => response
-                    .with_error_code(e.error_code())
-                    .with_offset(-1)
-                    .with_timestamp(-1),
+                Ok(None) => response.with_offset(-1).with_timestamp(-1).with_leader_epoch(epoch),
+                Err(e) => response.with_error_code(e.error_code()).with_offset(-1).with_timestamp(-1),
             });
         }
-        topics.push(
-            ListOffsetsTopicResponse::default()
-                .with_name(topic.name)
-                .with_partitions(partitions),
-        );
+        topics.push(ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions));
     }
     ListOffsetsResponse::default().with_topics(topics)
 }

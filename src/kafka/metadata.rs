@@ -16,22 +16,12 @@ use super::{str_bytes, topic_name, RequestContext};
 pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) -> MetadataResponse {
     let (host, port) = ctx.config.advertised();
     let node = BrokerId(ctx.node_id());
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(str_bytes(host))
-        .with_port(port);
+    let broker = MetadataResponseBroker::default().with_node_id(node).with_host(str_bytes(host)).with_port(port);
     // Before v4 the request has no flag and Kafka always allowed creation.
-    let allow_create =
-        ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
+    let allow_create = ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
 
     let topics = match req.topics {
-        None => ctx
-            .broker
-            .metadata()
-            .topics
-            .values()
-            .map(|t| describe(ctx, t, version))
-            .collect(),
+        None => ctx.broker.metadata().topics.values().map(|t| describe(ctx, t, version)).collect(),
         Some(requested) => {
             let mut out = Vec::with_capacity(requested.len());
             for topic in requested {
@@ -91,29 +81,19 @@ pub async fn lookup_or_create(
 
 /// Creates `name` with the broker's defaults. Losing a creation race is success.
 pub async fn auto_create(ctx: &RequestContext, name: &str) -> Result<Arc<TopicView>, i16> {
-    let msg = CreateTopic {
-        name: name.to_string(),
-        partitions: None,
-        configs: BTreeMap::new(),
-        validate_only: false,
-    };
+    let msg = CreateTopic { name: name.to_string(), partitions: None, configs: BTreeMap::new(), validate_only: false };
     match ctx.broker.registry().send(msg).await {
         Ok(Ok(view)) => Ok(view),
-        Ok(Err(TopicError::AlreadyExists(_))) => ctx
-            .broker
-            .metadata()
-            .topic(name)
-            .cloned()
-            .ok_or(ResponseError::UnknownTopicOrPartition.code()),
+        Ok(Err(TopicError::AlreadyExists(_))) => {
+            ctx.broker.metadata().topic(name).cloned().ok_or(ResponseError::UnknownTopicOrPartition.code())
+        }
         Ok(Err(e)) => Err(e.error_code()),
         Err(_) => Err(ResponseError::UnknownServerError.code()),
     }
 }
 
 fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
-    MetadataResponseTopic::default()
-        .with_name(name.map(topic_name))
-        .with_error_code(code)
+    MetadataResponseTopic::default().with_name(name.map(topic_name)).with_error_code(code)
 }
 
 fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataResponseTopic {
@@ -132,10 +112,6 @@ fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataRe
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&topic.name)))
-        .with_topic_id(if version >= 10 {
-            topic.id
-        } else {
-            uuid::Uuid::nil()
-        })
+        .with_topic_id(if version >= 10 { topic.id } else { uuid::Uuid::nil() })
         .with_partitions(partitions)
 }

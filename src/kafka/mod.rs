@@ -54,10 +54,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map(|(_, min, max)| (*min, *max))
+    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
 }
 
 /// Why a request could not be answered; the connection is closed with this reason.
@@ -65,20 +62,9 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 pub enum RequestError {
     TooShort(usize),
     UnknownApiKey(i16),
-    UnsupportedVersion {
-        api: ApiKey,
-        version: i16,
-    },
-    Decode {
-        api: ApiKey,
-        version: i16,
-        error: String,
-    },
-    Encode {
-        api: ApiKey,
-        version: i16,
-        error: String,
-    },
+    UnsupportedVersion { api: ApiKey, version: i16 },
+    Decode { api: ApiKey, version: i16, error: String },
+    Encode { api: ApiKey, version: i16, error: String },
 }
 
 impl std::fmt::Display for RequestError {
@@ -91,16 +77,10 @@ impl std::fmt::Display for RequestError {
             RequestError::UnsupportedVersion { api, version } => {
                 write!(f, "{api:?} v{version} is not supported (see ApiVersions)")
             }
-            RequestError::Decode {
-                api,
-                version,
-                error,
-            } => write!(f, "cannot decode {api:?} v{version}: {error}"),
-            RequestError::Encode {
-                api,
-                version,
-                error,
-            } => write!(f, "cannot encode {api:?} v{version} response: {error}"),
+            RequestError::Decode { api, version, error } => write!(f, "cannot decode {api:?} v{version}: {error}"),
+            RequestError::Encode { api, version, error } => {
+                write!(f, "cannot encode {api:?} v{version} response: {error}")
+            }
         }
     }
 }
@@ -128,18 +108,12 @@ pub fn decode_header(mut frame: Bytes) -> Result<DecodedRequest, RequestError> {
     }
     // ApiVersions beyond what we know is read with the newest header we know.
     let header_version = api.request_header_version(if supported { version } else { 0 });
-    let header =
-        RequestHeader::decode(&mut frame, header_version).map_err(|e| RequestError::Decode {
-            api,
-            version,
-            error: format!("header: {e}"),
-        })?;
-    Ok(DecodedRequest {
+    let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| RequestError::Decode {
         api,
         version,
-        header,
-        body: frame,
-    })
+        error: format!("header: {e}"),
+    })?;
+    Ok(DecodedRequest { api, version, header, body: frame })
 }
 
 fn decode_body<T: Decodable>(req: &mut DecodedRequest) -> Result<T, RequestError> {
@@ -151,20 +125,11 @@ fn decode_body<T: Decodable>(req: &mut DecodedRequest) -> Result<T, RequestError
 }
 
 /// Encodes length prefix, response header and body in one buffer.
-fn encode_response<T: Encodable>(
-    req: &DecodedRequest,
-    version: i16,
-    body: &T,
-) -> Result<Bytes, RequestError> {
-    let fail = |e: anyhow::Error| RequestError::Encode {
-        api: req.api,
-        version,
-        error: e.to_string(),
-    };
+fn encode_response<T: Encodable>(req: &DecodedRequest, version: i16, body: &T) -> Result<Bytes, RequestError> {
+    let fail = |e: anyhow::Error| RequestError::Encode { api: req.api, version, error: e.to_string() };
     let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
     let header_version = req.api.response_header_version(version);
-    let size = header.compute_size(header_version).map_err(fail)?
-        + body.compute_size(version).map_err(fail)?;
+    let size = header.compute_size(header_version).map_err(fail)? + body.compute_size(version).map_err(fail)?;
     let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(size as i32);
     header.encode(&mut buf, header_version).map_err(fail)?;
@@ -174,10 +139,7 @@ fn encode_response<T: Encodable>(
 }
 
 /// Handles one request frame. `Ok(None)` means no response is due (produce with acks=0).
-pub async fn handle_frame(
-    ctx: &RequestContext,
-    frame: Bytes,
-) -> Result<Option<Bytes>, RequestError> {
+pub async fn handle_frame(ctx: &RequestContext, frame: Bytes) -> Result<Option<Bytes>, RequestError> {
     let mut req = decode_header(frame)?;
     let v = req.version;
     let response = match req.api {

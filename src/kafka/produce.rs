@@ -9,17 +9,10 @@ use tributary_actors::{validate_batches, Append};
 
 use super::{message_since, RequestContext};
 
-pub async fn handle(
-    ctx: &RequestContext,
-    req: ProduceRequest,
-    version: i16,
-) -> Option<ProduceResponse> {
+pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
     let acks = req.acks;
     let refusal = if !matches!(acks, -1..=1) {
-        Some((
-            ResponseError::InvalidRequiredAcks.code(),
-            format!("acks {acks} is invalid; use -1, 0 or 1"),
-        ))
+        Some((ResponseError::InvalidRequiredAcks.code(), format!("acks {acks} is invalid; use -1, 0 or 1")))
     } else if req.transactional_id.is_some() {
         Some((
             ResponseError::TransactionalIdAuthorizationFailed.code(),
@@ -40,26 +33,20 @@ pub async fn handle(
         }
         for partition in topic.partition_data {
             let index = partition.index;
-            let handle = view.as_ref().and_then(|v| {
-                usize::try_from(index)
-                    .ok()
-                    .and_then(|i| v.partitions.get(i))
-            });
+            let handle = view.as_ref().and_then(|v| usize::try_from(index).ok().and_then(|i| v.partitions.get(i)));
             let outcome = match (&refusal, view.as_ref(), handle) {
                 (Some((code, why)), _, _) => Err((*code, why.clone())),
                 (None, Some(view), Some(handle)) => {
                     let limit = view.config.max_message_bytes.max(0) as usize;
-                    match partition
-                        .records
-                        .as_ref()
-                        .map(|r| validate_batches(r, limit))
-                    {
-                        Some(Ok(batches)) => Ok(handle.addr.send(Append { batches })),
+                    match partition.records.as_ref().map(|r| validate_batches(r, limit)) {
+                        Some(Ok(batches)) => {
+                            let log_append_time = view.config.log_append_time(tributary_actors::now_ms());
+                            Ok(handle.addr.send(Append { batches, log_append_time }))
+                        }
                         Some(Err(e)) => Err((e.error_code(), e.to_string())),
-                        None => Err((
-                            ResponseError::InvalidRecord.code(),
-                            "produce request carried null records".into(),
-                        )),
+                        None => {
+                            Err((ResponseError::InvalidRecord.code(), "produce request carried null records".into()))
+                        }
                     }
                 }
                 _ => Err((
@@ -76,9 +63,7 @@ pub async fn handle(
 
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     for (topic, index, outcome) in pending {
-        let response = PartitionProduceResponse::default()
-            .with_index(index)
-            .with_log_append_time_ms(-1);
+        let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
         let response = match outcome {
             Ok(append) => match append.await {
                 Ok(Ok(appended)) => {
@@ -86,6 +71,7 @@ pub async fn handle(
                     response
                         .with_base_offset(appended.base_offset)
                         .with_log_start_offset(log_start)
+                        .with_log_append_time_ms(appended.log_append_time)
                 }
                 Ok(Err(e)) => response
                     .with_error_code(e.error_code())
@@ -96,18 +82,14 @@ pub async fn handle(
                     .with_base_offset(-1)
                     .with_error_message(message_since(version, 8, e)),
             },
-            Err((code, why)) => response
-                .with_error_code(code)
-                .with_base_offset(-1)
-                .with_error_message(message_since(version, 8, why)),
+            Err((code, why)) => {
+                response.with_error_code(code).with_base_offset(-1).with_error_message(message_since(version, 8, why))
+            }
         };
         match responses.last_mut() {
             Some(last) if last.name == topic => last.partition_responses.push(response),
-            _ => responses.push(
-                TopicProduceResponse::default()
-                    .with_name(topic)
-                    .with_partition_responses(vec![response]),
-            ),
+            _ => responses
+                .push(TopicProduceResponse::default().with_name(topic).with_partition_responses(vec![response])),
         }
     }
     if acks == 0 {

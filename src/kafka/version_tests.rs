@@ -29,43 +29,23 @@ fn frame<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &T)
         .with_correlation_id(correlation_id)
         .with_client_id(Some(StrBytes::from_static_str("version-test")));
     let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .unwrap();
-    body.encode(&mut buf, version)
-        .unwrap_or_else(|e| panic!("test request {api:?} v{version}: {e}"));
+    header.encode(&mut buf, api.request_header_version(version)).unwrap();
+    body.encode(&mut buf, version).unwrap_or_else(|e| panic!("test request {api:?} v{version}: {e}"));
     buf.freeze()
 }
 
 /// Decodes a response frame (with its length prefix) at `version`.
 fn response<T: Decodable>(api: ApiKey, version: i16, correlation_id: i32, bytes: Bytes) -> T {
     let mut buf = bytes.slice(4..);
-    assert_eq!(
-        u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize,
-        buf.len(),
-        "length prefix"
-    );
+    assert_eq!(u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize, buf.len(), "length prefix");
     let header = ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
-    assert_eq!(
-        header.correlation_id, correlation_id,
-        "{api:?} v{version} correlation id"
-    );
-    let body =
-        T::decode(&mut buf, version).unwrap_or_else(|e| panic!("{api:?} v{version} response: {e}"));
-    assert!(
-        buf.is_empty(),
-        "{api:?} v{version}: {} bytes left after the response",
-        buf.len()
-    );
+    assert_eq!(header.correlation_id, correlation_id, "{api:?} v{version} correlation id");
+    let body = T::decode(&mut buf, version).unwrap_or_else(|e| panic!("{api:?} v{version} response: {e}"));
+    assert!(buf.is_empty(), "{api:?} v{version}: {} bytes left after the response", buf.len());
     body
 }
 
-async fn call<Req: Encodable, Resp: Decodable>(
-    ctx: &RequestContext,
-    api: ApiKey,
-    version: i16,
-    req: &Req,
-) -> Resp {
+async fn call<Req: Encodable, Resp: Decodable>(ctx: &RequestContext, api: ApiKey, version: i16, req: &Req) -> Resp {
     let correlation_id = 1000 + version as i32;
     let bytes = handle_frame(ctx, frame(api, version, correlation_id, req))
         .await
@@ -87,55 +67,35 @@ fn every_api_answers_at_every_advertised_version() {
         let mut config = BrokerConfig::load(None).unwrap();
         config.broker.data_dir = data_dir;
         let broker = Broker::start(config.storage_config()).unwrap();
-        broker
-            .create_topic("cov", 1, BTreeMap::new())
-            .await
-            .unwrap();
-        let ctx = Arc::new(RequestContext {
-            broker,
-            config: Arc::new(config),
-        });
+        broker.create_topic("cov", 1, BTreeMap::new()).await.unwrap();
+        let ctx = Arc::new(RequestContext { broker, config: Arc::new(config) });
         let batch = encode_batch(&[NewRecord::new("k", "v")], Compression::None, 1_000).unwrap();
 
         for v in versions(ApiKey::ApiVersions) {
-            let r: ApiVersionsResponse =
-                call(&ctx, ApiKey::ApiVersions, v, &ApiVersionsRequest::default()).await;
+            let r: ApiVersionsResponse = call(&ctx, ApiKey::ApiVersions, v, &ApiVersionsRequest::default()).await;
             assert_eq!(r.error_code, 0);
             assert_eq!(r.api_keys.len(), SUPPORTED_APIS.len());
         }
         for v in versions(ApiKey::Produce) {
-            let req = ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(5000)
-                .with_topic_data(vec![TopicProduceData::default()
-                    .with_name(topic_name("cov"))
-                    .with_partition_data(vec![PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(batch.clone()))])]);
+            let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+                TopicProduceData::default().with_name(topic_name("cov")).with_partition_data(vec![
+                    PartitionProduceData::default().with_index(0).with_records(Some(batch.clone())),
+                ]),
+            ]);
             let r: ProduceResponse = call(&ctx, ApiKey::Produce, v, &req).await;
             let p = &r.responses[0].partition_responses[0];
-            assert_eq!(
-                (p.error_code, p.base_offset),
-                (0, (v - 3) as i64),
-                "Produce v{v}"
-            );
+            assert_eq!((p.error_code, p.base_offset), (0, (v - 3) as i64), "Produce v{v}");
         }
         for v in versions(ApiKey::Fetch) {
-            let req = FetchRequest::default()
-                .with_max_wait_ms(0)
-                .with_max_bytes(1 << 20)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(topic_name("cov"))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20)])]);
+            let req = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+                FetchTopic::default().with_topic(topic_name("cov")).with_partitions(vec![FetchPartition::default()
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)]),
+            ]);
             let r: FetchResponse = call(&ctx, ApiKey::Fetch, v, &req).await;
             let p = &r.responses[0].partitions[0];
             assert_eq!(p.error_code, 0, "Fetch v{v}");
-            assert_eq!(
-                p.high_watermark, 7,
-                "Fetch v{v}: seven produce versions wrote one record each"
-            );
+            assert_eq!(p.high_watermark, 7, "Fetch v{v}: seven produce versions wrote one record each");
             assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()));
         }
         for v in versions(ApiKey::ListOffsets) {
@@ -147,40 +107,26 @@ fn every_api_answers_at_every_advertised_version() {
             if v >= 7 {
                 partitions.push(ListOffsetsPartition::default().with_timestamp(-3));
             }
-            let req = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(topic_name("cov"))
-                    .with_partitions(partitions)]);
+            let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![
+                ListOffsetsTopic::default().with_name(topic_name("cov")).with_partitions(partitions),
+            ]);
             let r: ListOffsetsResponse = call(&ctx, ApiKey::ListOffsets, v, &req).await;
-            let offsets: Vec<_> = r.topics[0]
-                .partitions
-                .iter()
-                .map(|p| (p.error_code, p.offset))
-                .collect();
+            let offsets: Vec<_> = r.topics[0].partitions.iter().map(|p| (p.error_code, p.offset)).collect();
             assert_eq!(&offsets[..3], &[(0, 7), (0, 0), (0, 0)], "ListOffsets v{v}");
         }
         for v in versions(ApiKey::Metadata) {
-            let topics = Some(vec![
-                MetadataRequestTopic::default().with_name(Some(topic_name("cov")))
-            ]);
+            let topics = Some(vec![MetadataRequestTopic::default().with_name(Some(topic_name("cov")))]);
             let req = MetadataRequest::default().with_topics(topics);
             let r: MetadataResponse = call(&ctx, ApiKey::Metadata, v, &req).await;
             assert_eq!(r.brokers.len(), 1);
-            assert_eq!(
-                (r.topics[0].error_code, r.topics[0].partitions.len()),
-                (0, 1),
-                "Metadata v{v}"
-            );
+            assert_eq!((r.topics[0].error_code, r.topics[0].partitions.len()), (0, 1), "Metadata v{v}");
         }
         for v in versions(ApiKey::CreateTopics) {
             let name = format!("created-v{v}");
-            let req = CreateTopicsRequest::default()
-                .with_timeout_ms(5000)
-                .with_topics(vec![CreatableTopic::default()
-                    .with_name(topic_name(&name))
-                    .with_num_partitions(2)
-                    .with_replication_factor(1)]);
+            let req = CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(&name))
+                .with_num_partitions(2)
+                .with_replication_factor(1)]);
             let r: CreateTopicsResponse = call(&ctx, ApiKey::CreateTopics, v, &req).await;
             assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}");
         }
@@ -188,9 +134,7 @@ fn every_api_answers_at_every_advertised_version() {
             let name = format!("created-v{}", 2 + v);
             let req = CreatePartitionsRequest::default()
                 .with_timeout_ms(5000)
-                .with_topics(vec![CreatePartitionsTopic::default()
-                    .with_name(topic_name(&name))
-                    .with_count(3)]);
+                .with_topics(vec![CreatePartitionsTopic::default().with_name(topic_name(&name)).with_count(3)]);
             let r: CreatePartitionsResponse = call(&ctx, ApiKey::CreatePartitions, v, &req).await;
             assert_eq!(r.results[0].error_code, 0, "CreatePartitions v{v}");
         }
@@ -204,18 +148,11 @@ fn every_api_answers_at_every_advertised_version() {
                     .with_resource_name(StrBytes::from_static_str("0")),
             ]);
             let r: DescribeConfigsResponse = call(&ctx, ApiKey::DescribeConfigs, v, &req).await;
-            assert!(
-                r.results
-                    .iter()
-                    .all(|res| res.error_code == 0 && !res.configs.is_empty()),
-                "DescribeConfigs v{v}"
-            );
+            assert!(r.results.iter().all(|res| res.error_code == 0 && !res.configs.is_empty()), "DescribeConfigs v{v}");
         }
         for v in versions(ApiKey::DeleteTopics) {
             let name = format!("created-v{}", v + 1);
-            let req = DeleteTopicsRequest::default()
-                .with_timeout_ms(5000)
-                .with_topic_names(vec![topic_name(&name)]);
+            let req = DeleteTopicsRequest::default().with_timeout_ms(5000).with_topic_names(vec![topic_name(&name)]);
             let r: DeleteTopicsResponse = call(&ctx, ApiKey::DeleteTopics, v, &req).await;
             assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v}");
         }

@@ -126,3 +126,29 @@ def test_headers_keys_and_timestamps_round_trip(broker):
         assert m.key() == key and m.value() == value
         assert m.headers() == headers
         assert m.timestamp()[1] == ts
+
+
+def test_log_append_time_topics_carry_the_broker_time(broker):
+    from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+    import time
+
+    create_topic(broker.bootstrap, "appended", 1, config={"message.timestamp.type": "LogAppendTime"})
+    before_ms = int(time.time() * 1000) - 1
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "compression.type": "zstd"})
+    for i in range(20):
+        producer.produce("appended", value=str(i), timestamp=1_000 + i)  # the client's time is overridden
+    assert producer.flush(10) == 0
+    after_ms = int(time.time() * 1000) + 1
+    got = consume_partitions(broker.bootstrap, "appended", [0], 20)[0]
+    assert [m.value() for m in got] == [str(i).encode() for i in range(20)]
+    for m in got:
+        kind, ts = m.timestamp()
+        assert kind == TIMESTAMP_LOG_APPEND_TIME and before_ms <= ts <= after_ms
+
+    consumer = kafka.KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=5000)
+    tp = kafka.TopicPartition("appended", 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records = [r for _, r in zip(range(20), consumer)]
+    consumer.close()
+    assert all(r.timestamp_type == 1 and before_ms <= r.timestamp <= after_ms for r in records)
