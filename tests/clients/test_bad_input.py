@@ -105,3 +105,19 @@ def test_api_versions_newer_than_supported_is_answered_in_v0(broker):
     keys = {struct.unpack_from(">hhh", resp, 10 + 6 * i)[0] for i in range(count)}
     assert {0, 1, 2, 3, 18} <= keys  # Produce, Fetch, ListOffsets, Metadata, ApiVersions
     conn.close()
+
+
+def test_batch_over_max_message_bytes_is_refused(broker):
+    from confluent_kafka import KafkaError
+
+    from helpers import create_topic as make
+    make(broker.bootstrap, "tiny", 1, config={"max.message.bytes": "2048"})
+    errors = []
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.max.bytes": 100_000})
+    producer.produce("tiny", value=b"x" * 10_000, on_delivery=lambda err, msg: errors.append(err))
+    producer.flush(10)  # separate batches: the batch is what is accepted or refused
+    producer.produce("tiny", value=b"small", on_delivery=lambda err, msg: errors.append(err))
+    producer.flush(10)
+    codes = sorted(e.code() if e else 0 for e in errors)
+    assert codes == sorted([0, KafkaError.MSG_SIZE_TOO_LARGE])
+    assert [m.value() for m in consume_partitions(broker.bootstrap, "tiny", [0], 1)[0]] == [b"small"]
