@@ -4,7 +4,6 @@
 //! topic written before the fuzzing must read back unchanged.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -14,10 +13,9 @@ use kafka_protocol::records::Compression;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use tributary_actors::{encode_batch, Broker, NewRecord};
+use tributary_actors::{encode_batch, NewRecord};
 
-use super::{handle_frame, topic_name, RequestContext, SUPPORTED_APIS};
-use crate::config::BrokerConfig;
+use super::{handle_frame, topic_name, SUPPORTED_APIS};
 
 fn encode_request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
     let header = RequestHeader::default()
@@ -95,13 +93,11 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let mut config = BrokerConfig::load(None).unwrap();
-        config.broker.data_dir = data_dir.clone();
-        let broker = Broker::start(config.storage_config()).unwrap();
+        let ctx = super::test_context(&data_dir);
+        let broker = ctx.broker.clone();
         broker.create_topic("kept", 1, BTreeMap::new()).await.unwrap();
         let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("k{i}"), format!("v{i}"))).collect();
         broker.produce("kept", 0, &kept).await.unwrap();
-        let ctx = Arc::new(RequestContext { broker: broker.clone(), config: Arc::new(config) });
 
         // Cases are generated up front, then run through the async handler one by one.
         let mut runner = TestRunner::new(Config { cases: 3000, ..Config::default() });

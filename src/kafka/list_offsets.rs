@@ -4,7 +4,7 @@
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::{ListOffset, OffsetQuery};
+use tributary_actors::{ListOffset, OffsetQuery, PartitionHandle};
 
 use super::RequestContext;
 
@@ -21,52 +21,33 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16)
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
-            let query = match p.timestamp {
-                LATEST => OffsetQuery::Latest,
-                EARLIEST => OffsetQuery::Earliest,
-                MAX_TIMESTAMP if version >= 7 => OffsetQuery::MaxTimestamp,
-                ts if ts >= 0 => OffsetQuery::AtOrAfter(ts),
-                _ => {
-                    partitions.push(
-                        response
-                            .with_error_code(ResponseError::InvalidRequest.code())
-                            .with_offset(-1)
-                            .with_timestamp(-1),
-                    );
-                    continue;
-                }
-            };
-            let Some(handle) = snapshot.partition(&topic.name, p.partition_index) else {
-                partitions.push(
-                    response
-                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                        .with_offset(-1)
-                        .with_timestamp(-1),
-                );
-                continue;
-            };
-            let answer = match handle.addr.send(ListOffset(query)).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    partitions.push(
-                        response
-                            .with_error_code(ResponseError::NotLeaderOrFollower.code())
-                            .with_offset(-1)
-                            .with_timestamp(-1),
-                    );
-                    continue;
-                }
-            };
-            partitions.push(match answer {
+            let handle = snapshot.partition(&topic.name, p.partition_index);
+            partitions.push(match resolve(handle, p.timestamp, version).await {
                 Ok(Some((offset, timestamp))) => {
                     response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
                 }
                 // Kafka answers "no such record" with offset and timestamp -1.
                 Ok(None) => response.with_offset(-1).with_timestamp(-1).with_leader_epoch(epoch),
-                Err(e) => response.with_error_code(e.error_code()).with_offset(-1).with_timestamp(-1),
+                Err(code) => response.with_error_code(code).with_offset(-1).with_timestamp(-1),
             });
         }
         topics.push(ListOffsetsTopicResponse::default().with_name(topic.name).with_partitions(partitions));
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// One partition's answer: `(offset, timestamp)`, none, or a Kafka error code.
+async fn resolve(handle: Option<&PartitionHandle>, timestamp: i64, version: i16) -> Result<Option<(i64, i64)>, i16> {
+    let query = match timestamp {
+        LATEST => OffsetQuery::Latest,
+        EARLIEST => OffsetQuery::Earliest,
+        MAX_TIMESTAMP if version >= 7 => OffsetQuery::MaxTimestamp,
+        ts if ts >= 0 => OffsetQuery::AtOrAfter(ts),
+        _ => return Err(ResponseError::InvalidRequest.code()),
+    };
+    let handle = handle.ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    match handle.addr.send(ListOffset(query)).await {
+        Ok(answer) => answer.map_err(|e| e.error_code()),
+        Err(_) => Err(ResponseError::NotLeaderOrFollower.code()),
+    }
 }

@@ -202,3 +202,13 @@ pub fn message(text: impl std::fmt::Display) -> Option<StrBytes> {
 pub fn message_since(version: i16, since: i16, text: impl std::fmt::Display) -> Option<StrBytes> {
     (version >= since).then(|| str_bytes(text.to_string()))
 }
+
+/// A request context over a fresh actor tree in `data_dir`, for tests. Must be
+/// called inside a running actix `System`.
+#[cfg(test)]
+pub(crate) fn test_context(data_dir: &std::path::Path) -> Arc<RequestContext> {
+    let mut config = BrokerConfig::load(None).expect("embedded default config");
+    config.broker.data_dir = data_dir.to_path_buf();
+    let broker = Broker::start(config.storage_config()).expect("actor tree starts");
+    Arc::new(RequestContext { broker, config: Arc::new(config) })
+}

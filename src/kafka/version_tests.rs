@@ -4,7 +4,6 @@
 //! encode fields a version lacks, so this catches a handler that sets one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -17,10 +16,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
-use tributary_actors::{encode_batch, Broker, NewRecord};
+use tributary_actors::{encode_batch, NewRecord};
 
 use super::{handle_frame, topic_name, RequestContext, SUPPORTED_APIS};
-use crate::config::BrokerConfig;
 
 fn frame<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
     let header = RequestHeader::default()
@@ -64,11 +62,9 @@ fn every_api_answers_at_every_advertised_version() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let mut config = BrokerConfig::load(None).unwrap();
-        config.broker.data_dir = data_dir;
-        let broker = Broker::start(config.storage_config()).unwrap();
+        let ctx = super::test_context(&data_dir);
+        let broker = ctx.broker.clone();
         broker.create_topic("cov", 1, BTreeMap::new()).await.unwrap();
-        let ctx = Arc::new(RequestContext { broker, config: Arc::new(config) });
         let batch = encode_batch(&[NewRecord::new("k", "v")], Compression::None, 1_000).unwrap();
 
         for v in versions(ApiKey::ApiVersions) {
