@@ -18,6 +18,20 @@ pub struct BrokerConfig {
     pub limits: LimitsSection,
     pub storage: StorageSection,
     pub topics: TopicsSection,
+    pub groups: GroupsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsSection {
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub initial_rebalance_delay_ms: u64,
+    pub max_members: usize,
+    pub max_groups: usize,
+    pub offset_metadata_max_bytes: usize,
+    pub offsets_retention_ms: i64,
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +104,13 @@ impl BrokerConfig {
         if self.topics.num_partitions < 1 || self.topics.num_partitions > self.topics.max_partitions_per_topic {
             bail!("topics.num_partitions must be between 1 and topics.max_partitions_per_topic");
         }
+        let g = &self.groups;
+        if g.min_session_timeout_ms < 1 || g.min_session_timeout_ms > g.max_session_timeout_ms {
+            bail!("groups.min_session_timeout_ms must be positive and at most groups.max_session_timeout_ms");
+        }
+        if g.max_members == 0 || g.max_groups == 0 {
+            bail!("groups.max_members and groups.max_groups must be positive");
+        }
         if self.broker.node_id < 0 {
             bail!("broker.node_id must not be negative");
         }
@@ -125,6 +146,17 @@ impl BrokerConfig {
         storage.topic_defaults.max_message_bytes = self.topics.max_message_bytes;
         storage.topic_defaults.retention_ms = self.topics.retention_ms;
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
+        let g = &self.groups;
+        storage.groups = tributary_actors::GroupSettings {
+            min_session_timeout_ms: g.min_session_timeout_ms,
+            max_session_timeout_ms: g.max_session_timeout_ms,
+            initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
+            max_members: g.max_members,
+            max_groups: g.max_groups,
+            offset_metadata_max_bytes: g.offset_metadata_max_bytes,
+            offsets_retention_ms: g.offsets_retention_ms,
+            offsets_retention_check_interval_ms: g.offsets_retention_check_interval_ms,
+        };
         storage
     }
 }

@@ -65,6 +65,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let limits = &ctx.config.limits;
+    let peer_host = peer.ip().to_string();
     let idle = Duration::from_millis(limits.idle_timeout_ms.max(1));
     // Bounded by the idle timeout and shutdown: each turn reads one request or ends.
     loop {
@@ -84,7 +85,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
                 return;
             }
         };
-        match kafka::handle_frame(&ctx, frame).await {
+        match kafka::handle_frame(&ctx, frame, &peer_host).await {
             Ok(Some(response)) => {
                 let written = async {
                     writer.write_all(&response).await?;

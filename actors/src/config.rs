@@ -40,6 +40,8 @@ pub struct StorageConfig {
     pub topic_defaults: TopicConfig,
     /// Partitions given to a topic that is created without a count (auto-create, or -1).
     pub default_num_partitions: i32,
+    /// Consumer group settings.
+    pub groups: crate::group_coordinator::GroupSettings,
 }
 
 impl StorageConfig {
@@ -54,6 +56,7 @@ impl StorageConfig {
             max_partitions_per_topic: 10_000,
             topic_defaults: TopicConfig::default(),
             default_num_partitions: 1,
+            groups: Default::default(),
         }
     }
 

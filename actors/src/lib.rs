@@ -13,6 +13,9 @@
 //! ```
 
 pub mod config;
+pub mod group_coordinator;
+pub mod group_registry;
+pub mod offset_store;
 pub mod partition_actor;
 pub mod partition_log;
 pub mod record_batch;
@@ -26,7 +29,10 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use tokio::sync::watch;
 
 pub use config::{Durability, StorageConfig, TopicConfig};
+pub use group_coordinator::{GroupAnswer, GroupRequest, GroupSettings};
+pub use group_registry::{ForgetGroup, GroupRegistry, ListGroups, LookupGroup};
 pub use kafka_protocol::records::Record;
+pub use offset_store::OffsetStore;
 pub use partition_actor::{Append, ListOffset, OffsetQuery, PartitionActor, PartitionError, Read};
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
@@ -71,6 +77,7 @@ impl std::error::Error for ClientError {}
 pub struct Broker {
     config: Arc<StorageConfig>,
     registry: Addr<TopicRegistry>,
+    groups: Addr<GroupRegistry>,
     metadata: watch::Receiver<Arc<MetadataSnapshot>>,
 }
 
@@ -83,7 +90,10 @@ impl Broker {
         // that fails to open is reported to the caller instead of looping.
         let mut registry = Some(registry);
         let registry = Supervisor::start(move |_| registry.take().expect("registry is started once"));
-        Ok(Broker { config, registry, metadata })
+        let store = OffsetStore::open(&config.data_dir).map_err(|e| TopicError::Storage(e.to_string()))?;
+        let mut groups = Some(GroupRegistry::new(config.groups.clone(), store));
+        let groups = Supervisor::start(move |_| groups.take().expect("group registry is started once"));
+        Ok(Broker { config, registry, groups, metadata })
     }
 
     pub fn config(&self) -> &StorageConfig {
@@ -92,6 +102,27 @@ impl Broker {
 
     pub fn registry(&self) -> &Addr<TopicRegistry> {
         &self.registry
+    }
+
+    /// The consumer-group side of the tree.
+    pub fn groups(&self) -> &Addr<GroupRegistry> {
+        &self.groups
+    }
+
+    /// Sends `request` to `group_id`'s coordinator. `None` means the group is
+    /// unknown and `create` was false.
+    pub async fn group_request(
+        &self,
+        group_id: &str,
+        create: bool,
+        request: GroupRequest,
+    ) -> Result<Option<GroupAnswer>, i16> {
+        let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable.code();
+        let lookup = LookupGroup { group_id: group_id.to_string(), create };
+        let Some(addr) = self.groups.send(lookup).await.map_err(|_| unavailable)?? else {
+            return Ok(None);
+        };
+        addr.send(request).await.map(Some).map_err(|_| unavailable)
     }
 
     /// The current topics and partitions.

@@ -109,7 +109,7 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
         let (mut answered, mut refused) = (0, 0);
         for input in inputs {
             // Whatever happens, it must be a value, not a panic.
-            match handle_frame(&ctx, Bytes::from(input)).await {
+            match handle_frame(&ctx, Bytes::from(input), "127.0.0.1").await {
                 Ok(_) => answered += 1,
                 Err(_) => refused += 1,
             }

@@ -5,12 +5,23 @@
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -51,6 +62,17 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -138,8 +160,15 @@ fn encode_response<T: Encodable>(req: &DecodedRequest, version: i16, body: &T) -
     Ok(buf.freeze())
 }
 
-/// Handles one request frame. `Ok(None)` means no response is due (produce with acks=0).
-pub async fn handle_frame(ctx: &RequestContext, frame: Bytes) -> Result<Option<Bytes>, RequestError> {
+/// Who sent a request, as group membership records it.
+pub struct ClientInfo {
+    pub client_id: String,
+    /// Kafka prints client hosts as "/1.2.3.4".
+    pub host: String,
+}
+
+/// Handles one request frame from `peer_host`. `Ok(None)` means no response is due (produce with acks=0).
+pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
     let mut req = decode_header(frame)?;
     let v = req.version;
     let response = match req.api {
@@ -177,6 +206,54 @@ pub async fn handle_frame(ctx: &RequestContext, frame: Bytes) -> Result<Option<B
         }
         ApiKey::DescribeConfigs => {
             let body = describe_configs::handle(ctx, decode_body(&mut req)?);
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::FindCoordinator => {
+            let body = find_coordinator::handle(ctx, decode_body(&mut req)?, v);
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::JoinGroup => {
+            let client = ClientInfo {
+                client_id: req.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                host: format!("/{peer_host}"),
+            };
+            let body = join_group::handle(ctx, decode_body(&mut req)?, v, &client).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::SyncGroup => {
+            let body = sync_group::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::Heartbeat => {
+            let body = heartbeat::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::LeaveGroup => {
+            let body = leave_group::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::OffsetCommit => {
+            let body = offset_commit::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::OffsetFetch => {
+            let body = offset_fetch::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::ListGroups => {
+            let body = list_groups::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DescribeGroups => {
+            let body = describe_groups::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DeleteGroups => {
+            let body = delete_groups::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::OffsetDelete => {
+            let body = offset_delete::handle(ctx, decode_body(&mut req)?).await;
             encode_response(&req, v, &body)?
         }
         api => return Err(RequestError::UnsupportedVersion { api, version: v }),

@@ -45,7 +45,7 @@ fn response<T: Decodable>(api: ApiKey, version: i16, correlation_id: i32, bytes:
 
 async fn call<Req: Encodable, Resp: Decodable>(ctx: &RequestContext, api: ApiKey, version: i16, req: &Req) -> Resp {
     let correlation_id = 1000 + version as i32;
-    let bytes = handle_frame(ctx, frame(api, version, correlation_id, req))
+    let bytes = handle_frame(ctx, frame(api, version, correlation_id, req), "127.0.0.1")
         .await
         .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
         .unwrap_or_else(|| panic!("{api:?} v{version}: no response"));

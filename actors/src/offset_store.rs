@@ -1,0 +1,235 @@
+//! Committed consumer-group offsets and group records, in one LMDB
+//! environment: `<data_dir>/__consumer_offsets`.
+//!
+//! - `offsets`: `group \0 topic \0 partition(BE i32)` -> postcard `CommittedOffset`
+//! - `groups`:  `group` -> postcard `GroupRecord` (protocol type, generation,
+//!   when the group last became empty)
+//!
+//! Every commit is its own write transaction, fsynced before the commit is
+//! acknowledged: an acknowledged OffsetCommit survives a crash.
+
+use std::path::Path;
+
+use heed::types::{Bytes as RawBytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
+use serde::{Deserialize, Serialize};
+
+const OFFSETS_DIR: &str = "__consumer_offsets";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_time_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub protocol_type: String,
+    pub generation: i32,
+    /// When the group last had no members; `None` while it has some.
+    pub empty_since_ms: Option<i64>,
+}
+
+/// A `(topic, partition)` pair.
+pub type TopicPartition = (String, i32);
+
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "offset store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + topic.len() + 6);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn group_prefix(group: &str) -> Vec<u8> {
+    let mut key = group.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// Parses `group \0 topic \0 partition` back. Group ids and topic names
+/// contain no NUL (topics by Kafka's rules; group ids are checked on commit).
+fn parse_offset_key(key: &[u8]) -> Option<(String, TopicPartition)> {
+    let (rest, partition) = key.split_at(key.len().checked_sub(4)?);
+    let partition = i32::from_be_bytes(partition.try_into().ok()?);
+    let rest = rest.strip_suffix(&[0])?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    let group = std::str::from_utf8(&rest[..split]).ok()?.to_string();
+    let topic = std::str::from_utf8(&rest[split + 1..]).ok()?.to_string();
+    Some((group, (topic, partition)))
+}
+
+pub struct OffsetStore {
+    env: Env<WithoutTls>,
+    offsets: Database<'static, RawBytes, RawBytes>,
+    groups: Database<'static, Str, RawBytes>,
+}
+
+impl OffsetStore {
+    pub fn open(data_dir: &Path) -> Result<OffsetStore, StoreError> {
+        let dir = data_dir.join(OFFSETS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(1 << 30).max_dbs(2);
+        // Safety: this directory belongs to the offset store alone.
+        let env = unsafe { options.open(&dir) }?;
+        let wtxn = env.write_txn()?;
+        let (offsets, groups) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    opener.create_database::<RawBytes, RawBytes>(wtxn, Some("offsets"))?,
+                    opener.create_database::<Str, RawBytes>(wtxn, Some("groups"))?,
+                )))
+            })?
+            .unwrap_commit();
+        Ok(OffsetStore { env, offsets, groups })
+    }
+
+    /// Writes all `offsets` of one commit in one fsynced transaction.
+    pub fn commit(&self, group: &str, offsets: &[(TopicPartition, CommittedOffset)]) -> Result<(), StoreError> {
+        if group.contains('\0') {
+            return Err(StoreError("group id contains a NUL byte".into()));
+        }
+        let mut wtxn = self.env.write_txn()?;
+        for ((topic, partition), committed) in offsets {
+            let value = postcard::to_stdvec(committed).map_err(|e| StoreError(e.to_string()))?;
+            self.offsets.put(&mut wtxn, &offset_key(group, topic, *partition), &value)?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Every committed offset of `group`.
+    pub fn fetch_all(&self, group: &str) -> Result<Vec<(TopicPartition, CommittedOffset)>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in self.offsets.prefix_iter(&rtxn, &group_prefix(group))? {
+            let (key, value) = entry?;
+            let Some((_, tp)) = parse_offset_key(key) else { continue };
+            let committed = postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?;
+            out.push((tp, committed));
+        }
+        Ok(out)
+    }
+
+    pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Result<Option<CommittedOffset>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        match self.offsets.get(&rtxn, &offset_key(group, topic, partition))? {
+            Some(value) => Ok(Some(postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the given offsets (OffsetDelete); returns how many existed.
+    pub fn delete_offsets(&self, group: &str, partitions: &[TopicPartition]) -> Result<usize, StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut removed = 0;
+        for (topic, partition) in partitions {
+            if self.offsets.delete(&mut wtxn, &offset_key(group, topic, *partition))? {
+                removed += 1;
+            }
+        }
+        wtxn.commit()?;
+        Ok(removed)
+    }
+
+    /// Removes a group's record and all its offsets (DeleteGroups, expiry).
+    pub fn delete_group(&self, group: &str) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let keys: Vec<Vec<u8>> = self
+            .offsets
+            .prefix_iter(&wtxn, &group_prefix(group))?
+            .map(|entry| entry.map(|(key, _)| key.to_vec()))
+            .collect::<Result<_, _>>()?;
+        for key in keys {
+            self.offsets.delete(&mut wtxn, &key)?;
+        }
+        self.groups.delete(&mut wtxn, group)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    pub fn group(&self, group: &str) -> Result<Option<GroupRecord>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        match self.groups.get(&rtxn, group)? {
+            Some(value) => Ok(Some(postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_group(&self, group: &str, record: &GroupRecord) -> Result<(), StoreError> {
+        let value = postcard::to_stdvec(record).map_err(|e| StoreError(e.to_string()))?;
+        let mut wtxn = self.env.write_txn()?;
+        self.groups.put(&mut wtxn, group, &value)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Every group that has a record or committed offsets.
+    pub fn group_ids(&self) -> Result<Vec<String>, StoreError> {
+        let rtxn = self.env.read_txn()?;
+        let mut ids = std::collections::BTreeSet::new();
+        for entry in self.groups.iter(&rtxn)? {
+            ids.insert(entry?.0.to_string());
+        }
+        for entry in self.offsets.iter(&rtxn)? {
+            if let Some((group, _)) = parse_offset_key(entry?.0) {
+                ids.insert(group);
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(offset: i64) -> CommittedOffset {
+        CommittedOffset { offset, leader_epoch: 0, metadata: Some("m".into()), commit_time_ms: 1 }
+    }
+
+    #[test]
+    fn commits_survive_reopen_and_groups_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = OffsetStore::open(dir.path()).unwrap();
+            store.commit("g1", &[(("t".into(), 0), committed(5)), (("t".into(), 1), committed(7))]).unwrap();
+            store.commit("g1x", &[(("t".into(), 0), committed(99))]).unwrap();
+            store.commit("g1", &[(("t".into(), 0), committed(6))]).unwrap();
+            store
+                .put_group("g2", &GroupRecord { protocol_type: "consumer".into(), generation: 3, empty_since_ms: None })
+                .unwrap();
+        }
+        let store = OffsetStore::open(dir.path()).unwrap();
+        let all = store.fetch_all("g1").unwrap();
+        assert_eq!(all.iter().map(|(tp, c)| (tp.1, c.offset)).collect::<Vec<_>>(), vec![(0, 6), (1, 7)]);
+        assert_eq!(store.fetch("g1x", "t", 0).unwrap().unwrap().offset, 99);
+        assert_eq!(store.group_ids().unwrap(), vec!["g1", "g1x", "g2"]);
+        store.delete_group("g1").unwrap();
+        assert!(store.fetch_all("g1").unwrap().is_empty());
+        assert_eq!(store.fetch("g1x", "t", 0).unwrap().unwrap().offset, 99);
+        assert_eq!(store.delete_offsets("g1x", &[("t".into(), 0), ("t".into(), 5)]).unwrap(), 1);
+    }
+}

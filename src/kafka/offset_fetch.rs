@@ -1,0 +1,46 @@
+//! OffsetFetch: committed offsets of a group (-1 where none was committed).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
+use tributary_actors::{GroupAnswer, GroupRequest};
+
+use super::{str_bytes, topic_name, RequestContext};
+
+pub async fn handle(ctx: &RequestContext, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let wanted: Option<Vec<(String, i32)>> = req.topics.map(|topics| {
+        topics.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p))).collect()
+    });
+    let (error, found) = match ctx.broker.group_request(&req.group_id, false, GroupRequest::Fetch(wanted.clone())).await
+    {
+        Ok(Some(GroupAnswer::Fetched(code, found))) => (code, found),
+        // An unknown group has no offsets: -1 for every partition asked about.
+        Ok(_) => (0, wanted.unwrap_or_default().into_iter().map(|tp| (tp, None)).collect()),
+        Err(code) => (code, Vec::new()),
+    };
+    let mut by_topic: BTreeMap<String, Vec<OffsetFetchResponsePartition>> = BTreeMap::new();
+    for ((topic, partition), committed) in found {
+        let p = OffsetFetchResponsePartition::default().with_partition_index(partition);
+        let p = match committed {
+            Some(c) => p
+                .with_committed_offset(c.offset)
+                .with_committed_leader_epoch(if version >= 5 { c.leader_epoch } else { -1 })
+                .with_metadata(Some(str_bytes(c.metadata.unwrap_or_default()))),
+            None => p.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
+        };
+        by_topic.entry(topic).or_default().push(p);
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default().with_name(topic_name(&name)).with_partitions(partitions)
+        })
+        .collect();
+    let response = OffsetFetchResponse::default().with_topics(topics);
+    // The top-level error code exists from v2.
+    if version >= 2 {
+        return response.with_error_code(error);
+    }
+    response
+}
