@@ -284,7 +284,13 @@ pub fn message_since(version: i16, since: i16, text: impl std::fmt::Display) -> 
 /// called inside a running actix `System`.
 #[cfg(test)]
 pub(crate) fn test_context(data_dir: &std::path::Path) -> Arc<RequestContext> {
-    let mut config = BrokerConfig::load(None).expect("embedded default config");
+    test_context_with(data_dir, "")
+}
+
+/// As `test_context`, with `overlay` (TOML) over the default config.
+#[cfg(test)]
+pub(crate) fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Arc<RequestContext> {
+    let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
     let broker = Broker::start(config.storage_config()).expect("actor tree starts");
     Arc::new(RequestContext { broker, config: Arc::new(config) })

@@ -154,3 +154,182 @@ fn every_api_answers_at_every_advertised_version() {
         }
     });
 }
+
+mod groups {
+    use super::*;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    use kafka_protocol::messages::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::ResponseError as E;
+
+    fn join_request(member_id: &str, instance: Option<&str>, v: i16) -> JoinGroupRequest {
+        JoinGroupRequest::default()
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 })
+            .with_member_id(StrBytes::from_string(member_id.to_string()))
+            .with_group_instance_id(instance.map(|i| StrBytes::from_string(i.to_string())))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"\x00\x01\x00\x00\x00\x01\x00\x03cov\xff\xff\xff\xff"))])
+    }
+
+    /// Joins `group` alone at JoinGroup version `v` and returns (member id, generation).
+    async fn join_alone(ctx: &RequestContext, group: &str, v: i16) -> (String, i32) {
+        let mut member = String::new();
+        for _ in 0..2 {
+            let req = join_request(&member, None, v).with_group_id(GroupId(StrBytes::from_string(group.into())));
+            let r: JoinGroupResponse = call(ctx, ApiKey::JoinGroup, v, &req).await;
+            if r.error_code == E::MemberIdRequired.code() {
+                assert!(v >= 4, "MEMBER_ID_REQUIRED only from v4");
+                member = r.member_id.to_string();
+                continue;
+            }
+            assert_eq!(r.error_code, 0, "JoinGroup v{v}");
+            assert_eq!(r.leader, r.member_id, "a lone member leads");
+            assert_eq!(r.members.len(), 1);
+            return (r.member_id.to_string(), r.generation_id);
+        }
+        panic!("JoinGroup v{v} did not complete");
+    }
+
+    fn group_id(name: &str) -> GroupId {
+        GroupId(StrBytes::from_string(name.to_string()))
+    }
+
+    #[test]
+    fn every_group_api_answers_at_every_advertised_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().to_path_buf();
+        actix::System::new().block_on(async move {
+            let ctx = super::super::test_context_with(&data_dir, "[groups]\ninitial_rebalance_delay_ms = 0\n");
+            ctx.broker.create_topic("cov", 2, BTreeMap::new()).await.unwrap();
+
+            for v in versions(ApiKey::FindCoordinator) {
+                let req = FindCoordinatorRequest::default()
+                    .with_key(if v < 4 { StrBytes::from_static_str("g") } else { StrBytes::default() })
+                    .with_coordinator_keys(if v >= 4 { vec![StrBytes::from_static_str("g")] } else { vec![] });
+                let r: FindCoordinatorResponse = call(&ctx, ApiKey::FindCoordinator, v, &req).await;
+                let node = if v >= 4 { r.coordinators[0].node_id.0 } else { r.node_id.0 };
+                assert_eq!(node, 0, "FindCoordinator v{v}");
+            }
+            for v in versions(ApiKey::JoinGroup) {
+                let group = format!("join-v{v}");
+                let (member, generation) = join_alone(&ctx, &group, v).await;
+                let sv = v.min(5);
+                let sync = SyncGroupRequest::default()
+                    .with_group_id(group_id(&group))
+                    .with_generation_id(generation)
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_assignments(vec![SyncGroupRequestAssignment::default()
+                        .with_member_id(StrBytes::from_string(member.clone()))
+                        .with_assignment(Bytes::from_static(b"assigned"))]);
+                let r: SyncGroupResponse = call(&ctx, ApiKey::SyncGroup, sv, &sync).await;
+                assert_eq!((r.error_code, r.assignment.as_ref()), (0, &b"assigned"[..]), "SyncGroup v{sv}");
+                let hv = v.min(4);
+                let beat = HeartbeatRequest::default()
+                    .with_group_id(group_id(&group))
+                    .with_generation_id(generation)
+                    .with_member_id(StrBytes::from_string(member.clone()));
+                let r: HeartbeatResponse = call(&ctx, ApiKey::Heartbeat, hv, &beat).await;
+                assert_eq!(r.error_code, 0, "Heartbeat v{hv}");
+                // Bad input: stale generation, unknown member, unknown group.
+                let stale = beat.clone().with_generation_id(generation - 1);
+                let r: HeartbeatResponse = call(&ctx, ApiKey::Heartbeat, hv, &stale).await;
+                assert_eq!(r.error_code, E::IllegalGeneration.code());
+                let stranger = beat.clone().with_member_id(StrBytes::from_static_str("nobody"));
+                let r: HeartbeatResponse = call(&ctx, ApiKey::Heartbeat, hv, &stranger).await;
+                assert_eq!(r.error_code, E::UnknownMemberId.code());
+                let lost = beat.clone().with_group_id(group_id("no-such-group"));
+                let r: HeartbeatResponse = call(&ctx, ApiKey::Heartbeat, hv, &lost).await;
+                assert_eq!(r.error_code, E::UnknownMemberId.code());
+
+                let lv = v.min(5);
+                let leave = if lv >= 3 {
+                    LeaveGroupRequest::default().with_group_id(group_id(&group)).with_members(vec![
+                        MemberIdentity::default().with_member_id(StrBytes::from_string(member.clone())),
+                    ])
+                } else {
+                    LeaveGroupRequest::default()
+                        .with_group_id(group_id(&group))
+                        .with_member_id(StrBytes::from_string(member))
+                };
+                let r: LeaveGroupResponse = call(&ctx, ApiKey::LeaveGroup, lv, &leave).await;
+                let code = if lv >= 3 { r.members[0].error_code } else { r.error_code };
+                assert_eq!(code, 0, "LeaveGroup v{lv}");
+            }
+
+            let (member, generation) = join_alone(&ctx, "committer", 5).await;
+            // Commits during CompletingRebalance get REBALANCE_IN_PROGRESS, as in Kafka: sync first.
+            let sync = SyncGroupRequest::default()
+                .with_group_id(group_id("committer"))
+                .with_generation_id(generation)
+                .with_member_id(StrBytes::from_string(member.clone()));
+            let r: SyncGroupResponse = call(&ctx, ApiKey::SyncGroup, 3, &sync).await;
+            assert_eq!(r.error_code, 0);
+            let partitions = |offset: i64| {
+                vec![OffsetCommitRequestTopic::default().with_name(topic_name("cov")).with_partitions(vec![
+                    OffsetCommitRequestPartition::default().with_partition_index(1).with_committed_offset(offset),
+                    OffsetCommitRequestPartition::default().with_partition_index(9).with_committed_offset(offset),
+                ])]
+            };
+            for v in versions(ApiKey::OffsetCommit) {
+                let req = OffsetCommitRequest::default()
+                    .with_group_id(group_id("committer"))
+                    .with_generation_id_or_member_epoch(generation)
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_topics(partitions(100 + v as i64));
+                let r: OffsetCommitResponse = call(&ctx, ApiKey::OffsetCommit, v, &req).await;
+                let codes: Vec<i16> = r.topics[0].partitions.iter().map(|p| p.error_code).collect();
+                assert_eq!(codes, vec![0, E::UnknownTopicOrPartition.code()], "OffsetCommit v{v}");
+                let stale = req.clone().with_generation_id_or_member_epoch(generation + 5);
+                let r: OffsetCommitResponse = call(&ctx, ApiKey::OffsetCommit, v, &stale).await;
+                assert_eq!(r.topics[0].partitions[0].error_code, E::IllegalGeneration.code());
+            }
+            for v in versions(ApiKey::OffsetFetch) {
+                let topics = vec![OffsetFetchRequestTopic::default()
+                    .with_name(topic_name("cov"))
+                    .with_partition_indexes(vec![0, 1])];
+                let req = OffsetFetchRequest::default().with_group_id(group_id("committer")).with_topics(Some(topics));
+                let r: OffsetFetchResponse = call(&ctx, ApiKey::OffsetFetch, v, &req).await;
+                let got: Vec<(i32, i64)> =
+                    r.topics[0].partitions.iter().map(|p| (p.partition_index, p.committed_offset)).collect();
+                assert_eq!(got, vec![(0, -1), (1, 108)], "OffsetFetch v{v}");
+            }
+            for v in versions(ApiKey::DescribeGroups) {
+                let req = DescribeGroupsRequest::default().with_groups(vec![group_id("committer"), group_id("ghost")]);
+                let r: DescribeGroupsResponse = call(&ctx, ApiKey::DescribeGroups, v, &req).await;
+                assert_eq!(r.groups[0].group_state.as_str(), "Stable", "DescribeGroups v{v}");
+                assert_eq!(r.groups[0].members.len(), 1);
+                assert_eq!(r.groups[1].group_state.as_str(), "Dead");
+            }
+            for v in versions(ApiKey::ListGroups) {
+                let r: ListGroupsResponse = call(&ctx, ApiKey::ListGroups, v, &ListGroupsRequest::default()).await;
+                assert!(r.groups.iter().any(|g| g.group_id.0.as_str() == "committer"), "ListGroups v{v}");
+            }
+            for v in versions(ApiKey::OffsetDelete) {
+                let req = OffsetDeleteRequest::default().with_group_id(group_id("committer")).with_topics(vec![
+                    OffsetDeleteRequestTopic::default()
+                        .with_name(topic_name("cov"))
+                        .with_partitions(vec![OffsetDeleteRequestPartition::default().with_partition_index(1)]),
+                ]);
+                let r: OffsetDeleteResponse = call(&ctx, ApiKey::OffsetDelete, v, &req).await;
+                // The member subscribes to "cov": its offsets are in use.
+                assert_eq!(r.topics[0].partitions[0].error_code, E::GroupSubscribedToTopic.code(), "OffsetDelete v{v}");
+            }
+            for v in versions(ApiKey::DeleteGroups) {
+                let req = DeleteGroupsRequest::default().with_groups_names(vec![
+                    group_id("committer"),
+                    group_id(&format!("join-v{v}")),
+                    group_id("ghost"),
+                ]);
+                let r: DeleteGroupsResponse = call(&ctx, ApiKey::DeleteGroups, v, &req).await;
+                let codes: Vec<i16> = r.results.iter().map(|g| g.error_code).collect();
+                assert_eq!(codes, vec![E::NonEmptyGroup.code(), 0, E::GroupIdNotFound.code()], "DeleteGroups v{v}");
+            }
+        });
+    }
+}
