@@ -18,6 +18,7 @@ pub mod group_registry;
 pub mod offset_store;
 pub mod partition_actor;
 pub mod partition_log;
+pub mod producer_state;
 pub mod record_batch;
 pub mod topic_registry;
 
@@ -37,7 +38,8 @@ pub use partition_actor::{Append, ListOffset, OffsetQuery, PartitionActor, Parti
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
 pub use topic_registry::{
-    CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot, PartitionHandle, TopicError, TopicRegistry, TopicView,
+    AllocateProducerId, CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot, PartitionHandle, TopicError,
+    TopicRegistry, TopicView,
 };
 
 /// Why an embedded produce or fetch failed.

@@ -40,6 +40,8 @@ pub enum PartitionError {
     },
     /// The partition's topic was deleted.
     Deleted,
+    /// An idempotent producer's batch out of sequence, or from a fenced epoch.
+    Sequence(crate::producer_state::SeqError),
 }
 
 impl PartitionError {
@@ -52,6 +54,7 @@ impl PartitionError {
             PartitionError::Storage(_) => E::KafkaStorageError.code(),
             PartitionError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
             PartitionError::Deleted => E::UnknownTopicOrPartition.code(),
+            PartitionError::Sequence(e) => e.error_code(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl std::fmt::Display for PartitionError {
                 write!(f, "offset {requested} out of range [{}, {}]", offsets.log_start_offset, offsets.log_end_offset)
             }
             PartitionError::Deleted => write!(f, "partition was deleted"),
+            PartitionError::Sequence(e) => write!(f, "{e}"),
         }
     }
 }
@@ -251,7 +255,7 @@ impl PartitionActor {
                     self.offsets_tx.send_replace(log.offsets());
                 }
                 for (append, outcome) in pending.into_iter().zip(outcomes) {
-                    let _ = append.reply.send(Ok(outcome));
+                    let _ = append.reply.send(outcome.map_err(PartitionError::Sequence));
                 }
             }
             Err(e) => {

@@ -24,6 +24,9 @@ use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, Wit
 use kafka_protocol::records::RecordBatchDecoder;
 
 use crate::config::StorageConfig;
+use std::collections::HashMap;
+
+use crate::producer_state::{self, ProducerState, SeqCheck, SeqEntry, SeqError};
 use crate::record_batch::{after_prefix, stamp_log_append_time, stored_prefix, BatchHeader, ValidatedBatch};
 
 type OffsetKey = U64<BigEndian>;
@@ -155,6 +158,9 @@ pub struct PartitionLog {
     batches: Db<OffsetKey, RawBytes>,
     time_index: Db<OffsetKey, OffsetKey>,
     meta: Db<Str, OffsetKey>,
+    /// Producer id -> idempotence state, written with the batches it describes.
+    producers: Db<OffsetKey, RawBytes>,
+    producer_states: HashMap<i64, ProducerState>,
     offsets: LogOffsets,
     /// Largest timestamp in the log, `i64::MIN` when empty.
     max_timestamp: i64,
@@ -177,12 +183,13 @@ impl PartitionLog {
         // other process or code path opens or modifies these files.
         let env = unsafe { options.open(dir) }?;
         let wtxn = env.write_txn()?;
-        let (batches, time_index, meta) = env
+        let (batches, time_index, meta, producers) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     opener.create_database(wtxn, Some("batches"))?,
                     opener.create_database(wtxn, Some("time_index"))?,
                     opener.create_database(wtxn, Some("meta"))?,
+                    opener.create_database(wtxn, Some("producers"))?,
                 )))
             })?
             .unwrap_commit();
@@ -194,6 +201,8 @@ impl PartitionLog {
             batches,
             time_index,
             meta,
+            producers,
+            producer_states: HashMap::new(),
             offsets: LogOffsets::default(),
             max_timestamp: i64::MIN,
             map_bytes,
@@ -218,6 +227,11 @@ impl PartitionLog {
             Some((key, _)) => key_timestamp(key),
             None => i64::MIN,
         };
+        for entry in self.producers.iter(&rtxn)? {
+            let (producer_id, value) = entry?;
+            let state = postcard::from_bytes(value).map_err(|e| LogError::Corrupt(format!("producer state: {e}")))?;
+            self.producer_states.insert(producer_id as i64, state);
+        }
         assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
         self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end };
         Ok(())
@@ -233,7 +247,7 @@ impl PartitionLog {
 
     /// Appends every group in one write transaction (one fsync for all), in order.
     /// Each group gets the offsets of its batches, contiguous.
-    pub fn append_groups(&mut self, groups: &[AppendGroup]) -> Result<Vec<AppendOutcome>, LogError> {
+    pub fn append_groups(&mut self, groups: &[AppendGroup]) -> Result<Vec<Result<AppendOutcome, SeqError>>, LogError> {
         let total: usize = groups.iter().map(|g| g.batches.len()).sum();
         assert!(total <= MAX_BATCHES_PER_COMMIT, "group commit of {total} batches over the bound");
         // Bounded: each retry doubles the map, and the map is capped.
@@ -246,14 +260,30 @@ impl PartitionLog {
         Err(LogError::Full { map_bytes: self.map_bytes })
     }
 
-    fn try_append(&mut self, groups: &[AppendGroup]) -> Result<Vec<AppendOutcome>, LogError> {
+    fn try_append(&mut self, groups: &[AppendGroup]) -> Result<Vec<Result<AppendOutcome, SeqError>>, LogError> {
         let mut wtxn = self.env.write_txn()?;
         let mut next = self.offsets.log_end_offset;
         let mut max_timestamp = self.max_timestamp;
+        // Producer states as this transaction leaves them; applied after the commit.
+        let mut touched: HashMap<i64, ProducerState> = HashMap::new();
         let mut outcomes = Vec::with_capacity(groups.len());
         for group in groups {
-            let base_offset = next;
-            for batch in group.batches {
+            // Decide the whole group before writing any of it, so a refused group writes nothing.
+            let plan = match self.plan_group(group, &touched, next) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            let (mut first, mut last) = (None, None);
+            for (batch, (decision, states)) in group.batches.iter().zip(plan) {
+                touched.extend(states);
+                if let SeqCheck::Duplicate(dup) = decision {
+                    first.get_or_insert(dup.base_offset);
+                    last = Some(dup.last_offset);
+                    continue;
+                }
                 let prefix = stored_prefix(&batch.bytes, next, 0);
                 let rest = after_prefix(&batch.bytes);
                 let key = next as u64;
@@ -270,15 +300,66 @@ impl PartitionLog {
                     max_timestamp = batch_max;
                     self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &key)?;
                 }
+                first.get_or_insert(next);
                 next += batch.record_count();
+                last = Some(next - 1);
             }
             let log_append_time = group.log_append_time.unwrap_or(-1);
-            outcomes.push(AppendOutcome { base_offset, last_offset: next - 1, log_append_time });
+            let (base_offset, last_offset) = (first.unwrap_or(next), last.unwrap_or(next - 1));
+            outcomes.push(Ok(AppendOutcome { base_offset, last_offset, log_append_time }));
+        }
+        for (producer_id, state) in &touched {
+            let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
         }
         wtxn.commit()?;
         self.offsets.log_end_offset = next;
         self.max_timestamp = max_timestamp;
+        self.producer_states.extend(touched);
         Ok(outcomes)
+    }
+
+    /// For each batch of `group`: append or duplicate, and the producer state
+    /// after it. Offsets are those the batches will get if written from `next`.
+    #[allow(clippy::type_complexity)]
+    fn plan_group(
+        &self,
+        group: &AppendGroup,
+        touched: &HashMap<i64, ProducerState>,
+        mut next: i64,
+    ) -> Result<Vec<(SeqCheck, Option<(i64, ProducerState)>)>, SeqError> {
+        let mut scratch: HashMap<i64, ProducerState> = HashMap::new();
+        let mut plan = Vec::with_capacity(group.batches.len());
+        for batch in group.batches {
+            let h = &batch.header;
+            if h.producer_id < 0 {
+                plan.push((SeqCheck::Append, None));
+                next += batch.record_count();
+                continue;
+            }
+            let current = scratch
+                .get(&h.producer_id)
+                .or_else(|| touched.get(&h.producer_id))
+                .or_else(|| self.producer_states.get(&h.producer_id));
+            let last = producer_state::last_seq(h.base_sequence, batch.record_count());
+            let decision = producer_state::check(current, h.producer_id, h.producer_epoch, h.base_sequence, last)?;
+            if decision == SeqCheck::Append {
+                let mut state = current.cloned().unwrap_or_default();
+                let entry = SeqEntry {
+                    first_seq: h.base_sequence,
+                    last_seq: last,
+                    base_offset: next,
+                    last_offset: next + batch.record_count() - 1,
+                };
+                producer_state::record(&mut state, h.producer_epoch, entry);
+                next += batch.record_count();
+                scratch.insert(h.producer_id, state.clone());
+                plan.push((decision, Some((h.producer_id, state))));
+            } else {
+                plan.push((decision, None));
+            }
+        }
+        Ok(plan)
     }
 
     fn grow_map(&mut self) -> Result<(), LogError> {
@@ -406,7 +487,10 @@ mod tests {
             let a = batch(3, 100, Compression::None);
             let b = batch(2, 200, Compression::Zstd);
             let out = log.append_groups(&[AppendGroup::new(&a), AppendGroup::new(&b)]).unwrap();
-            assert_eq!(out.iter().map(|o| (o.base_offset, o.last_offset)).collect::<Vec<_>>(), vec![(0, 2), (3, 4)]);
+            assert_eq!(
+                out.iter().map(|o| o.as_ref().map(|o| (o.base_offset, o.last_offset)).unwrap()).collect::<Vec<_>>(),
+                vec![(0, 2), (3, 4)]
+            );
             let read = log.read(4, 1 << 20, true).unwrap();
             let sets = RecordBatchDecoder::decode_all(&mut read.records.clone()).unwrap();
             assert_eq!(sets[0].records.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![3, 4]);
@@ -435,6 +519,64 @@ mod tests {
         assert!(log.read(0, 1, false).unwrap().records.is_empty());
         let all = log.read(7, 1 << 20, true).unwrap();
         assert_eq!(RecordBatchDecoder::decode_all(&mut all.records.clone()).unwrap().len(), 9);
+    }
+
+    fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize) -> Vec<ValidatedBatch> {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch: epoch,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: first_seq + i as i32,
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions { version: 2, compression: Compression::None },
+        )
+        .unwrap();
+        validate_batches(&buf.freeze(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn idempotent_retries_are_answered_with_their_first_offsets_even_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        let first = idempotent_batch(7, 0, 0, 3);
+        let second = idempotent_batch(7, 0, 3, 2);
+        {
+            let mut log = PartitionLog::open(&path, &config).unwrap();
+            let plain = batch(4, 0, Compression::None);
+            let out = log.append_groups(&[AppendGroup::new(&plain), AppendGroup::new(&first)]).unwrap();
+            assert_eq!(out[1].as_ref().unwrap().base_offset, 4);
+            // The retry of `first` in the same commit as `second`: only `second` is written.
+            let out = log.append_groups(&[AppendGroup::new(&first), AppendGroup::new(&second)]).unwrap();
+            assert_eq!(out[0].as_ref().unwrap().base_offset, 4, "duplicate gets its original offset");
+            assert_eq!(out[1].as_ref().unwrap().base_offset, 7);
+            assert_eq!(log.offsets().log_end_offset, 9);
+        }
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        let out = log.append_groups(&[AppendGroup::new(&second)]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, 7, "producer state survived the reopen");
+        let gap = idempotent_batch(7, 0, 9, 1);
+        let fenced = idempotent_batch(7, -1, 5, 1);
+        let out = log.append_groups(&[AppendGroup::new(&gap), AppendGroup::new(&fenced)]).unwrap();
+        assert!(matches!(out[0], Err(SeqError::OutOfOrder { expected: 5, got: 9, .. })));
+        assert!(matches!(out[1], Err(SeqError::Fenced { .. })));
+        assert_eq!(log.offsets().log_end_offset, 9, "refused batches are not written");
     }
 
     #[test]

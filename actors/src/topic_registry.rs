@@ -141,6 +141,8 @@ pub struct TopicRegistry {
     config: Arc<StorageConfig>,
     env: Env<WithoutTls>,
     store: Database<'static, Str, RawBytes>,
+    /// Durable counters: the next producer id.
+    counters: Database<'static, Str, RawBytes>,
     topics: BTreeMap<Arc<str>, Arc<TopicView>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -157,13 +159,16 @@ impl TopicRegistry {
         let dir: PathBuf = config.data_dir.join(METADATA_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| storage(&e))?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(64 << 20).max_dbs(2);
+        options.map_size(64 << 20).max_dbs(4);
         // Safety: this directory belongs to the registry alone.
         let env = unsafe { options.open(&dir) }.map_err(|e| storage(&e))?;
         let wtxn = env.write_txn().map_err(|e| storage(&e))?;
-        let store = env
+        let (store, counters) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                Ok(CommitOrAbort::<_, ()>::Commit(opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?))
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?,
+                    opener.create_database::<Str, RawBytes>(wtxn, Some("counters"))?,
+                )))
             })
             .map_err(|e| storage(&e))?
             .unwrap_commit();
@@ -171,8 +176,16 @@ impl TopicRegistry {
         let threads = config.storage_threads.clamp(1, 64);
         let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MetadataSnapshot::default()));
-        let mut registry =
-            TopicRegistry { config, env, store, topics: BTreeMap::new(), arbiters, next_arbiter: 0, snapshot_tx };
+        let mut registry = TopicRegistry {
+            config,
+            env,
+            store,
+            counters,
+            topics: BTreeMap::new(),
+            arbiters,
+            next_arbiter: 0,
+            snapshot_tx,
+        };
         registry.load()?;
         Ok((registry, snapshot_rx))
     }
@@ -284,6 +297,31 @@ fn remove_stale_dir(dir: &std::path::Path) -> Result<(), TopicError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(TopicError::Storage(format!("removing stale {}: {e}", dir.display()))),
+    }
+}
+
+/// Hands out a new producer id for an idempotent producer (InitProducerId).
+#[derive(Message)]
+#[rtype(result = "Result<i64, TopicError>")]
+pub struct AllocateProducerId;
+
+const NEXT_PRODUCER_ID: &str = "next_producer_id";
+
+impl Handler<AllocateProducerId> for TopicRegistry {
+    type Result = Result<i64, TopicError>;
+
+    /// The counter is committed (fsynced) before the id is handed out, so an id
+    /// is never given twice, even across crashes.
+    fn handle(&mut self, _: AllocateProducerId, _: &mut Context<Self>) -> Self::Result {
+        let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("producer ids: {e}"));
+        let mut wtxn = self.env.write_txn().map_err(|e| storage(&e))?;
+        let id = match self.counters.get(&wtxn, NEXT_PRODUCER_ID).map_err(|e| storage(&e))? {
+            Some(bytes) => i64::from_be_bytes(bytes.try_into().map_err(|_| storage(&"counter is not 8 bytes"))?),
+            None => 0,
+        };
+        self.counters.put(&mut wtxn, NEXT_PRODUCER_ID, &(id + 1).to_be_bytes()).map_err(|e| storage(&e))?;
+        wtxn.commit().map_err(|e| storage(&e))?;
+        Ok(id)
     }
 }
 

@@ -12,6 +12,7 @@ mod describe_groups;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
+mod init_producer_id;
 mod join_group;
 mod leave_group;
 mod list_groups;
@@ -73,6 +74,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -254,6 +256,10 @@ pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -
         }
         ApiKey::OffsetDelete => {
             let body = offset_delete::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::InitProducerId => {
+            let body = init_producer_id::handle(ctx, decode_body(&mut req)?, v).await;
             encode_response(&req, v, &body)?
         }
         api => return Err(RequestError::UnsupportedVersion { api, version: v }),

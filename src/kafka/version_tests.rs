@@ -146,6 +146,16 @@ fn every_api_answers_at_every_advertised_version() {
             let r: DescribeConfigsResponse = call(&ctx, ApiKey::DescribeConfigs, v, &req).await;
             assert!(r.results.iter().all(|res| res.error_code == 0 && !res.configs.is_empty()), "DescribeConfigs v{v}");
         }
+        let mut ids = Vec::new();
+        for v in versions(ApiKey::InitProducerId) {
+            let r: InitProducerIdResponse =
+                call(&ctx, ApiKey::InitProducerId, v, &InitProducerIdRequest::default().with_transactional_id(None))
+                    .await;
+            assert_eq!((r.error_code, r.producer_epoch), (0, 0), "InitProducerId v{v}");
+            ids.push(r.producer_id.0);
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), versions(ApiKey::InitProducerId).count(), "every call gets a new producer id");
         for v in versions(ApiKey::DeleteTopics) {
             let name = format!("created-v{}", v + 1);
             let req = DeleteTopicsRequest::default().with_timeout_ms(5000).with_topic_names(vec![topic_name(&name)]);

@@ -1,0 +1,170 @@
+//! Idempotent-producer bookkeeping for one partition (Kafka's rules, KIP-98):
+//! per producer id, the current epoch and the sequence ranges of the last five
+//! batches with their offsets. A retried batch that matches one of them is a
+//! duplicate and gets its original offsets; any other gap is refused.
+//!
+//! Pure functions over `ProducerState`; `PartitionLog` persists the states in
+//! the same LMDB transaction as the batches they describe.
+
+use serde::{Deserialize, Serialize};
+
+/// Batches remembered per producer: clients keep at most 5 requests in flight.
+pub const BATCHES_KEPT: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqEntry {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    pub epoch: i16,
+    /// Oldest first, at most `BATCHES_KEPT`.
+    pub batches: Vec<SeqEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    Append,
+    Duplicate(SeqEntry),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeqError {
+    OutOfOrder { producer_id: i64, expected: i32, got: i32 },
+    Fenced { producer_id: i64, current: i16, got: i16 },
+}
+
+impl SeqError {
+    pub fn error_code(&self) -> i16 {
+        use kafka_protocol::ResponseError as E;
+        match self {
+            SeqError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber.code(),
+            SeqError::Fenced { .. } => E::InvalidProducerEpoch.code(),
+        }
+    }
+}
+
+impl std::fmt::Display for SeqError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeqError::OutOfOrder { producer_id, expected, got } => {
+                write!(f, "producer {producer_id}: sequence {got} out of order, expected {expected}")
+            }
+            SeqError::Fenced { producer_id, current, got } => {
+                write!(f, "producer {producer_id}: epoch {got} is fenced by epoch {current}")
+            }
+        }
+    }
+}
+
+/// The sequence after `seq`: sequences wrap from i32::MAX to 0.
+pub fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+/// Last sequence of a batch starting at `first_seq` with `count` records.
+pub fn last_seq(first_seq: i32, count: i64) -> i32 {
+    let span = (count - 1).clamp(0, i32::MAX as i64) as i32;
+    if first_seq > i32::MAX - span {
+        span - (i32::MAX - first_seq) - 1
+    } else {
+        first_seq + span
+    }
+}
+
+/// Decides what to do with a batch from `producer_id` at `epoch` covering `first..=last`.
+pub fn check(
+    state: Option<&ProducerState>,
+    producer_id: i64,
+    epoch: i16,
+    first: i32,
+    last: i32,
+) -> Result<SeqCheck, SeqError> {
+    let Some(state) = state else {
+        // A producer this partition has not seen must start at sequence 0.
+        return if first == 0 {
+            Ok(SeqCheck::Append)
+        } else {
+            Err(SeqError::OutOfOrder { producer_id, expected: 0, got: first })
+        };
+    };
+    if epoch < state.epoch {
+        return Err(SeqError::Fenced { producer_id, current: state.epoch, got: epoch });
+    }
+    if epoch > state.epoch {
+        return if first == 0 {
+            Ok(SeqCheck::Append)
+        } else {
+            Err(SeqError::OutOfOrder { producer_id, expected: 0, got: first })
+        };
+    }
+    if let Some(dup) = state.batches.iter().find(|b| b.first_seq == first && b.last_seq == last) {
+        return Ok(SeqCheck::Duplicate(*dup));
+    }
+    let expected = state.batches.last().map_or(0, |b| next_seq(b.last_seq));
+    if first == expected {
+        Ok(SeqCheck::Append)
+    } else {
+        Err(SeqError::OutOfOrder { producer_id, expected, got: first })
+    }
+}
+
+/// Records an appended batch, starting over on a new epoch.
+pub fn record(state: &mut ProducerState, epoch: i16, entry: SeqEntry) {
+    if epoch != state.epoch {
+        state.epoch = epoch;
+        state.batches.clear();
+    }
+    state.batches.push(entry);
+    if state.batches.len() > BATCHES_KEPT {
+        state.batches.remove(0);
+    }
+    assert!(state.batches.len() <= BATCHES_KEPT, "at most {BATCHES_KEPT} batches per producer");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(first: i32, last: i32, base: i64) -> SeqEntry {
+        SeqEntry { first_seq: first, last_seq: last, base_offset: base, last_offset: base + (last - first) as i64 }
+    }
+
+    #[test]
+    fn in_order_duplicate_gap_and_fencing() {
+        assert_eq!(check(None, 7, 0, 0, 4), Ok(SeqCheck::Append));
+        assert!(matches!(check(None, 7, 0, 5, 9), Err(SeqError::OutOfOrder { expected: 0, .. })));
+        let mut s = ProducerState::default();
+        record(&mut s, 0, entry(0, 4, 100));
+        record(&mut s, 0, entry(5, 9, 105));
+        assert_eq!(check(Some(&s), 7, 0, 10, 14), Ok(SeqCheck::Append));
+        assert_eq!(check(Some(&s), 7, 0, 5, 9), Ok(SeqCheck::Duplicate(entry(5, 9, 105))));
+        assert!(matches!(check(Some(&s), 7, 0, 12, 14), Err(SeqError::OutOfOrder { expected: 10, got: 12, .. })));
+        assert_eq!(check(Some(&s), 7, 1, 0, 3), Ok(SeqCheck::Append));
+        assert!(matches!(check(Some(&s), 7, 1, 10, 14), Err(SeqError::OutOfOrder { .. })));
+        record(&mut s, 1, entry(0, 3, 110));
+        assert!(matches!(check(Some(&s), 7, 0, 4, 4), Err(SeqError::Fenced { current: 1, got: 0, .. })));
+        assert_eq!(s.batches.len(), 1, "a new epoch starts over");
+    }
+
+    #[test]
+    fn keeps_five_batches_and_wraps_sequences() {
+        let mut s = ProducerState::default();
+        for i in 0..8 {
+            record(&mut s, 0, entry(i * 10, i * 10 + 9, i as i64 * 10));
+        }
+        assert_eq!(s.batches.len(), BATCHES_KEPT);
+        assert!(matches!(check(Some(&s), 1, 0, 0, 9), Err(SeqError::OutOfOrder { .. })), "forgotten batch");
+        assert_eq!(last_seq(i32::MAX - 1, 4), 1);
+        assert_eq!(next_seq(i32::MAX), 0);
+        assert_eq!(last_seq(5, 1), 5);
+    }
+}
