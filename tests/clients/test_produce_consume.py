@@ -97,9 +97,7 @@ def test_every_compression_codec_round_trips(broker, codec):
 
 
 def test_kafka_python_producer_with_gzip_and_librdkafka_consumer(broker):
-    # Idempotence (kafka-python 3 enables it by default) needs InitProducerId: issue 3.
-    producer = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", compression_type="gzip",
-                                   enable_idempotence=False)
+    producer = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", compression_type="gzip")
     futures = [producer.send("kp-gzip", key=b"k", value=zlib.compress(str(i).encode())) for i in range(500)]
     producer.flush(30)
     metas = [f.get(timeout=10) for f in futures]
