@@ -169,7 +169,7 @@ pub struct GroupDescription {
 /// Every request a coordinator handles. One message type keeps the registry's
 /// routing simple; each variant has its own answer type in `GroupAnswer`.
 #[derive(Message)]
-#[rtype(result = "GroupAnswer")]
+#[rtype(result = "Result<GroupAnswer, i16>")]
 pub enum GroupRequest {
     Join(JoinGroup),
     Sync(SyncGroup),
@@ -185,6 +185,9 @@ pub enum GroupRequest {
     Expire {
         now_ms: i64,
     },
+    /// Panics inside the actor, to exercise supervision in tests.
+    #[cfg(feature = "fault-injection")]
+    InjectPanic,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -852,11 +855,29 @@ impl Supervised for GroupCoordinator {
     }
 }
 
-impl Handler<GroupRequest> for GroupCoordinator {
-    type Result = ResponseFuture<GroupAnswer>;
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = GroupAnswer>>>;
 
-    fn handle(&mut self, msg: GroupRequest, _: &mut Context<Self>) -> Self::Result {
-        let ready = |answer: GroupAnswer| -> Self::Result { Box::pin(async move { answer }) };
+impl Handler<GroupRequest> for GroupCoordinator {
+    type Result = ResponseFuture<Result<GroupAnswer, i16>>;
+
+    /// A panic while handling is contained here: the request gets
+    /// COORDINATOR_NOT_AVAILABLE (retriable), parked answers are dropped (their
+    /// receivers get the same), and the supervisor restarts the coordinator.
+    fn handle(&mut self, msg: GroupRequest, ctx: &mut Context<Self>) -> Self::Result {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(msg))) {
+            Ok(answer) => Box::pin(async move { Ok(answer.await) }),
+            Err(_) => {
+                tracing::error!(group = %self.group_id, "group coordinator panicked; restarting");
+                ctx.stop();
+                Box::pin(async { Err(E::CoordinatorNotAvailable.code()) })
+            }
+        }
+    }
+}
+
+impl GroupCoordinator {
+    fn dispatch(&mut self, msg: GroupRequest) -> Answer {
+        let ready = |answer: GroupAnswer| -> Answer { Box::pin(async move { answer }) };
         match msg {
             GroupRequest::Join(req) => {
                 let member_id = req.member_id.clone();
@@ -919,6 +940,8 @@ impl Handler<GroupRequest> for GroupCoordinator {
                     Err(_) => ready(GroupAnswer::Codes(vec![E::CoordinatorNotAvailable.code(); codes.len()])),
                 }
             }
+            #[cfg(feature = "fault-injection")]
+            GroupRequest::InjectPanic => panic!("injected fault in group coordinator"),
             GroupRequest::Expire { now_ms } => {
                 let expired = self.state == GroupState::Empty
                     && self.empty_since_ms.is_some_and(|since| now_ms - since >= self.settings.offsets_retention_ms);

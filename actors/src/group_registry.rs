@@ -73,7 +73,7 @@ impl GroupRegistry {
             if let Some(addr) = self.groups.get(&id) {
                 let request = addr.send(GroupRequest::Expire { now_ms: now });
                 ctx.spawn(request.into_actor(self).map(move |answer, act, _| {
-                    if answer == Ok(GroupAnswer::Code(0)) {
+                    if answer == Ok(Ok(GroupAnswer::Code(0))) {
                         act.groups.remove(&id);
                     }
                 }));
@@ -151,7 +151,7 @@ impl Handler<ListGroups> for GroupRegistry {
         Box::pin(async move {
             let mut out = stored;
             for (id, addr) in live {
-                if let Ok(GroupAnswer::Described(d)) = addr.send(GroupRequest::Describe).await {
+                if let Ok(Ok(GroupAnswer::Described(d))) = addr.send(GroupRequest::Describe).await {
                     if d.state != crate::group_coordinator::GroupState::Dead {
                         out.push((id, d.protocol_type, d.state.name().to_string()));
                     }

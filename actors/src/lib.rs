@@ -124,7 +124,7 @@ impl Broker {
         let Some(addr) = self.groups.send(lookup).await.map_err(|_| unavailable)?? else {
             return Ok(None);
         };
-        addr.send(request).await.map(Some).map_err(|_| unavailable)
+        addr.send(request).await.map_err(|_| unavailable)?.map(Some)
     }
 
     /// The current topics and partitions.

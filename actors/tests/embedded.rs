@@ -140,3 +140,59 @@ async fn deleting_a_topic_removes_its_data() {
     broker.create_topic("gone", 1, BTreeMap::new()).await.unwrap();
     assert_eq!(broker.list_offset("gone", 0, OffsetQuery::Latest).await.unwrap(), Some((0, -1)));
 }
+
+#[actix::test]
+async fn a_panicking_group_coordinator_is_restarted_and_keeps_committed_offsets() {
+    use tributary_actors::group_coordinator::{CommitOffsets, JoinGroup};
+    use tributary_actors::{GroupAnswer, GroupRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StorageConfig::new(dir.path());
+    config.groups.initial_rebalance_delay_ms = 0;
+    let broker = Broker::start(config).unwrap();
+    broker.create_topic("t", 1, BTreeMap::new()).await.unwrap();
+    let commit = CommitOffsets {
+        generation_id: -1,
+        member_id: String::new(),
+        group_instance_id: None,
+        offsets: vec![(("t".to_string(), 0), 42, -1, Some("meta".into()))],
+    };
+    let answer = broker.group_request("g", true, GroupRequest::Commit(commit)).await;
+    assert_eq!(answer, Ok(Some(GroupAnswer::Codes(vec![0]))));
+
+    let crashed = broker.group_request("g", false, GroupRequest::InjectPanic).await;
+    assert_eq!(crashed, Err(kafka_protocol::ResponseError::CoordinatorNotAvailable.code()));
+
+    // The supervisor restarted the coordinator; the committed offset was on disk all along.
+    let mut fetched = None;
+    for _ in 0..50 {
+        if let Ok(Some(GroupAnswer::Fetched(0, offsets))) =
+            broker.group_request("g", false, GroupRequest::Fetch(None)).await
+        {
+            fetched = Some(offsets);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let offsets = fetched.expect("coordinator answers after its restart");
+    assert_eq!(offsets.len(), 1);
+    let committed = offsets[0].1.as_ref().unwrap();
+    assert_eq!((committed.offset, committed.metadata.as_deref()), (42, Some("meta")));
+
+    // And it runs the group protocol again.
+    let join = JoinGroup {
+        member_id: String::new(),
+        group_instance_id: None,
+        client_id: "c".into(),
+        client_host: "/127.0.0.1".into(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), bytes::Bytes::from_static(b"x"))],
+        require_known_member_id: false,
+    };
+    match broker.group_request("g", true, GroupRequest::Join(join)).await {
+        Ok(Some(GroupAnswer::Join(answer))) => assert_eq!((answer.error_code, answer.generation_id), (0, 1)),
+        other => panic!("join after restart: {other:?}"),
+    }
+}
