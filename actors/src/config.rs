@@ -42,6 +42,10 @@ pub struct StorageConfig {
     pub default_num_partitions: i32,
     /// Consumer group settings.
     pub groups: crate::group_coordinator::GroupSettings,
+    /// A producer id idle this long is forgotten by a partition (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
+    /// Producer ids a partition remembers at most; the least recently used go first.
+    pub max_producers_per_partition: usize,
 }
 
 impl StorageConfig {
@@ -57,6 +61,8 @@ impl StorageConfig {
             topic_defaults: TopicConfig::default(),
             default_num_partitions: 1,
             groups: Default::default(),
+            producer_id_expiration_ms: 24 * 3600 * 1000,
+            max_producers_per_partition: 100_000,
         }
     }
 

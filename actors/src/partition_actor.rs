@@ -25,6 +25,9 @@ use crate::partition_log::{
 };
 use crate::record_batch::ValidatedBatch;
 
+/// How often a partition forgets idle producer ids.
+const PRODUCER_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Messages a partition mailbox holds before senders wait.
 const MAILBOX_CAPACITY: usize = 1024;
 
@@ -152,6 +155,8 @@ pub struct PartitionActor {
     pending_batches: usize,
     flush_scheduled: bool,
     removed: bool,
+    /// When idle producer ids were last forgotten (checked from `flush`, at most hourly).
+    last_producer_expiry: std::time::Instant,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
 }
@@ -175,6 +180,7 @@ impl PartitionActor {
             pending_batches: 0,
             flush_scheduled: false,
             removed: false,
+            last_producer_expiry: std::time::Instant::now(),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
@@ -230,6 +236,20 @@ impl PartitionActor {
         }
     }
 
+    /// Producer state only grows on appends, so appends are where it is pruned.
+    fn expire_producers_hourly(&mut self) {
+        if self.last_producer_expiry.elapsed() < PRODUCER_EXPIRY_CHECK {
+            return;
+        }
+        self.last_producer_expiry = std::time::Instant::now();
+        let (expiration, max) = (self.config.producer_id_expiration_ms, self.config.max_producers_per_partition);
+        if let Some(log) = self.log.as_mut() {
+            if let Err(e) = log.expire_producers(crate::now_ms(), expiration, max) {
+                tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "producer expiry failed");
+            }
+        }
+    }
+
     /// Answers every queued append with `error` (their batches were never written).
     fn fail_pending(&mut self, error: &PartitionError) {
         for append in self.pending.drain(..) {
@@ -251,6 +271,7 @@ impl PartitionActor {
         match result {
             Ok(outcomes) => {
                 assert_eq!(outcomes.len(), pending.len(), "one outcome per append");
+                self.expire_producers_hourly();
                 if let Some(log) = &self.log {
                     self.offsets_tx.send_replace(log.offsets());
                 }

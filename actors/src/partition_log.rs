@@ -352,6 +352,7 @@ impl PartitionLog {
                     last_offset: next + batch.record_count() - 1,
                 };
                 producer_state::record(&mut state, h.producer_epoch, entry);
+                state.last_append_ms = crate::now_ms();
                 next += batch.record_count();
                 scratch.insert(h.producer_id, state.clone());
                 plan.push((decision, Some((h.producer_id, state))));
@@ -373,6 +374,38 @@ impl PartitionLog {
         self.map_bytes = self.env.info().map_size;
         tracing::info!(dir = %self.dir.display(), map_bytes = self.map_bytes, "grew partition map");
         Ok(())
+    }
+
+    /// Forgets producers idle since before `now_ms - expiration_ms`, and the
+    /// least recently used beyond `max_producers`. A forgotten producer that
+    /// comes back mid-sequence gets OUT_OF_ORDER_SEQUENCE_NUMBER and starts over.
+    pub fn expire_producers(
+        &mut self,
+        now_ms: i64,
+        expiration_ms: i64,
+        max_producers: usize,
+    ) -> Result<usize, LogError> {
+        let mut by_age: Vec<(i64, i64)> = self.producer_states.iter().map(|(id, s)| (s.last_append_ms, *id)).collect();
+        by_age.sort_unstable();
+        let over = by_age.len().saturating_sub(max_producers);
+        let doomed: Vec<i64> = by_age
+            .iter()
+            .enumerate()
+            .filter(|(i, (last, _))| *i < over || now_ms - *last > expiration_ms)
+            .map(|(_, (_, id))| *id)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut wtxn = self.env.write_txn()?;
+        for id in &doomed {
+            self.producers.delete(&mut wtxn, &(*id as u64))?;
+        }
+        wtxn.commit()?;
+        for id in &doomed {
+            self.producer_states.remove(id);
+        }
+        Ok(doomed.len())
     }
 
     /// Flushes commits made without fsync (interval durability).
@@ -577,6 +610,29 @@ mod tests {
         assert!(matches!(out[0], Err(SeqError::OutOfOrder { expected: 5, got: 9, .. })));
         assert!(matches!(out[1], Err(SeqError::Fenced { .. })));
         assert_eq!(log.offsets().log_end_offset, 9, "refused batches are not written");
+    }
+
+    #[test]
+    fn idle_and_surplus_producers_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
+        for producer in [1, 2, 3] {
+            let b = idempotent_batch(producer, 0, 0, 1);
+            log.append_groups(&[AppendGroup::new(&b)]).unwrap();
+        }
+        let now = crate::now_ms();
+        assert_eq!(log.expire_producers(now, 3_600_000, 10).unwrap(), 0);
+        assert_eq!(log.expire_producers(now, 3_600_000, 2).unwrap(), 1, "one over the cap");
+        assert_eq!(log.expire_producers(now + 7_200_000, 3_600_000, 10).unwrap(), 2, "both idle");
+        let resumed = idempotent_batch(3, 0, 1, 1);
+        assert!(matches!(
+            log.append_groups(&[AppendGroup::new(&resumed)]).unwrap()[0],
+            Err(SeqError::OutOfOrder { .. })
+        ));
+        drop(log);
+        let log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
+        assert!(log.producer_states.is_empty(), "expiry is persisted");
     }
 
     #[test]

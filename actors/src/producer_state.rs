@@ -24,6 +24,8 @@ pub struct ProducerState {
     pub epoch: i16,
     /// Oldest first, at most `BATCHES_KEPT`.
     pub batches: Vec<SeqEntry>,
+    /// Wall-clock time of the last append, for expiry (`producer.id.expiration.ms`).
+    pub last_append_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,8 +62,23 @@ fn topics_survive_a_restart_of_the_tree() {
         let topic = broker.metadata().topic("kept").cloned().expect("topic reloaded");
         assert_eq!(topic.partitions.len(), 2);
         assert_eq!(topic.config.retention_ms, 1000);
-        let fetched = broker.fetch("kept", 1, 0, 1 << 20).await.unwrap();
-        assert_eq!(values(&fetched), vec!["x-v0", "x-v1", "x-v2"]);
+        // The first tree's arbiter threads may still be closing their LMDB
+        // environments; the partition retries the open on each request, and
+        // the error meanwhile is the retriable one.
+        let mut fetched = None;
+        for _ in 0..100 {
+            match broker.fetch("kept", 1, 0, 1 << 20).await {
+                Ok(records) => {
+                    fetched = Some(records);
+                    break;
+                }
+                Err(ClientError::Partition(PartitionError::Unavailable(_))) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("unexpected error after restart: {e}"),
+            }
+        }
+        assert_eq!(values(&fetched.expect("partition reopened")), vec!["x-v0", "x-v1", "x-v2"]);
     });
 }
 
