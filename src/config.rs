@@ -18,20 +18,7 @@ pub struct BrokerConfig {
     pub limits: LimitsSection,
     pub storage: StorageSection,
     pub topics: TopicsSection,
-    pub groups: GroupsSection,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupsSection {
-    pub min_session_timeout_ms: i32,
-    pub max_session_timeout_ms: i32,
-    pub initial_rebalance_delay_ms: u64,
-    pub max_members: usize,
-    pub max_groups: usize,
-    pub offset_metadata_max_bytes: usize,
-    pub offsets_retention_ms: i64,
-    pub offsets_retention_check_interval_ms: u64,
+    pub groups: tributary_actors::GroupSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,17 +133,7 @@ impl BrokerConfig {
         storage.topic_defaults.max_message_bytes = self.topics.max_message_bytes;
         storage.topic_defaults.retention_ms = self.topics.retention_ms;
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
-        let g = &self.groups;
-        storage.groups = tributary_actors::GroupSettings {
-            min_session_timeout_ms: g.min_session_timeout_ms,
-            max_session_timeout_ms: g.max_session_timeout_ms,
-            initial_rebalance_delay_ms: g.initial_rebalance_delay_ms,
-            max_members: g.max_members,
-            max_groups: g.max_groups,
-            offset_metadata_max_bytes: g.offset_metadata_max_bytes,
-            offsets_retention_ms: g.offsets_retention_ms,
-            offsets_retention_check_interval_ms: g.offsets_retention_check_interval_ms,
-        };
+        storage.groups = self.groups.clone();
         storage
     }
 }

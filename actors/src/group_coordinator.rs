@@ -27,8 +27,10 @@ use crate::offset_store::{CommittedOffset, GroupRecord, OffsetStore, TopicPartit
 
 const TICK: Duration = Duration::from_millis(100);
 
-/// Broker-wide group settings (Kafka's `group.*` and `offsets.*` configs).
-#[derive(Debug, Clone)]
+/// Broker-wide group settings (Kafka's `group.*` and `offsets.*` configs);
+/// the broker reads them from the `[groups]` section of its config.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GroupSettings {
     pub min_session_timeout_ms: i32,
     pub max_session_timeout_ms: i32,
@@ -519,13 +521,7 @@ impl GroupCoordinator {
                 self.pending_members.insert(new_id.clone(), deadline);
                 return Err(JoinAnswer::error(E::MemberIdRequired.code(), &new_id));
             }
-            if self.members.len() >= self.settings.max_members {
-                return fail(E::GroupMaxSizeReached.code());
-            }
-            self.add_member(&new_id, &req, tx);
-            self.prepare_rebalance();
-            self.maybe_complete_join();
-            return Ok(rx);
+            return self.admit(&new_id, &req, tx).map(|_| rx);
         }
 
         let member_id = req.member_id.clone();
@@ -533,13 +529,7 @@ impl GroupCoordinator {
             if self.pending_members.remove(&member_id).is_none() {
                 return fail(E::UnknownMemberId.code());
             }
-            if self.members.len() >= self.settings.max_members {
-                return fail(E::GroupMaxSizeReached.code());
-            }
-            self.add_member(&member_id, &req, tx);
-            self.prepare_rebalance();
-            self.maybe_complete_join();
-            return Ok(rx);
+            return self.admit(&member_id, &req, tx).map(|_| rx);
         }
         if let Err(code) = self.check_member(&member_id, &req.group_instance_id) {
             return fail(code);
@@ -564,6 +554,17 @@ impl GroupCoordinator {
                 Ok(rx)
             }
         }
+    }
+
+    /// A new member joins, within `max_members`, and the group rebalances for it.
+    fn admit(&mut self, member_id: &str, req: &JoinGroup, join: oneshot::Sender<JoinAnswer>) -> Result<(), JoinAnswer> {
+        if self.members.len() >= self.settings.max_members {
+            return Err(JoinAnswer::error(E::GroupMaxSizeReached.code(), member_id));
+        }
+        self.add_member(member_id, req, join);
+        self.prepare_rebalance();
+        self.maybe_complete_join();
+        Ok(())
     }
 
     /// A static member came back with a new member id (KIP-345): the old id is
