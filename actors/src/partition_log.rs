@@ -34,6 +34,10 @@ type OffsetKey = U64<BigEndian>;
 type Db<K, V> = Database<'static, K, V>;
 
 const LOG_START_KEY: &str = "log_start_offset";
+const LOG_BYTES_KEY: &str = "log_bytes";
+/// Batches one retention or deletion transaction removes at most, so it never
+/// holds the partition for long; the caller continues in another turn.
+pub const MAX_BATCHES_PER_DELETE: usize = 10_000;
 /// Batches a single group commit may carry; a bound on one transaction's size.
 pub const MAX_BATCHES_PER_COMMIT: usize = 65_536;
 
@@ -164,6 +168,8 @@ pub struct PartitionLog {
     offsets: LogOffsets,
     /// Largest timestamp in the log, `i64::MIN` when empty.
     max_timestamp: i64,
+    /// Bytes of all stored batches, for `retention.bytes`.
+    log_bytes: u64,
     map_bytes: usize,
     max_map_bytes: usize,
 }
@@ -205,6 +211,7 @@ impl PartitionLog {
             producer_states: HashMap::new(),
             offsets: LogOffsets::default(),
             max_timestamp: i64::MIN,
+            log_bytes: 0,
             map_bytes,
             max_map_bytes: config.max_map_bytes.max(map_bytes),
         };
@@ -226,6 +233,11 @@ impl PartitionLog {
         self.max_timestamp = match self.time_index.last(&rtxn)? {
             Some((key, _)) => key_timestamp(key),
             None => i64::MIN,
+        };
+        self.log_bytes = match self.meta.get(&rtxn, LOG_BYTES_KEY)? {
+            Some(bytes) => bytes,
+            // Logs written before the size was kept: count once.
+            None => self.batches.iter(&rtxn)?.map(|e| e.map(|(_, v)| v.len() as u64)).sum::<Result<u64, _>>()?,
         };
         for entry in self.producers.iter(&rtxn)? {
             let (producer_id, value) = entry?;
@@ -266,6 +278,7 @@ impl PartitionLog {
         let mut max_timestamp = self.max_timestamp;
         // Producer states as this transaction leaves them; applied after the commit.
         let mut touched: HashMap<i64, ProducerState> = HashMap::new();
+        let mut log_bytes = self.log_bytes;
         let mut outcomes = Vec::with_capacity(groups.len());
         for group in groups {
             // Decide the whole group before writing any of it, so a refused group writes nothing.
@@ -301,6 +314,7 @@ impl PartitionLog {
                     self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &key)?;
                 }
                 first.get_or_insert(next);
+                log_bytes += batch.bytes.len() as u64;
                 next += batch.record_count();
                 last = Some(next - 1);
             }
@@ -312,9 +326,11 @@ impl PartitionLog {
             let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
             self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
         }
+        self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
         wtxn.commit()?;
         self.offsets.log_end_offset = next;
         self.max_timestamp = max_timestamp;
+        self.log_bytes = log_bytes;
         self.producer_states.extend(touched);
         Ok(outcomes)
     }
@@ -374,6 +390,102 @@ impl PartitionLog {
         self.map_bytes = self.env.info().map_size;
         tracing::info!(dir = %self.dir.display(), map_bytes = self.map_bytes, "grew partition map");
         Ok(())
+    }
+
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` (-1 disables either):
+    /// deletes whole batches from the start while the oldest is older than the
+    /// retention or the log is larger than allowed. Returns the batches
+    /// deleted and whether more are due (at most `max_batches` per call).
+    pub fn enforce_retention(
+        &mut self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+        max_batches: usize,
+    ) -> Result<(usize, bool), LogError> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        self.delete_front(self.offsets.log_start_offset, max_batches, |header, bytes| {
+            (retention_ms >= 0 && header.max_timestamp < cutoff)
+                || (retention_bytes >= 0 && bytes > retention_bytes as u64)
+        })
+    }
+
+    /// DeleteRecords: makes `offset` the log start offset (-1: the high
+    /// watermark) and deletes the batches wholly below it. Returns the new log start.
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, LogError> {
+        let offsets = self.offsets;
+        let target = if offset == -1 { offsets.high_watermark() } else { offset };
+        if target < 0 || target > offsets.high_watermark() {
+            return Err(LogError::OffsetOutOfRange { requested: offset, offsets });
+        }
+        // Bounded: each round deletes up to MAX_BATCHES_PER_DELETE; the log has finitely many.
+        loop {
+            let (_, more) = self.delete_front(target, MAX_BATCHES_PER_DELETE, |_, _| false)?;
+            if !more {
+                return Ok(self.offsets.log_start_offset);
+            }
+        }
+    }
+
+    /// Deletes batches from the front while they end below `start_at_least` or
+    /// `expired(header, log bytes before deleting it)` holds, and moves the log
+    /// start offset to at least `start_at_least`. One transaction.
+    fn delete_front(
+        &mut self,
+        start_at_least: i64,
+        max_batches: usize,
+        mut expired: impl FnMut(&BatchHeader, u64) -> bool,
+    ) -> Result<(usize, bool), LogError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut bytes = self.log_bytes;
+        let mut start = self.offsets.log_start_offset.max(start_at_least);
+        let mut doomed = Vec::new();
+        let mut more = false;
+        for entry in self.batches.iter(&wtxn)? {
+            let (key, value) = entry?;
+            let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            if header.last_offset() >= start_at_least && !expired(&header, bytes) {
+                break;
+            }
+            if doomed.len() == max_batches {
+                more = true;
+                break;
+            }
+            doomed.push(key);
+            bytes -= value.len() as u64;
+            start = start.max(header.last_offset() + 1);
+        }
+        if doomed.is_empty() && start == self.offsets.log_start_offset {
+            return Ok((0, false));
+        }
+        for key in &doomed {
+            self.batches.delete(&mut wtxn, key)?;
+        }
+        // Index entries name batches in offset order too: the stale ones, naming
+        // deleted batches, are a prefix.
+        let first_kept = self.batches.first(&wtxn)?.map_or(u64::MAX, |(key, _)| key);
+        let stale: Vec<u64> = self
+            .time_index
+            .iter(&wtxn)?
+            .take_while(|e| e.as_ref().map_or(false, |(_, batch)| *batch < first_kept))
+            .map(|e| e.map(|(ts_key, _)| ts_key))
+            .collect::<Result<_, _>>()?;
+        for ts_key in &stale {
+            self.time_index.delete(&mut wtxn, ts_key)?;
+        }
+        // The batch holding `start` stays even when `start` is inside it (DeleteRecords);
+        // reads and timestamp lookups skip its records below `start`.
+        assert!(start <= self.offsets.log_end_offset, "log start {start} beyond log end");
+        self.meta.put(&mut wtxn, LOG_START_KEY, &(start as u64))?;
+        self.meta.put(&mut wtxn, LOG_BYTES_KEY, &bytes)?;
+        wtxn.commit()?;
+        self.offsets.log_start_offset = start;
+        self.log_bytes = bytes;
+        Ok((doomed.len(), more))
     }
 
     /// Forgets producers idle since before `now_ms - expiration_ms`, and the
@@ -481,15 +593,13 @@ impl PartitionLog {
         base: u64,
         matches: impl Fn(i64) -> bool,
     ) -> Result<Option<(i64, i64)>, LogError> {
-        if (base as i64) < self.offsets.log_start_offset {
-            return Ok(None);
-        }
         let Some(value) = self.batches.get(rtxn, &base)? else {
             return Err(LogError::Corrupt(format!("time index names missing batch {base}")));
         };
         let mut buf = Bytes::copy_from_slice(value);
         let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::Corrupt(format!("batch {base}: {e}")))?;
-        Ok(set.records.iter().find(|r| matches(r.timestamp)).map(|r| (r.offset, r.timestamp)))
+        let start = self.offsets.log_start_offset;
+        Ok(set.records.iter().find(|r| r.offset >= start && matches(r.timestamp)).map(|r| (r.offset, r.timestamp)))
     }
 }
 
@@ -633,6 +743,41 @@ mod tests {
         drop(log);
         let log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
         assert!(log.producer_states.is_empty(), "expiry is persisted");
+    }
+
+    #[test]
+    fn retention_by_time_and_size_and_delete_records_move_the_log_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        for i in 0..10 {
+            let b = batch(10, 1_000 * i, Compression::None); // batch i: timestamps 1000*i ..
+            log.append_groups(&[AppendGroup::new(&b)]).unwrap();
+        }
+        let per_batch = log.log_bytes() / 10;
+        // Time: cutoff 8000 - 3995 = 4005. Batches 0..=3 end before it; batch 4 ends at 4009 and stays.
+        assert_eq!(log.enforce_retention(8_000, 3_995, -1, 100).unwrap(), (4, false));
+        assert_eq!(log.offsets().log_start_offset, 40);
+        assert!(matches!(log.read(39, 1 << 20, true), Err(LogError::OffsetOutOfRange { .. })));
+        assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((40, 4_000)), "lookups start at the log start");
+        // Size: keep at most three batches' worth, two batches per call.
+        assert_eq!(log.enforce_retention(8_000, -1, (per_batch * 3) as i64, 2).unwrap(), (2, true));
+        assert_eq!(log.enforce_retention(8_000, -1, (per_batch * 3) as i64, 2).unwrap(), (1, false));
+        assert_eq!(log.offsets().log_start_offset, 70);
+        // DeleteRecords inside a batch: the start moves there, the batch stays readable from it.
+        assert_eq!(log.delete_records_before(75).unwrap(), 75);
+        assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((75, 7_005)));
+        assert!(matches!(log.delete_records_before(101), Err(LogError::OffsetOutOfRange { .. })));
+        drop(log);
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 75, log_end_offset: 100 });
+        assert_eq!(log.log_bytes(), per_batch * 3);
+        // Everything: the log is empty and continues at the same offsets.
+        assert_eq!(log.delete_records_before(-1).unwrap(), 100);
+        assert_eq!(log.log_bytes(), 0);
+        let b = batch(1, 9_999, Compression::None);
+        assert_eq!(log.append_groups(&[AppendGroup::new(&b)]).unwrap()[0].as_ref().unwrap().base_offset, 100);
     }
 
     #[test]
