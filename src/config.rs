@@ -61,6 +61,7 @@ pub struct TopicsSection {
     pub max_message_bytes: i32,
     pub retention_ms: i64,
     pub retention_bytes: i64,
+    pub retention_check_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -133,6 +134,7 @@ impl BrokerConfig {
         storage.topic_defaults.max_message_bytes = self.topics.max_message_bytes;
         storage.topic_defaults.retention_ms = self.topics.retention_ms;
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
+        storage.retention_check_interval_ms = self.topics.retention_check_interval_ms;
         storage.groups = self.groups.clone();
         storage
     }

@@ -46,6 +46,8 @@ pub struct StorageConfig {
     pub producer_id_expiration_ms: i64,
     /// Producer ids a partition remembers at most; the least recently used go first.
     pub max_producers_per_partition: usize,
+    /// How often retention is applied (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
 }
 
 impl StorageConfig {
@@ -63,6 +65,7 @@ impl StorageConfig {
             groups: Default::default(),
             producer_id_expiration_ms: 24 * 3600 * 1000,
             max_producers_per_partition: 100_000,
+            retention_check_interval_ms: 300_000,
         }
     }
 

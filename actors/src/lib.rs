@@ -34,12 +34,14 @@ pub use group_coordinator::{GroupAnswer, GroupRequest, GroupSettings};
 pub use group_registry::{ForgetGroup, GroupRegistry, ListGroups, LookupGroup};
 pub use kafka_protocol::records::Record;
 pub use offset_store::OffsetStore;
-pub use partition_actor::{Append, ListOffset, OffsetQuery, PartitionActor, PartitionError, Read};
+pub use partition_actor::{
+    Append, DeleteRecordsBefore, EnforceRetention, ListOffset, OffsetQuery, PartitionActor, PartitionError, Read,
+};
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
 pub use topic_registry::{
-    AllocateProducerId, CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot, PartitionHandle, TopicError,
-    TopicRegistry, TopicView,
+    AllocateProducerId, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot,
+    PartitionHandle, TopicError, TopicRegistry, TopicView,
 };
 
 /// Why an embedded produce or fetch failed.

@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::StorageConfig;
 use crate::partition_log::{
     AppendGroup, AppendOutcome, LogError, LogOffsets, PartitionLog, ReadOutcome, MAX_BATCHES_PER_COMMIT,
+    MAX_BATCHES_PER_DELETE,
 };
 use crate::record_batch::ValidatedBatch;
 
@@ -121,6 +122,20 @@ pub enum OffsetQuery {
 #[derive(Message)]
 #[rtype(result = "Result<Option<(i64, i64)>, PartitionError>")]
 pub struct ListOffset(pub OffsetQuery);
+
+/// Apply the topic's retention now (-1 disables either limit). Deletes in
+/// bounded steps, yielding to produce and fetch between them.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct EnforceRetention {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+}
+
+/// DeleteRecords: make `before` (-1: the high watermark) the log start offset.
+#[derive(Message)]
+#[rtype(result = "Result<i64, PartitionError>")]
+pub struct DeleteRecordsBefore(pub i64);
 
 /// Close the log and delete its directory (topic deletion).
 #[derive(Message)]
@@ -403,6 +418,48 @@ impl Handler<Remove> for PartitionActor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(PartitionError::Storage(format!("removing {}: {e}", self.dir.display()))),
         }
+    }
+}
+
+impl Handler<EnforceRetention> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnforceRetention, ctx: &mut Context<Self>) {
+        if msg.retention_ms < 0 && msg.retention_bytes < 0 {
+            return;
+        }
+        let step = MAX_BATCHES_PER_DELETE;
+        let outcome = self
+            .guarded(ctx, |log| log.enforce_retention(crate::now_ms(), msg.retention_ms, msg.retention_bytes, step));
+        match outcome {
+            Ok((deleted, more)) => {
+                if deleted > 0 {
+                    if let Some(log) = &self.log {
+                        self.offsets_tx.send_replace(log.offsets());
+                        tracing::info!(topic = %self.topic, partition = self.partition, deleted,
+                            log_start = log.offsets().log_start_offset, "retention deleted batches");
+                    }
+                }
+                if more {
+                    // Continue after whatever else is queued.
+                    ctx.notify(msg);
+                }
+            }
+            Err(PartitionError::Deleted) => {}
+            Err(e) => tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "retention failed"),
+        }
+    }
+}
+
+impl Handler<DeleteRecordsBefore> for PartitionActor {
+    type Result = Result<i64, PartitionError>;
+
+    fn handle(&mut self, msg: DeleteRecordsBefore, ctx: &mut Context<Self>) -> Self::Result {
+        let start = self.guarded(ctx, |log| log.delete_records_before(msg.0))?;
+        if let Some(log) = &self.log {
+            self.offsets_tx.send_replace(log.offsets());
+        }
+        Ok(start)
     }
 }
 

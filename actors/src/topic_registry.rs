@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
-use crate::partition_actor::{partition_dir, PartitionActor, Remove};
+use crate::partition_actor::{partition_dir, EnforceRetention, PartitionActor, Remove};
 use crate::partition_log::LogOffsets;
 
 const METADATA_DIR: &str = "__tributary_metadata";
@@ -327,6 +327,75 @@ impl Handler<AllocateProducerId> for TopicRegistry {
 
 impl Actor for TopicRegistry {
     type Context = Context<Self>;
+
+    /// Retention ticks come from here (the registry's arbiter), not from
+    /// timers in each partition actor: one timer for all partitions.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        ctx.run_interval(every, |act, _| {
+            for topic in act.topics.values() {
+                let msg = EnforceRetention {
+                    retention_ms: topic.config.retention_ms,
+                    retention_bytes: topic.config.retention_bytes,
+                };
+                for partition in &topic.partitions {
+                    // A full mailbox skips this round; the next tick tries again.
+                    let _ = partition.addr.try_send(msg);
+                }
+            }
+        });
+    }
+}
+
+/// Change a topic's config overrides. `changes`: `(name, Some(value))` sets,
+/// `(name, None)` returns it to the default. `replace` drops every override
+/// not named (AlterConfigs); otherwise the rest stay (IncrementalAlterConfigs).
+#[derive(Message)]
+#[rtype(result = "Result<(), TopicError>")]
+pub struct AlterTopicConfig {
+    pub name: String,
+    pub changes: Vec<(String, Option<String>)>,
+    pub replace: bool,
+    pub validate_only: bool,
+}
+
+impl Handler<AlterTopicConfig> for TopicRegistry {
+    type Result = Result<(), TopicError>;
+
+    fn handle(&mut self, msg: AlterTopicConfig, _: &mut Context<Self>) -> Self::Result {
+        let Some(view) = self.topics.get(msg.name.as_str()).cloned() else {
+            return Err(TopicError::Unknown(msg.name));
+        };
+        let mut overrides = if msg.replace { BTreeMap::new() } else { view.overrides.clone() };
+        for (name, value) in msg.changes {
+            match value {
+                Some(value) => overrides.insert(name, value),
+                None => {
+                    if TopicConfig::default().get(&name).is_none() {
+                        return Err(TopicError::InvalidConfig(format!("unknown topic config '{name}'")));
+                    }
+                    overrides.remove(&name)
+                }
+            };
+        }
+        let config = TopicConfig::with_overrides(&self.config.topic_defaults, &overrides)
+            .map_err(|e| TopicError::InvalidConfig(e.0))?;
+        if msg.validate_only {
+            return Ok(());
+        }
+        let record = TopicRecord {
+            id: *view.id.as_bytes(),
+            partitions: view.partitions.len() as i32,
+            overrides: overrides.clone(),
+        };
+        self.persist(&view.name, Some(&record))?;
+        let altered =
+            TopicView { name: view.name.clone(), id: view.id, config, overrides, partitions: view.partitions.clone() };
+        self.topics.insert(view.name.clone(), Arc::new(altered));
+        self.publish();
+        tracing::info!(topic = %view.name, "altered topic config");
+        Ok(())
+    }
 }
 
 /// The registry keeps its state across a restart: topics and partition

@@ -2,10 +2,12 @@
 //! the handler for its API (one file each), encode the response at the
 //! version the client asked for.
 
+mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
+mod delete_records;
 mod delete_topics;
 mod describe_configs;
 mod describe_groups;
@@ -75,6 +77,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -260,6 +265,18 @@ pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -
         }
         ApiKey::InitProducerId => {
             let body = init_producer_id::handle(ctx, decode_body(&mut req)?, v).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::AlterConfigs => {
+            let body = alter_configs::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let body = alter_configs::handle_incremental(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DeleteRecords => {
+            let body = delete_records::handle(ctx, decode_body(&mut req)?).await;
             encode_response(&req, v, &body)?
         }
         api => return Err(RequestError::UnsupportedVersion { api, version: v }),

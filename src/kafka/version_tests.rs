@@ -156,6 +156,55 @@ fn every_api_answers_at_every_advertised_version() {
         }
         ids.dedup();
         assert_eq!(ids.len(), versions(ApiKey::InitProducerId).count(), "every call gets a new producer id");
+        for v in versions(ApiKey::AlterConfigs) {
+            use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            let req = AlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("cov"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_value(Some(StrBytes::from_string(format!("{}", 60_000 + v as i64))))])]);
+            let r: AlterConfigsResponse = call(&ctx, ApiKey::AlterConfigs, v, &req).await;
+            assert_eq!(r.responses[0].error_code, 0, "AlterConfigs v{v}");
+            assert_eq!(ctx.broker.metadata().topic("cov").unwrap().config.retention_ms, 60_000 + v as i64);
+        }
+        for v in versions(ApiKey::IncrementalAlterConfigs) {
+            use kafka_protocol::messages::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+            let set = |name: &'static str, value: &str, op: i8| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str(name))
+                    .with_config_operation(op)
+                    .with_value(Some(StrBytes::from_string(value.to_string())))
+            };
+            let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("cov"))
+                    .with_configs(vec![set("retention.bytes", "1000000", 0), set("retention.ms", "", 1)]),
+                AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("cov"))
+                    .with_configs(vec![set("retention.ms", "later", 0)]),
+            ]);
+            let r: IncrementalAlterConfigsResponse = call(&ctx, ApiKey::IncrementalAlterConfigs, v, &req).await;
+            let codes: Vec<i16> = r.responses.iter().map(|r| r.error_code).collect();
+            assert_eq!(codes, vec![0, kafka_protocol::ResponseError::InvalidConfig.code()], "IncrementalAlterConfigs v{v}");
+            let topic = ctx.broker.metadata().topic("cov").cloned().unwrap();
+            assert_eq!((topic.config.retention_bytes, topic.overrides.contains_key("retention.ms")), (1_000_000, false));
+        }
+        for v in versions(ApiKey::DeleteRecords) {
+            use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+            let req = DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name("cov"))
+                .with_partitions(vec![
+                    DeleteRecordsPartition::default().with_partition_index(0).with_offset(1 + v as i64),
+                    DeleteRecordsPartition::default().with_partition_index(0).with_offset(999),
+                ])]);
+            let r: DeleteRecordsResponse = call(&ctx, ApiKey::DeleteRecords, v, &req).await;
+            let got: Vec<(i16, i64)> = r.topics[0].partitions.iter().map(|p| (p.error_code, p.low_watermark)).collect();
+            let out_of_range = kafka_protocol::ResponseError::OffsetOutOfRange.code();
+            assert_eq!(got, vec![(0, 1 + v as i64), (out_of_range, -1)], "DeleteRecords v{v}");
+        }
         for v in versions(ApiKey::DeleteTopics) {
             let name = format!("created-v{}", v + 1);
             let req = DeleteTopicsRequest::default().with_timeout_ms(5000).with_topic_names(vec![topic_name(&name)]);

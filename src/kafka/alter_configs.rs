@@ -1,0 +1,88 @@
+//! AlterConfigs (replace a topic's overrides) and IncrementalAlterConfigs
+//! (SET or DELETE single configs) for topics. Broker configs are static.
+
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use tributary_actors::AlterTopicConfig;
+
+use super::{message, RequestContext};
+
+const RESOURCE_TOPIC: i8 = 2;
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+/// Applies `changes` to one resource; returns its error code and message.
+async fn alter(
+    ctx: &RequestContext,
+    resource_type: i8,
+    name: &StrBytes,
+    changes: Result<Vec<(String, Option<String>)>, String>,
+    replace: bool,
+    validate_only: bool,
+) -> (i16, Option<StrBytes>) {
+    if resource_type != RESOURCE_TOPIC {
+        let why = "only topic configs (resource type 2) can be altered; broker configs are static (config file)";
+        return (ResponseError::InvalidRequest.code(), message(why));
+    }
+    let changes = match changes {
+        Ok(changes) => changes,
+        Err(why) => return (ResponseError::InvalidConfig.code(), message(why)),
+    };
+    let msg = AlterTopicConfig { name: name.to_string(), changes, replace, validate_only };
+    match ctx.broker.registry().send(msg).await {
+        Ok(Ok(())) => (0, None),
+        Ok(Err(e)) => (e.error_code(), message(&e)),
+        Err(e) => (ResponseError::UnknownServerError.code(), message(e)),
+    }
+}
+
+fn result(resource_type: i8, name: StrBytes, (code, why): (i16, Option<StrBytes>)) -> AlterConfigsResourceResponse {
+    AlterConfigsResourceResponse::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(name)
+        .with_error_code(code)
+        .with_error_message(why)
+}
+
+pub async fn handle(ctx: &RequestContext, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let changes =
+            Ok(r.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect());
+        let outcome = alter(ctx, r.resource_type, &r.resource_name, changes, true, req.validate_only).await;
+        responses.push(result(r.resource_type, r.resource_name, outcome));
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn handle_incremental(
+    ctx: &RequestContext,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as Response;
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let changes: Result<Vec<_>, String> = r
+            .configs
+            .iter()
+            .map(|c| match c.config_operation {
+                OP_SET => Ok((c.name.to_string(), Some(c.value.as_ref().map(|v| v.to_string()).unwrap_or_default()))),
+                OP_DELETE => Ok((c.name.to_string(), None)),
+                op => Err(format!("operation {op} on '{}' is not supported; use SET (0) or DELETE (1)", c.name)),
+            })
+            .collect();
+        let (code, why) = alter(ctx, r.resource_type, &r.resource_name, changes, false, req.validate_only).await;
+        responses.push(
+            Response::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name)
+                .with_error_code(code)
+                .with_error_message(why),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
