@@ -137,6 +137,19 @@ pub struct EnforceRetention {
 #[rtype(result = "Result<i64, PartitionError>")]
 pub struct DeleteRecordsBefore(pub i64);
 
+/// Bytes of stored batches (DescribeLogDirs).
+#[derive(Message)]
+#[rtype(result = "Result<u64, PartitionError>")]
+pub struct PartitionSize;
+
+impl Handler<PartitionSize> for PartitionActor {
+    type Result = Result<u64, PartitionError>;
+
+    fn handle(&mut self, _: PartitionSize, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, |log| Ok(log.log_bytes()))
+    }
+}
+
 /// Close the log and delete its directory (topic deletion).
 #[derive(Message)]
 #[rtype(result = "Result<(), PartitionError>")]

@@ -9,8 +9,10 @@ mod create_topics;
 mod delete_groups;
 mod delete_records;
 mod delete_topics;
+mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod describe_log_dirs;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -80,6 +82,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
 ];
 
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
@@ -277,6 +281,14 @@ pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -
         }
         ApiKey::DeleteRecords => {
             let body = delete_records::handle(ctx, decode_body(&mut req)?).await;
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DescribeCluster => {
+            let body = describe_cluster::handle(ctx, decode_body(&mut req)?, v);
+            encode_response(&req, v, &body)?
+        }
+        ApiKey::DescribeLogDirs => {
+            let body = describe_log_dirs::handle(ctx, decode_body(&mut req)?, v).await;
             encode_response(&req, v, &body)?
         }
         api => return Err(RequestError::UnsupportedVersion { api, version: v }),

@@ -188,22 +188,42 @@ fn every_api_answers_at_every_advertised_version() {
             ]);
             let r: IncrementalAlterConfigsResponse = call(&ctx, ApiKey::IncrementalAlterConfigs, v, &req).await;
             let codes: Vec<i16> = r.responses.iter().map(|r| r.error_code).collect();
-            assert_eq!(codes, vec![0, kafka_protocol::ResponseError::InvalidConfig.code()], "IncrementalAlterConfigs v{v}");
+            assert_eq!(
+                codes,
+                vec![0, kafka_protocol::ResponseError::InvalidConfig.code()],
+                "IncrementalAlterConfigs v{v}"
+            );
             let topic = ctx.broker.metadata().topic("cov").cloned().unwrap();
-            assert_eq!((topic.config.retention_bytes, topic.overrides.contains_key("retention.ms")), (1_000_000, false));
+            assert_eq!(
+                (topic.config.retention_bytes, topic.overrides.contains_key("retention.ms")),
+                (1_000_000, false)
+            );
         }
         for v in versions(ApiKey::DeleteRecords) {
             use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
-            let req = DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![DeleteRecordsTopic::default()
-                .with_name(topic_name("cov"))
-                .with_partitions(vec![
-                    DeleteRecordsPartition::default().with_partition_index(0).with_offset(1 + v as i64),
-                    DeleteRecordsPartition::default().with_partition_index(0).with_offset(999),
-                ])]);
+            let req =
+                DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![DeleteRecordsTopic::default()
+                    .with_name(topic_name("cov"))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default().with_partition_index(0).with_offset(1 + v as i64),
+                        DeleteRecordsPartition::default().with_partition_index(0).with_offset(999),
+                    ])]);
             let r: DeleteRecordsResponse = call(&ctx, ApiKey::DeleteRecords, v, &req).await;
             let got: Vec<(i16, i64)> = r.topics[0].partitions.iter().map(|p| (p.error_code, p.low_watermark)).collect();
             let out_of_range = kafka_protocol::ResponseError::OffsetOutOfRange.code();
             assert_eq!(got, vec![(0, 1 + v as i64), (out_of_range, -1)], "DeleteRecords v{v}");
+        }
+        for v in versions(ApiKey::DescribeCluster) {
+            let r: DescribeClusterResponse =
+                call(&ctx, ApiKey::DescribeCluster, v, &DescribeClusterRequest::default().with_endpoint_type(1)).await;
+            assert_eq!((r.error_code, r.brokers.len(), r.controller_id.0), (0, 1, 0), "DescribeCluster v{v}");
+        }
+        for v in versions(ApiKey::DescribeLogDirs) {
+            let r: DescribeLogDirsResponse =
+                call(&ctx, ApiKey::DescribeLogDirs, v, &DescribeLogDirsRequest::default().with_topics(None)).await;
+            let cov = r.results[0].topics.iter().find(|t| t.name.0.as_str() == "cov").expect("cov listed");
+            assert!(cov.partitions[0].partition_size > 0, "DescribeLogDirs v{v}");
+            assert_eq!(r.results[0].total_bytes > 0, v >= 4);
         }
         for v in versions(ApiKey::DeleteTopics) {
             let name = format!("created-v{}", v + 1);

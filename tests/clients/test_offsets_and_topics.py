@@ -129,3 +129,21 @@ def test_fetch_out_of_range_and_unknown_partition(broker):
     assert err is not None and "out of range" in str(err).lower()
     # The log itself is untouched.
     assert len(consume_partitions(broker.bootstrap, "small", [0], 5)[0]) == 5
+
+
+def test_describe_cluster_and_log_dirs(broker):
+    create_topic(broker.bootstrap, "sized", 2)
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(100):
+        p.produce("sized", value=b"z" * 100, partition=i % 2)
+    assert p.flush(10) == 0
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    cluster = admin.describe_cluster().result(10)
+    assert [n.id for n in cluster.nodes] == [0] and cluster.controller.id == 0
+    assert cluster.cluster_id == "tributary-local"
+
+    ka = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    dirs = ka.describe_log_dirs()
+    ka.close()
+    text = repr(dirs)
+    assert "sized" in text and str(broker.data_dir.resolve()) in text, text[:500]

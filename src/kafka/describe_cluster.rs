@@ -1,0 +1,25 @@
+//! DescribeCluster: the brokers (this one) and the controller (this one).
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+use kafka_protocol::ResponseError;
+
+use super::{message, str_bytes, RequestContext};
+
+const ENDPOINT_BROKERS: i8 = 1;
+
+pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -> DescribeClusterResponse {
+    if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
+        return DescribeClusterResponse::default()
+            .with_error_code(ResponseError::UnsupportedEndpointType.code())
+            .with_error_message(message("only broker endpoints (1) are described"))
+            .with_endpoint_type(req.endpoint_type);
+    }
+    let (host, port) = ctx.config.advertised();
+    let node = BrokerId(ctx.node_id());
+    let broker = DescribeClusterBroker::default().with_broker_id(node).with_host(str_bytes(host)).with_port(port);
+    DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(ctx.config.broker.cluster_id.clone()))
+        .with_controller_id(node)
+        .with_brokers(vec![broker])
+}
