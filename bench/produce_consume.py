@@ -35,7 +35,8 @@ def free_port():
 def start_broker(data_dir, extra_args):
     port = free_port()
     binary = os.environ.get("TRIBUTARY_BIN", str(ROOT / "target" / "release" / "tributary"))
-    proc = subprocess.Popen([binary, "start", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra_args],
+    proc = subprocess.Popen([binary, "start", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                             "--metrics-listen", "", *extra_args],
                             stdout=subprocess.DEVNULL, stderr=open(Path(data_dir).parent / "broker.log", "wb"))
     for _ in range(200):
         try:

@@ -19,6 +19,14 @@ pub struct BrokerConfig {
     pub storage: StorageSection,
     pub topics: TopicsSection,
     pub groups: tributary_actors::GroupSettings,
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the /metrics and /health endpoint; empty disables it.
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +106,9 @@ impl BrokerConfig {
         }
         if g.max_members == 0 || g.max_groups == 0 {
             bail!("groups.max_members and groups.max_groups must be positive");
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            bail!("metrics.listen must be an address like 127.0.0.1:9644, or empty; got {:?}", self.metrics.listen);
         }
         if self.broker.node_id < 0 {
             bail!("broker.node_id must not be negative");

@@ -3,6 +3,7 @@
 mod config;
 mod connection;
 mod kafka;
+mod metrics;
 mod server;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
         /// Data directory, overriding the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Metrics endpoint address, overriding the config ("" disables it).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Print the default configuration, to start a config file from.
     DefaultConfig,
@@ -50,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())
         }
-        Command::Start { config, listen, data_dir } => {
+        Command::Start { config, listen, data_dir, metrics_listen } => {
             let text = match &config {
                 Some(path) => {
                     Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
@@ -64,6 +68,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 config.broker.data_dir = dir;
             }
+            if let Some(addr) = metrics_listen {
+                config.metrics.listen = addr;
+            }
             actix::System::new().block_on(run(config))
         }
     }
@@ -74,7 +81,16 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", config.broker.data_dir.display()))?;
     let broker = tributary_actors::Broker::start(config.storage_config()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.broker.data_dir.clone();
-    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config) }).await?;
+    let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
+        let listener = metrics::serve(addr, metrics.clone(), broker.clone());
+        actix::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config), metrics }).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
     actix::System::current().stop();

@@ -56,8 +56,10 @@ impl Server {
                 continue;
             };
             let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
+            ctx.metrics.connections.inc();
             actix::spawn(async move {
-                connection::serve(stream, peer, ctx, stop).await;
+                connection::serve(stream, peer, ctx.clone(), stop).await;
+                ctx.metrics.connections.dec();
                 drop(slot);
             });
         }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tributary_actors::{PartitionHandle, Read};
 
 use super::RequestContext;
+use crate::metrics::Metrics;
 
 const READ_COMMITTED: i8 = 1;
 /// Rounds of "read, then wait for new data": each ends on new data or the deadline.
@@ -59,7 +60,7 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
                 h.offsets.borrow_and_update();
             }
         }
-        results = read_all(&targets, max_bytes, version).await;
+        results = read_all(&targets, max_bytes, version, &ctx.metrics).await;
         let total: usize = results.iter().map(|r| r.records.as_ref().map_or(0, Bytes::len)).sum();
         let any_error = results.iter().any(|r| r.error_code != 0);
         if total >= min_bytes || any_error || targets.is_empty() || Instant::now() >= deadline {
@@ -92,7 +93,7 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
 
 /// Reads every partition once, sharing the response's byte budget in order.
 /// The first batch of the response is always returned whole so consumers progress.
-async fn read_all(targets: &[Target], max_bytes: usize, version: i16) -> Vec<PartitionData> {
+async fn read_all(targets: &[Target], max_bytes: usize, version: i16, metrics: &Metrics) -> Vec<PartitionData> {
     let mut remaining = max_bytes;
     let mut results = Vec::with_capacity(targets.len());
     for t in targets {
@@ -110,6 +111,11 @@ async fn read_all(targets: &[Target], max_bytes: usize, version: i16) -> Vec<Par
         let data = match handle.addr.send(read).await {
             Ok(Ok(read)) => {
                 remaining = remaining.saturating_sub(read.records.len());
+                if !read.records.is_empty() {
+                    let label = metrics.topic(&t.topic);
+                    metrics.bytes_out.get_or_create(&label).inc_by(read.records.len() as u64);
+                    metrics.records_out.get_or_create(&label).inc_by(count_records(&read.records));
+                }
                 let hw = read.offsets.high_watermark();
                 data.with_high_watermark(hw)
                     .with_last_stable_offset(hw)
@@ -122,4 +128,18 @@ async fn read_all(targets: &[Target], max_bytes: usize, version: i16) -> Vec<Par
         results.push(data);
     }
     results
+}
+
+/// Records in concatenated stored batches, read from their headers.
+fn count_records(mut batches: &[u8]) -> u64 {
+    let mut total = 0u64;
+    while let Ok(header) = tributary_actors::record_batch::BatchHeader::parse(batches) {
+        total += header.record_count.max(0) as u64;
+        let len = header.total_len();
+        if len == 0 || len > batches.len() {
+            break;
+        }
+        batches = &batches[len..];
+    }
+    total
 }

@@ -46,6 +46,7 @@ use crate::config::BrokerConfig;
 pub struct RequestContext {
     pub broker: Broker,
     pub config: Arc<BrokerConfig>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RequestContext {
@@ -181,115 +182,124 @@ pub struct ClientInfo {
 /// Handles one request frame from `peer_host`. `Ok(None)` means no response is due (produce with acks=0).
 pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
     let mut req = decode_header(frame)?;
+    let started = std::time::Instant::now();
+    let api = req.api;
+    let answer = route(ctx, &mut req, peer_host).await;
+    let label = crate::metrics::ApiLabel { api: format!("{api:?}") };
+    ctx.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn route(ctx: &RequestContext, req: &mut DecodedRequest, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
     let v = req.version;
     let response = match req.api {
         ApiKey::ApiVersions => {
-            let (version, body) = api_versions::handle(&mut req);
-            return encode_response(&req, version, &body).map(Some);
+            let (version, body) = api_versions::handle(req);
+            return encode_response(req, version, &body).map(Some);
         }
         ApiKey::Metadata => {
-            let body = metadata::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = metadata::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
-        ApiKey::Produce => match produce::handle(ctx, decode_body(&mut req)?, v).await {
-            Some(body) => encode_response(&req, v, &body)?,
+        ApiKey::Produce => match produce::handle(ctx, decode_body(req)?, v).await {
+            Some(body) => encode_response(req, v, &body)?,
             None => return Ok(None),
         },
         ApiKey::Fetch => {
-            let body = fetch::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = fetch::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::ListOffsets => {
-            let body = list_offsets::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = list_offsets::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::CreateTopics => {
-            let body = create_topics::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = create_topics::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DeleteTopics => {
-            let body = delete_topics::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = delete_topics::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::CreatePartitions => {
-            let body = create_partitions::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = create_partitions::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DescribeConfigs => {
-            let body = describe_configs::handle(ctx, decode_body(&mut req)?);
-            encode_response(&req, v, &body)?
+            let body = describe_configs::handle(ctx, decode_body(req)?);
+            encode_response(req, v, &body)?
         }
         ApiKey::FindCoordinator => {
-            let body = find_coordinator::handle(ctx, decode_body(&mut req)?, v);
-            encode_response(&req, v, &body)?
+            let body = find_coordinator::handle(ctx, decode_body(req)?, v);
+            encode_response(req, v, &body)?
         }
         ApiKey::JoinGroup => {
             let client = ClientInfo {
                 client_id: req.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
                 host: format!("/{peer_host}"),
             };
-            let body = join_group::handle(ctx, decode_body(&mut req)?, v, &client).await;
-            encode_response(&req, v, &body)?
+            let body = join_group::handle(ctx, decode_body(req)?, v, &client).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::SyncGroup => {
-            let body = sync_group::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = sync_group::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::Heartbeat => {
-            let body = heartbeat::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = heartbeat::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::LeaveGroup => {
-            let body = leave_group::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = leave_group::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::OffsetCommit => {
-            let body = offset_commit::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = offset_commit::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::OffsetFetch => {
-            let body = offset_fetch::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = offset_fetch::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::ListGroups => {
-            let body = list_groups::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = list_groups::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DescribeGroups => {
-            let body = describe_groups::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = describe_groups::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DeleteGroups => {
-            let body = delete_groups::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = delete_groups::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::OffsetDelete => {
-            let body = offset_delete::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = offset_delete::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::InitProducerId => {
-            let body = init_producer_id::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = init_producer_id::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::AlterConfigs => {
-            let body = alter_configs::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = alter_configs::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::IncrementalAlterConfigs => {
-            let body = alter_configs::handle_incremental(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = alter_configs::handle_incremental(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DeleteRecords => {
-            let body = delete_records::handle(ctx, decode_body(&mut req)?).await;
-            encode_response(&req, v, &body)?
+            let body = delete_records::handle(ctx, decode_body(req)?).await;
+            encode_response(req, v, &body)?
         }
         ApiKey::DescribeCluster => {
-            let body = describe_cluster::handle(ctx, decode_body(&mut req)?, v);
-            encode_response(&req, v, &body)?
+            let body = describe_cluster::handle(ctx, decode_body(req)?, v);
+            encode_response(req, v, &body)?
         }
         ApiKey::DescribeLogDirs => {
-            let body = describe_log_dirs::handle(ctx, decode_body(&mut req)?, v).await;
-            encode_response(&req, v, &body)?
+            let body = describe_log_dirs::handle(ctx, decode_body(req)?, v).await;
+            encode_response(req, v, &body)?
         }
         api => return Err(RequestError::UnsupportedVersion { api, version: v }),
     };
@@ -328,5 +338,5 @@ pub(crate) fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Ar
     let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
     let broker = Broker::start(config.storage_config()).expect("actor tree starts");
-    Arc::new(RequestContext { broker, config: Arc::new(config) })
+    Arc::new(RequestContext { broker, config: Arc::new(config), metrics: Default::default() })
 }

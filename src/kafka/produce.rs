@@ -41,7 +41,9 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
                     match partition.records.as_ref().map(|r| validate_batches(r, limit)) {
                         Some(Ok(batches)) => {
                             let log_append_time = view.config.log_append_time(tributary_actors::now_ms());
-                            Ok(handle.addr.send(Append { batches, log_append_time }))
+                            let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
+                            let records: i64 = batches.iter().map(|b| b.record_count()).sum();
+                            Ok((handle.addr.send(Append { batches, log_append_time }), bytes, records))
                         }
                         Some(Err(e)) => Err((e.error_code(), e.to_string())),
                         None => {
@@ -65,8 +67,11 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
     for (topic, index, outcome) in pending {
         let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
         let response = match outcome {
-            Ok(append) => match append.await {
+            Ok((append, bytes, records)) => match append.await {
                 Ok(Ok(appended)) => {
+                    let label = ctx.metrics.topic(&topic);
+                    ctx.metrics.bytes_in.get_or_create(&label).inc_by(bytes as u64);
+                    ctx.metrics.records_in.get_or_create(&label).inc_by(records.max(0) as u64);
                     let log_start = if version >= 5 { 0 } else { -1 };
                     response
                         .with_base_offset(appended.base_offset)

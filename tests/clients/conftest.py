@@ -33,6 +33,7 @@ class BrokerProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
         self.log_path = log_path
         self.config_path = data_dir.parent / f"broker-{self.port}.toml"
         self.config_path.write_text(extra_config)
@@ -44,7 +45,8 @@ class BrokerProcess:
         env = dict(os.environ, TRIBUTARY_LOG=os.environ.get("TRIBUTARY_LOG", "info"))
         self.proc = subprocess.Popen(
             [str(binary()), "start", "--config", str(self.config_path),
-             "--listen", self.bootstrap, "--data-dir", str(self.data_dir)],
+             "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
             stdout=log, stderr=log, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
