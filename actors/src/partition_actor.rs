@@ -132,6 +132,24 @@ pub struct EnforceRetention {
     pub retention_bytes: i64,
 }
 
+/// Interval durability: fsync what was committed without it. Sent by the
+/// registry every `flush_interval_ms` (partition actors keep no timers).
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct SyncLog;
+
+impl Handler<SyncLog> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: SyncLog, _: &mut Context<Self>) {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.sync() {
+                tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "flush failed");
+            }
+        }
+    }
+}
+
 /// DeleteRecords: make `before` (-1: the high watermark) the log start offset.
 #[derive(Message)]
 #[rtype(result = "Result<i64, PartitionError>")]
@@ -330,15 +348,6 @@ impl Actor for PartitionActor {
             return;
         }
         self.open_log();
-        if let Some(interval) = self.config.flush_interval() {
-            ctx.run_interval(interval, |act, _| {
-                if let Some(log) = &act.log {
-                    if let Err(e) = log.sync() {
-                        tracing::error!(topic = %act.topic, partition = act.partition, error = %e, "flush failed");
-                    }
-                }
-            });
-        }
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
-use crate::partition_actor::{partition_dir, EnforceRetention, PartitionActor, Remove};
+use crate::partition_actor::{partition_dir, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
 
 const METADATA_DIR: &str = "__tributary_metadata";
@@ -331,6 +331,14 @@ impl Actor for TopicRegistry {
     /// Retention ticks come from here (the registry's arbiter), not from
     /// timers in each partition actor: one timer for all partitions.
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(every) = self.config.flush_interval() {
+            ctx.run_interval(every, |act, _| {
+                for partition in act.topics.values().flat_map(|t| t.partitions.iter()) {
+                    // A full mailbox skips this round; the next interval flushes it.
+                    let _ = partition.addr.try_send(SyncLog);
+                }
+            });
+        }
         let every = std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
         ctx.run_interval(every, |act, _| {
             for topic in act.topics.values() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tributary_actors::partition_actor::InjectPanic;
-use tributary_actors::{Broker, ClientError, NewRecord, OffsetQuery, PartitionError, StorageConfig};
+use tributary_actors::{Broker, ClientError, Durability, NewRecord, OffsetQuery, PartitionError, StorageConfig};
 
 fn records(prefix: &str, n: usize) -> Vec<NewRecord> {
     (0..n).map(|i| NewRecord::new(format!("{prefix}-k{i}"), format!("{prefix}-v{i}"))).collect()
@@ -41,13 +41,23 @@ async fn produce_fetch_and_list_offsets_in_process() {
 
 #[test]
 fn topics_survive_a_restart_of_the_tree() {
+    restart_keeps_topics(Durability::Fsync);
+}
+
+#[test]
+fn topics_survive_a_restart_of_the_tree_with_interval_durability() {
+    restart_keeps_topics(Durability::Interval { interval_ms: 50 });
+}
+
+fn restart_keeps_topics(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
+    let config = move |path: &std::path::Path| StorageConfig { durability, ..StorageConfig::new(path) };
     // The first tree runs in a System of its own, which stops and closes its
     // LMDB environments, as a broker process would on exit.
     std::thread::spawn(move || {
         actix::System::new().block_on(async move {
-            let broker = Broker::start(StorageConfig::new(&path)).unwrap();
+            let broker = Broker::start(config(&path)).unwrap();
             broker.create_topic("kept", 2, BTreeMap::from([("retention.ms".into(), "1000".into())])).await.unwrap();
             broker.produce("kept", 1, &records("x", 3)).await.unwrap();
             actix::System::current().stop();
@@ -58,7 +68,7 @@ fn topics_survive_a_restart_of_the_tree() {
 
     let path = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let broker = Broker::start(StorageConfig::new(&path)).unwrap();
+        let broker = Broker::start(config(&path)).unwrap();
         let topic = broker.metadata().topic("kept").cloned().expect("topic reloaded");
         assert_eq!(topic.partitions.len(), 2);
         assert_eq!(topic.config.retention_ms, 1000);
