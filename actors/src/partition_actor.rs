@@ -130,6 +130,8 @@ pub struct ListOffset(pub OffsetQuery);
 pub struct EnforceRetention {
     pub retention_ms: i64,
     pub retention_bytes: i64,
+    /// `Some(delete.retention.ms)` for `cleanup.policy` with `compact`.
+    pub compact: Option<i64>,
 }
 
 /// Interval durability: fsync what was committed without it. Sent by the
@@ -447,6 +449,15 @@ impl Handler<EnforceRetention> for PartitionActor {
     type Result = ();
 
     fn handle(&mut self, msg: EnforceRetention, ctx: &mut Context<Self>) {
+        if let Some(delete_retention_ms) = msg.compact {
+            match self.guarded(ctx, |log| log.compact(crate::now_ms(), delete_retention_ms)) {
+                Ok(0) | Err(PartitionError::Deleted) => {}
+                Ok(removed) => tracing::info!(topic = %self.topic, partition = self.partition, removed, "compacted"),
+                Err(e) => {
+                    tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "compaction failed")
+                }
+            }
+        }
         if msg.retention_ms < 0 && msg.retention_bytes < 0 {
             return;
         }
@@ -463,8 +474,8 @@ impl Handler<EnforceRetention> for PartitionActor {
                     }
                 }
                 if more {
-                    // Continue after whatever else is queued.
-                    ctx.notify(msg);
+                    // Continue after whatever else is queued (compaction already ran this turn).
+                    ctx.notify(EnforceRetention { compact: None, ..msg });
                 }
             }
             Err(PartitionError::Deleted) => {}

@@ -342,9 +342,12 @@ impl Actor for TopicRegistry {
         let every = std::time::Duration::from_millis(self.config.retention_check_interval_ms.max(100));
         ctx.run_interval(every, |act, _| {
             for topic in act.topics.values() {
+                let policy = &topic.config.cleanup_policy;
+                let deletes = policy.contains("delete");
                 let msg = EnforceRetention {
-                    retention_ms: topic.config.retention_ms,
-                    retention_bytes: topic.config.retention_bytes,
+                    retention_ms: if deletes { topic.config.retention_ms } else { -1 },
+                    retention_bytes: if deletes { topic.config.retention_bytes } else { -1 },
+                    compact: policy.contains("compact").then_some(topic.config.delete_retention_ms),
                 };
                 for partition in &topic.partitions {
                     // A full mailbox skips this round; the next tick tries again.

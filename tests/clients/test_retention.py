@@ -104,3 +104,39 @@ def test_delete_records_and_alter_configs_from_kafka_python(broker):
     configs = list(desc.values())[0].result(10)
     assert configs["retention.ms"].value == "123456"
     ka.close()
+
+
+def test_compacted_topic_keeps_the_latest_value_per_key(broker_factory):
+    b = broker_factory(FAST_RETENTION)
+    create_topic(b.bootstrap, "latest", 1, config={"cleanup.policy": "compact", "delete.retention.ms": "0"})
+    produced = {}
+
+    def remember(err, msg):
+        assert err is None
+        produced[(msg.key(), msg.value())] = msg.offset()
+
+    p = Producer({"bootstrap.servers": b.bootstrap, "compression.type": "lz4", "linger.ms": 5})
+    for version in range(20):
+        for k in range(10):
+            p.produce("latest", key=f"k{k}", value=f"v{version}", on_delivery=remember)
+        p.flush(10)  # several batches
+    p.produce("latest", key="k9", value=None, on_delivery=remember)  # tombstone
+    p.flush(10)
+    p.produce("latest", key="tail", value="end", on_delivery=remember)  # the active batch, never compacted
+    assert p.flush(10) == 0
+    expected = [(f"k{k}".encode(), b"v19") for k in range(9)] + [(b"tail", b"end")]
+
+    def compacted():
+        got = consume_partitions(b.bootstrap, "latest", [0], 202, timeout_s=3)[0]
+        return [(m.key(), m.value()) for m in got]
+
+    assert wait_until(lambda: compacted() == expected, timeout=30), compacted()[:12]
+    got = consume_partitions(b.bootstrap, "latest", [0], 10, timeout_s=5)[0]
+    assert [m.offset() for m in got] == [produced[(m.key(), m.value())] for m in got], "offsets preserved"
+
+    consumer = kafka.KafkaConsumer(bootstrap_servers=b.bootstrap, consumer_timeout_ms=3000)
+    tp = kafka.TopicPartition("latest", 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    assert [(r.key, r.value) for r in consumer] == expected
+    consumer.close()
