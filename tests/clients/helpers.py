@@ -34,3 +34,18 @@ def consume_partitions(bootstrap, topic, partitions, expected, timeout_s=60, ext
     finally:
         consumer.close()
     return out
+
+
+def fetch_error(bootstrap, topic, partition, offset, timeout_s=20):
+    """The error a consumer assigned at `offset` gets (no offset reset), or None."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fetch-error", "auto.offset.reset": "error"})
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            m = consumer.poll(0.5)
+            if m is not None and m.error():
+                return m.error()
+        return None
+    finally:
+        consumer.close()

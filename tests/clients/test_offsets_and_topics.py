@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
-from helpers import consume_partitions, create_topic
+from helpers import consume_partitions, create_topic, fetch_error
 
 
 def test_list_offsets_earliest_latest_and_by_timestamp(broker):
@@ -117,15 +117,7 @@ def test_fetch_out_of_range_and_unknown_partition(broker):
     for i in range(5):
         producer.produce("small", value=str(i))
     producer.flush(10)
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "oor", "auto.offset.reset": "error"})
-    consumer.assign([TopicPartition("small", 0, 50)])
-    err = None
-    for _ in range(40):
-        m = consumer.poll(0.5)
-        if m is not None and m.error():
-            err = m.error()
-            break
-    consumer.close()
+    err = fetch_error(broker.bootstrap, "small", 0, 50)
     assert err is not None and "out of range" in str(err).lower()
     # The log itself is untouched.
     assert len(consume_partitions(broker.bootstrap, "small", [0], 5)[0]) == 5

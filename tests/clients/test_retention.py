@@ -9,7 +9,7 @@ import kafka.admin
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from helpers import consume_partitions, create_topic
+from helpers import consume_partitions, create_topic, fetch_error
 
 FAST_RETENTION = "[topics]\nretention_check_interval_ms = 200\n"
 
@@ -53,15 +53,7 @@ def test_time_retention_set_live_moves_the_log_start(broker_factory):
     values = [m.value().decode() for m in consume_partitions(b.bootstrap, "aging", [0], 20, extra={"auto.offset.reset": "earliest"})[0]]
     assert values == [f"new-{i}" for i in range(20)]
     # Reading below the log start is OFFSET_OUT_OF_RANGE.
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "below", "auto.offset.reset": "error"})
-    c.assign([TopicPartition("aging", 0, 10)])
-    err = None
-    for _ in range(40):
-        m = c.poll(0.5)
-        if m is not None and m.error():
-            err = m.error()
-            break
-    c.close()
+    err = fetch_error(b.bootstrap, "aging", 0, 10)
     assert err is not None and "out of range" in str(err).lower()
 
 
