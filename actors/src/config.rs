@@ -206,6 +206,10 @@ impl TopicConfig {
         })
     }
 
+    pub fn is_compacted(&self) -> bool {
+        self.cleanup_policy.contains("compact")
+    }
+
     /// `Some(now)` when batches of this topic are stamped with the broker's time.
     pub fn log_append_time(&self, now: i64) -> Option<i64> {
         (self.message_timestamp_type == "LogAppendTime").then_some(now)

@@ -169,6 +169,9 @@ impl Broker {
         let view = self.metadata().topic(topic).cloned();
         let limit = view.as_ref().map_or(usize::MAX, |t| t.config.max_message_bytes.max(0) as usize);
         let batches = validate_batches(&batch, limit).map_err(ClientError::Batch)?;
+        if view.as_ref().is_some_and(|t| t.config.is_compacted()) {
+            record_batch::require_keys(&batches).map_err(ClientError::Batch)?;
+        }
         let log_append_time = view.as_ref().and_then(|t| t.config.log_append_time(now_ms()));
         handle
             .addr

@@ -56,6 +56,10 @@ pub enum BatchError {
     },
     /// A produce request carried no records at all.
     Empty,
+    /// A record without a key, for a compacted topic.
+    MissingKey,
+    /// The records inside could not be decoded (bad compression or record framing).
+    Undecodable(String),
 }
 
 impl BatchError {
@@ -65,7 +69,9 @@ impl BatchError {
         match self {
             BatchError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
             BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
-            BatchError::InvalidRecordCount { .. } | BatchError::Empty => E::InvalidRecord.code(),
+            BatchError::InvalidRecordCount { .. } | BatchError::Empty | BatchError::MissingKey => {
+                E::InvalidRecord.code()
+            }
             _ => E::CorruptMessage.code(),
         }
     }
@@ -93,6 +99,8 @@ impl std::fmt::Display for BatchError {
                 write!(f, "record batch of {size} bytes exceeds max.message.bytes {limit}")
             }
             BatchError::Empty => write!(f, "produce request carried no record batch"),
+            BatchError::MissingKey => write!(f, "compacted topic cannot accept a record without a key"),
+            BatchError::Undecodable(e) => write!(f, "records cannot be decoded: {e}"),
         }
     }
 }
@@ -302,6 +310,20 @@ pub fn stored_prefix(batch: &[u8], base_offset: i64, leader_epoch: i32) -> [u8; 
     prefix
 }
 
+/// Compacted topics need a key on every record; Kafka refuses the batch otherwise.
+/// Decodes (and decompresses) the records, so it is only run for such topics.
+pub fn require_keys(batches: &[ValidatedBatch]) -> Result<(), BatchError> {
+    for batch in batches {
+        let mut buf = batch.bytes.clone();
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf)
+            .map_err(|e| BatchError::Undecodable(e.to_string()))?;
+        if set.records.iter().any(|r| r.key.is_none()) {
+            return Err(BatchError::MissingKey);
+        }
+    }
+    Ok(())
+}
+
 /// Stamps a stored batch with the broker's append time, as Kafka does for
 /// topics with `message.timestamp.type=LogAppendTime`: sets the timestamp-type
 /// attribute and the max timestamp (which consumers then read as every
@@ -424,6 +446,19 @@ mod tests {
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(validate_batches(&b.freeze(), 1 << 20), Err(BatchError::InvalidRecordCount { .. })));
+    }
+
+    #[test]
+    fn compacted_topics_need_keys() {
+        let keyed = validate_batches(&encode(3, Compression::Zstd), 1 << 20).unwrap();
+        assert_eq!(require_keys(&keyed), Ok(()));
+        let keyless = encode_batch(
+            &[NewRecord { value: Some(Bytes::from_static(b"v")), ..NewRecord::default() }],
+            Compression::Gzip,
+            0,
+        );
+        let keyless = validate_batches(&keyless.unwrap(), 1 << 20).unwrap();
+        assert_eq!(require_keys(&keyless), Err(BatchError::MissingKey));
     }
 
     #[test]

@@ -312,7 +312,13 @@ impl Handler<AllocateProducerId> for TopicRegistry {
 
     /// The counter is committed (fsynced) before the id is handed out, so an id
     /// is never given twice, even across crashes.
-    fn handle(&mut self, _: AllocateProducerId, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: AllocateProducerId, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.allocate_producer_id())
+    }
+}
+
+impl TopicRegistry {
+    fn allocate_producer_id(&mut self) -> Result<i64, TopicError> {
         let storage = |e: &dyn std::fmt::Display| TopicError::Storage(format!("producer ids: {e}"));
         let mut wtxn = self.env.write_txn().map_err(|e| storage(&e))?;
         let id = match self.counters.get(&wtxn, NEXT_PRODUCER_ID).map_err(|e| storage(&e))? {
@@ -373,7 +379,13 @@ pub struct AlterTopicConfig {
 impl Handler<AlterTopicConfig> for TopicRegistry {
     type Result = Result<(), TopicError>;
 
-    fn handle(&mut self, msg: AlterTopicConfig, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AlterTopicConfig, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.alter_config(msg))
+    }
+}
+
+impl TopicRegistry {
+    fn alter_config(&mut self, msg: AlterTopicConfig) -> Result<(), TopicError> {
         let Some(view) = self.topics.get(msg.name.as_str()).cloned() else {
             return Err(TopicError::Unknown(msg.name));
         };
@@ -413,11 +425,32 @@ impl Handler<AlterTopicConfig> for TopicRegistry {
 /// actors stay as they are, so nothing is spawned twice.
 impl Supervised for TopicRegistry {}
 
+impl TopicRegistry {
+    /// Runs a change under `catch_unwind`: the registry lives on the main
+    /// arbiter, so a panic must not unwind through it. The caller gets a
+    /// retriable storage error; the supervisor restarts the registry with its
+    /// state (the store is written before the snapshot, so it stays the truth).
+    fn contained<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self) -> Result<T, TopicError>,
+    ) -> Result<T, TopicError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!("topic registry panicked; restarting");
+                ctx.stop();
+                Err(TopicError::Storage("topic registry restarting after a panic; retry".into()))
+            }
+        }
+    }
+}
+
 impl Handler<CreateTopic> for TopicRegistry {
     type Result = Result<Arc<TopicView>, TopicError>;
 
-    fn handle(&mut self, msg: CreateTopic, _: &mut Context<Self>) -> Self::Result {
-        self.create(msg)
+    fn handle(&mut self, msg: CreateTopic, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.create(msg))
     }
 }
 
@@ -456,7 +489,13 @@ impl Handler<DeleteTopic> for TopicRegistry {
 impl Handler<CreatePartitions> for TopicRegistry {
     type Result = Result<(), TopicError>;
 
-    fn handle(&mut self, msg: CreatePartitions, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CreatePartitions, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.grow(msg))
+    }
+}
+
+impl TopicRegistry {
+    fn grow(&mut self, msg: CreatePartitions) -> Result<(), TopicError> {
         let Some(view) = self.topics.get(msg.name.as_str()).cloned() else {
             return Err(TopicError::Unknown(msg.name));
         };

@@ -5,6 +5,7 @@
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
+use tributary_actors::record_batch::require_keys;
 use tributary_actors::{validate_batches, Append};
 
 use super::{message_since, RequestContext};
@@ -38,7 +39,12 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
                 (Some((code, why)), _, _) => Err((*code, why.clone())),
                 (None, Some(view), Some(handle)) => {
                     let limit = view.config.max_message_bytes.max(0) as usize;
-                    match partition.records.as_ref().map(|r| validate_batches(r, limit)) {
+                    let compacted = view.config.is_compacted();
+                    let validated = partition.records.as_ref().map(|r| {
+                        validate_batches(r, limit)
+                            .and_then(|b| if compacted { require_keys(&b).map(|_| b) } else { Ok(b) })
+                    });
+                    match validated {
                         Some(Ok(batches)) => {
                             let log_append_time = view.config.log_append_time(tributary_actors::now_ms());
                             let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();

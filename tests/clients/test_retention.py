@@ -132,3 +132,18 @@ def test_compacted_topic_keeps_the_latest_value_per_key(broker_factory):
     consumer.seek_to_beginning(tp)
     assert [(r.key, r.value) for r in consumer] == expected
     consumer.close()
+
+
+def test_compacted_topic_refuses_records_without_a_key(broker):
+    from confluent_kafka import KafkaError
+
+    create_topic(broker.bootstrap, "keyed-only", 1, config={"cleanup.policy": "compact"})
+    results = []
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    p.produce("keyed-only", value=b"no key", on_delivery=lambda err, msg: results.append(err))
+    p.flush(10)
+    p.produce("keyed-only", key=b"k", value=b"keyed", on_delivery=lambda err, msg: results.append(err))
+    assert p.flush(10) == 0
+    assert results[0] is not None and results[0].code() == KafkaError.INVALID_RECORD
+    assert results[1] is None
+    assert [m.value() for m in consume_partitions(broker.bootstrap, "keyed-only", [0], 1)[0]] == [b"keyed"]
