@@ -1,5 +1,6 @@
 //! `tributary`: a Kafka-compatible event streaming broker.
 
+mod cli;
 mod config;
 mod connection;
 mod kafka;
@@ -19,6 +20,8 @@ use crate::server::Server;
 #[derive(Parser)]
 #[command(name = "tributary", version, about = "A Kafka-compatible event streaming broker")]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +45,27 @@ enum Command {
     },
     /// Print the default configuration, to start a config file from.
     DefaultConfig,
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(cli::TopicCommand),
+    /// List and describe consumer groups.
+    #[command(subcommand)]
+    Group(cli::GroupCommand),
+    /// Produce stdin lines as records.
+    Produce(cli::ProduceArgs),
+    /// Print records to stdout.
+    Consume(cli::ConsumeArgs),
+    /// Show brokers, topics and partitions.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Brokers, controller, topic and partition counts.
+    Status,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,7 +73,14 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let parsed = Cli::parse();
+    let global = parsed.global;
+    match parsed.command {
+        Command::Topic(command) => cli::topic(&global, command),
+        Command::Group(command) => cli::group(&global, command),
+        Command::Produce(args) => cli::produce(&global, args),
+        Command::Consume(args) => cli::consume(&global, args),
+        Command::Cluster { command: ClusterCommand::Status } => cli::cluster_status(&global),
         Command::DefaultConfig => {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())
