@@ -74,6 +74,18 @@ pub enum GroupCommand {
     List,
     /// Show a group's state, members and lag.
     Describe { group: String },
+    /// Move a group's committed offsets on a topic (the group must have no members).
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset"])]
+        to_earliest: bool,
+        #[arg(long, conflicts_with = "to_offset")]
+        to_latest: bool,
+        #[arg(long)]
+        to_offset: Option<i64>,
+    },
 }
 
 #[derive(Args)]
@@ -648,7 +660,53 @@ pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
                 table(&["TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG"], &cells);
             });
         }
+        GroupCommand::ResetOffsets { group, topic, to_earliest, to_latest, to_offset } => {
+            let target: Box<dyn Fn((i64, i64)) -> i64> = match (to_earliest, to_latest, to_offset) {
+                (true, _, _) => Box::new(|(start, _)| start),
+                (_, true, _) => Box::new(|(_, end)| end),
+                (_, _, Some(offset)) => Box::new(move |_| offset),
+                _ => bail!("say where to: --to-earliest, --to-latest or --to-offset N"),
+            };
+            reset_offsets(&mut client, global, &group, &topic, target)?;
+        }
     }
+    Ok(())
+}
+
+fn reset_offsets(
+    client: &mut Client,
+    global: &Global,
+    group: &str,
+    topic: &str,
+    target: impl Fn((i64, i64)) -> i64,
+) -> anyhow::Result<()> {
+    let md = client.metadata(Some(vec![topic]))?;
+    let t = md.topics.first().ok_or_else(|| anyhow!("no metadata for '{topic}'"))?;
+    check(t.error_code, &format!("topic '{topic}'"))?;
+    let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
+    let bounds = client.offsets(topic, &indexes)?;
+    let mut new: Vec<(i32, i64)> = indexes.iter().map(|p| (*p, target(bounds[p]).clamp(bounds[p].0, bounds[p].1))).collect();
+    new.sort();
+    let v = client.version(ApiKey::OffsetCommit, 7)?;
+    let partitions = new
+        .iter()
+        .map(|(p, o)| offset_commit_request::OffsetCommitRequestPartition::default().with_partition_index(*p).with_committed_offset(*o))
+        .collect();
+    // Generation -1 and no member: a standalone commit, which the broker only allows while the group is empty.
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default().with_name(tn(topic)).with_partitions(partitions)]);
+    let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, v, &req)?;
+    for p in resp.topics.iter().flat_map(|t| t.partitions.iter()) {
+        check(p.error_code, &format!("resetting {group} on {topic}-{} (is the group still running?)", p.partition_index))?;
+    }
+    let data = json!({"group": group, "topic": topic,
+        "offsets": new.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect::<Vec<_>>()});
+    emit(global, data, || {
+        let rows: Vec<Vec<String>> = new.iter().map(|(p, o)| vec![topic.to_string(), p.to_string(), o.to_string()]).collect();
+        table(&["TOPIC", "PARTITION", "NEW-OFFSET"], &rows);
+    });
     Ok(())
 }
 

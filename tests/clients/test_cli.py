@@ -82,6 +82,23 @@ def test_groups_and_cluster_status(broker):
     assert sum(o["lag"] for o in described["offsets"]) == 10 - 3
     assert "LAG" in cli(broker, "group", "describe", "cli-readers").stdout
 
+    reset = js(broker, "group", "reset-offsets", "cli-readers", "--topic", "cli-grouped", "--to-earliest")
+    assert [o["offset"] for o in reset["offsets"]] == [0, 0]
+    assert sum(o["lag"] for o in js(broker, "group", "describe", "cli-readers")["offsets"]) == 10
+    reset = js(broker, "group", "reset-offsets", "cli-readers", "--topic", "cli-grouped", "--to-offset", "1000")
+    assert sum(o["offset"] for o in reset["offsets"]) == 10, "clamped to each partition's end"
+
+    # A running group cannot be reset.
+    busy = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "cli-readers", "session.timeout.ms": 6000})
+    busy.subscribe(["cli-grouped"])
+    for _ in range(100):
+        busy.poll(0.1)
+        if busy.assignment():
+            break
+    refused = cli(broker, "group", "reset-offsets", "cli-readers", "--topic", "cli-grouped", "--to-latest", check=False)
+    busy.close()
+    assert refused.returncode != 0 and "IllegalGeneration" in refused.stderr
+
     status = js(broker, "cluster", "status")
     assert status["brokers"] == [{"id": 0, "address": broker.bootstrap}]
     assert status["topics"] >= 1 and status["cluster_id"] == "tributary-local"
