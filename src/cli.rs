@@ -458,6 +458,12 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
         }
     }
     let v = client.version(ApiKey::Produce, 7)?;
+    // Drawn only when stderr is a terminal, and not for scripts (--format json).
+    let progress = match global.format {
+        Format::Text => indicatif::ProgressBar::new_spinner(),
+        Format::Json => indicatif::ProgressBar::hidden(),
+    };
+    progress.set_message(format!("producing to {}", args.topic));
     let mut pending: HashMap<i32, Vec<NewRecord>> = HashMap::new();
     let (mut produced, mut round_robin) = (0usize, 0i32);
     let stdin = std::io::stdin();
@@ -499,9 +505,12 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
         pending.entry(partition).or_default().push(NewRecord { key, value: Some(value), ..NewRecord::default() });
         if pending.values().map(Vec::len).sum::<usize>() >= PRODUCE_BATCH {
             produced += flush(&mut client, &mut pending)?;
+            progress.set_message(format!("produced {produced} records to {}", args.topic));
+            progress.tick();
         }
     }
     produced += flush(&mut client, &mut pending)?;
+    progress.finish_and_clear();
     emit(global, json!({"topic": args.topic, "produced": produced}), || {
         eprintln!("produced {produced} records to {}", args.topic)
     });
@@ -685,26 +694,37 @@ fn reset_offsets(
     check(t.error_code, &format!("topic '{topic}'"))?;
     let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
     let bounds = client.offsets(topic, &indexes)?;
-    let mut new: Vec<(i32, i64)> = indexes.iter().map(|p| (*p, target(bounds[p]).clamp(bounds[p].0, bounds[p].1))).collect();
+    let mut new: Vec<(i32, i64)> =
+        indexes.iter().map(|p| (*p, target(bounds[p]).clamp(bounds[p].0, bounds[p].1))).collect();
     new.sort();
     let v = client.version(ApiKey::OffsetCommit, 7)?;
     let partitions = new
         .iter()
-        .map(|(p, o)| offset_commit_request::OffsetCommitRequestPartition::default().with_partition_index(*p).with_committed_offset(*o))
+        .map(|(p, o)| {
+            offset_commit_request::OffsetCommitRequestPartition::default()
+                .with_partition_index(*p)
+                .with_committed_offset(*o)
+        })
         .collect();
     // Generation -1 and no member: a standalone commit, which the broker only allows while the group is empty.
     let req = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
         .with_generation_id_or_member_epoch(-1)
-        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default().with_name(tn(topic)).with_partitions(partitions)]);
+        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(partitions)]);
     let resp: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, v, &req)?;
     for p in resp.topics.iter().flat_map(|t| t.partitions.iter()) {
-        check(p.error_code, &format!("resetting {group} on {topic}-{} (is the group still running?)", p.partition_index))?;
+        check(
+            p.error_code,
+            &format!("resetting {group} on {topic}-{} (is the group still running?)", p.partition_index),
+        )?;
     }
     let data = json!({"group": group, "topic": topic,
         "offsets": new.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect::<Vec<_>>()});
     emit(global, data, || {
-        let rows: Vec<Vec<String>> = new.iter().map(|(p, o)| vec![topic.to_string(), p.to_string(), o.to_string()]).collect();
+        let rows: Vec<Vec<String>> =
+            new.iter().map(|(p, o)| vec![topic.to_string(), p.to_string(), o.to_string()]).collect();
         table(&["TOPIC", "PARTITION", "NEW-OFFSET"], &rows);
     });
     Ok(())
