@@ -122,6 +122,26 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Broker configs that may change at runtime (Kafka's dynamic broker configs),
+/// each the broker-wide default of a topic config: `(broker name, topic name)`.
+pub const DYNAMIC_BROKER_CONFIGS: &[(&str, &str)] = &[
+    ("compression.type", "compression.type"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.roll.ms", "segment.ms"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("min.insync.replicas", "min.insync.replicas"),
+];
+
+/// The topic config a dynamic broker config sets the default of.
+pub fn topic_name_of_broker_config(name: &str) -> Option<&'static str> {
+    DYNAMIC_BROKER_CONFIGS.iter().find(|(b, _)| *b == name).map(|(_, t)| *t)
+}
+
 /// The names `TopicConfig` answers to, in the order DescribeConfigs lists them.
 pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",

@@ -41,8 +41,8 @@ pub use partition_actor::{
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
 pub use topic_registry::{
-    AllocateProducerId, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic, MetadataSnapshot,
-    PartitionHandle, TopicError, TopicRegistry, TopicView,
+    AllocateProducerId, AlterBrokerConfig, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic,
+    MetadataSnapshot, PartitionHandle, TopicError, TopicRegistry, TopicView,
 };
 
 /// Why an embedded produce or fetch failed.

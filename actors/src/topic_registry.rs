@@ -47,6 +47,10 @@ pub struct TopicView {
 #[derive(Default, Clone)]
 pub struct MetadataSnapshot {
     pub topics: BTreeMap<Arc<str>, Arc<TopicView>>,
+    /// Topic-config defaults as changed at runtime (dynamic broker configs), by topic-config name.
+    pub broker_overrides: BTreeMap<String, String>,
+    /// The defaults every topic starts from: static config plus `broker_overrides`.
+    pub defaults: TopicConfig,
 }
 
 impl MetadataSnapshot {
@@ -141,8 +145,9 @@ pub struct TopicRegistry {
     config: Arc<StorageConfig>,
     env: Env<WithoutTls>,
     store: Database<'static, Str, RawBytes>,
-    /// Durable counters: the next producer id.
+    /// Durable counters (the next producer id) and the dynamic broker configs.
     counters: Database<'static, Str, RawBytes>,
+    broker_overrides: BTreeMap<String, String>,
     topics: BTreeMap<Arc<str>, Arc<TopicView>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
@@ -181,6 +186,7 @@ impl TopicRegistry {
             env,
             store,
             counters,
+            broker_overrides: BTreeMap::new(),
             topics: BTreeMap::new(),
             arbiters,
             next_arbiter: 0,
@@ -190,8 +196,20 @@ impl TopicRegistry {
         Ok((registry, snapshot_rx))
     }
 
+    /// Static topic defaults with the dynamic broker configs applied.
+    fn defaults(&self) -> TopicConfig {
+        TopicConfig::with_overrides(&self.config.topic_defaults, &self.broker_overrides)
+            .unwrap_or_else(|_| self.config.topic_defaults.clone())
+    }
+
     fn load(&mut self) -> Result<(), TopicError> {
         let rtxn = self.env.read_txn().map_err(|e| TopicError::Storage(e.to_string()))?;
+        if let Some(bytes) =
+            self.counters.get(&rtxn, BROKER_CONFIG_KEY).map_err(|e| TopicError::Storage(e.to_string()))?
+        {
+            self.broker_overrides = postcard::from_bytes(bytes)
+                .map_err(|e| TopicError::Storage(format!("dynamic broker configs unreadable: {e}")))?;
+        }
         let mut records = Vec::new();
         for entry in self.store.iter(&rtxn).map_err(|e| TopicError::Storage(e.to_string()))? {
             let (name, value) = entry.map_err(|e| TopicError::Storage(e.to_string()))?;
@@ -201,7 +219,7 @@ impl TopicRegistry {
         }
         drop(rtxn);
         for (name, record) in records {
-            let config = TopicConfig::with_overrides(&self.config.topic_defaults, &record.overrides)
+            let config = TopicConfig::with_overrides(&self.defaults(), &record.overrides)
                 .map_err(|e| TopicError::InvalidConfig(format!("stored config of '{name}': {e}")))?;
             let name: Arc<str> = name.into();
             let partitions = (0..record.partitions).map(|i| self.spawn_partition(&name, i)).collect();
@@ -231,7 +249,11 @@ impl TopicRegistry {
     }
 
     fn publish(&self) {
-        self.snapshot_tx.send_replace(Arc::new(MetadataSnapshot { topics: self.topics.clone() }));
+        self.snapshot_tx.send_replace(Arc::new(MetadataSnapshot {
+            topics: self.topics.clone(),
+            broker_overrides: self.broker_overrides.clone(),
+            defaults: self.defaults(),
+        }));
     }
 
     fn persist(&self, name: &str, record: Option<&TopicRecord>) -> Result<(), TopicError> {
@@ -266,8 +288,8 @@ impl TopicRegistry {
         }
         let count = msg.partitions.unwrap_or(self.config.default_num_partitions);
         self.check_partition_count(count)?;
-        let config = TopicConfig::with_overrides(&self.config.topic_defaults, &msg.configs)
-            .map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let config =
+            TopicConfig::with_overrides(&self.defaults(), &msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
         let name: Arc<str> = msg.name.into();
         let id = Uuid::new_v4();
         if msg.validate_only {
@@ -306,6 +328,77 @@ fn remove_stale_dir(dir: &std::path::Path) -> Result<(), TopicError> {
 pub struct AllocateProducerId;
 
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
+const BROKER_CONFIG_KEY: &str = "broker_config";
+
+/// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`):
+/// `Some(value)` sets, `None` returns to the static default. `replace` drops
+/// every dynamic config not named (AlterConfigs).
+#[derive(Message)]
+#[rtype(result = "Result<(), TopicError>")]
+pub struct AlterBrokerConfig {
+    pub changes: Vec<(String, Option<String>)>,
+    pub replace: bool,
+    pub validate_only: bool,
+}
+
+impl Handler<AlterBrokerConfig> for TopicRegistry {
+    type Result = Result<(), TopicError>;
+
+    fn handle(&mut self, msg: AlterBrokerConfig, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.alter_broker_config(msg))
+    }
+}
+
+impl TopicRegistry {
+    /// Every topic follows a changed default unless it overrides that config itself.
+    fn alter_broker_config(&mut self, msg: AlterBrokerConfig) -> Result<(), TopicError> {
+        let mut overrides = if msg.replace { BTreeMap::new() } else { self.broker_overrides.clone() };
+        for (name, value) in msg.changes {
+            let Some(topic_name) = crate::config::topic_name_of_broker_config(&name) else {
+                let dynamic: Vec<&str> = crate::config::DYNAMIC_BROKER_CONFIGS.iter().map(|(b, _)| *b).collect();
+                return Err(TopicError::InvalidConfig(format!(
+                    "broker config '{name}' cannot change at runtime (set it in the config file); dynamic ones: {}",
+                    dynamic.join(", ")
+                )));
+            };
+            match value {
+                Some(value) => overrides.insert(topic_name.to_string(), value),
+                None => overrides.remove(topic_name),
+            };
+        }
+        let defaults = TopicConfig::with_overrides(&self.config.topic_defaults, &overrides)
+            .map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let mut recomputed = BTreeMap::new();
+        for (name, view) in &self.topics {
+            let config =
+                TopicConfig::with_overrides(&defaults, &view.overrides).map_err(|e| TopicError::InvalidConfig(e.0))?;
+            recomputed.insert(name.clone(), config);
+        }
+        if msg.validate_only {
+            return Ok(());
+        }
+        let bytes = postcard::to_stdvec(&overrides).map_err(|e| TopicError::Storage(e.to_string()))?;
+        let storage = |e: heed::Error| TopicError::Storage(format!("dynamic broker configs: {e}"));
+        let mut wtxn = self.env.write_txn().map_err(storage)?;
+        self.counters.put(&mut wtxn, BROKER_CONFIG_KEY, &bytes).map_err(storage)?;
+        wtxn.commit().map_err(storage)?;
+        self.broker_overrides = overrides;
+        for (name, config) in recomputed {
+            let view = self.topics[&name].clone();
+            let updated = TopicView {
+                name: view.name.clone(),
+                id: view.id,
+                config,
+                overrides: view.overrides.clone(),
+                partitions: view.partitions.clone(),
+            };
+            self.topics.insert(name, Arc::new(updated));
+        }
+        self.publish();
+        tracing::info!("altered dynamic broker configs");
+        Ok(())
+    }
+}
 
 impl Handler<AllocateProducerId> for TopicRegistry {
     type Result = Result<i64, TopicError>;
@@ -401,8 +494,8 @@ impl TopicRegistry {
                 }
             };
         }
-        let config = TopicConfig::with_overrides(&self.config.topic_defaults, &overrides)
-            .map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let config =
+            TopicConfig::with_overrides(&self.defaults(), &overrides).map_err(|e| TopicError::InvalidConfig(e.0))?;
         if msg.validate_only {
             return Ok(());
         }

@@ -1,5 +1,6 @@
 //! AlterConfigs (replace a topic's overrides) and IncrementalAlterConfigs
-//! (SET or DELETE single configs) for topics. Broker configs are static.
+//! (SET or DELETE single configs) for topics, and for the broker's dynamic
+//! configs (the broker-wide topic defaults, e.g. `log.retention.ms`).
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
@@ -7,11 +8,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use tributary_actors::AlterTopicConfig;
+use tributary_actors::{AlterBrokerConfig, AlterTopicConfig};
 
 use super::{message, RequestContext};
 
 const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 
@@ -24,16 +26,25 @@ async fn alter(
     replace: bool,
     validate_only: bool,
 ) -> (i16, Option<StrBytes>) {
-    if resource_type != RESOURCE_TOPIC {
-        let why = "only topic configs (resource type 2) can be altered; broker configs are static (config file)";
+    if resource_type != RESOURCE_TOPIC && resource_type != RESOURCE_BROKER {
+        let why = format!("resource type {resource_type} cannot be altered; use 2 (topic) or 4 (broker)");
         return (ResponseError::InvalidRequest.code(), message(why));
+    }
+    // A broker resource is this broker's id, or "" for the cluster-wide default.
+    let node = ctx.node_id().to_string();
+    if resource_type == RESOURCE_BROKER && !name.is_empty() && name.as_str() != node {
+        return (ResponseError::InvalidRequest.code(), message(format!("this is broker {node}, not '{name}'")));
     }
     let changes = match changes {
         Ok(changes) => changes,
         Err(why) => return (ResponseError::InvalidConfig.code(), message(why)),
     };
-    let msg = AlterTopicConfig { name: name.to_string(), changes, replace, validate_only };
-    match ctx.broker.registry().send(msg).await {
+    let outcome = if resource_type == RESOURCE_BROKER {
+        ctx.broker.registry().send(AlterBrokerConfig { changes, replace, validate_only }).await
+    } else {
+        ctx.broker.registry().send(AlterTopicConfig { name: name.to_string(), changes, replace, validate_only }).await
+    };
+    match outcome {
         Ok(Ok(())) => (0, None),
         Ok(Err(e)) => (e.error_code(), message(&e)),
         Err(e) => (ResponseError::UnknownServerError.code(), message(e)),

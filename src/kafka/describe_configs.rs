@@ -3,13 +3,14 @@
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::config::TOPIC_CONFIG_NAMES;
+use tributary_actors::config::{DYNAMIC_BROKER_CONFIGS, TOPIC_CONFIG_NAMES};
 
 use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::{message, str_bytes, RequestContext};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+const SOURCE_DYNAMIC_BROKER: i8 = 2;
 const SOURCE_STATIC_BROKER: i8 = 4;
 
 pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
@@ -51,11 +52,23 @@ pub fn handle(ctx: &RequestContext, req: DescribeConfigsRequest) -> DescribeConf
                             .with_error_code(ResponseError::InvalidRequest.code())
                             .with_error_message(message(format!("this is broker {id}, not '{name}'")));
                     }
-                    let configs = broker_configs(ctx)
+                    let snapshot = ctx.broker.metadata();
+                    let mut configs: Vec<_> = broker_configs(ctx)
                         .into_iter()
                         .filter(|(n, _)| wanted(n))
                         .map(|(n, v)| entry(n, v, SOURCE_STATIC_BROKER))
                         .collect();
+                    for (broker_name, topic_name) in DYNAMIC_BROKER_CONFIGS {
+                        if !wanted(broker_name) {
+                            continue;
+                        }
+                        let source = if snapshot.broker_overrides.contains_key(*topic_name) {
+                            SOURCE_DYNAMIC_BROKER
+                        } else {
+                            SOURCE_DEFAULT
+                        };
+                        configs.push(entry(broker_name, snapshot.defaults.get(topic_name).unwrap_or_default(), source));
+                    }
                     result.with_configs(configs)
                 }
                 other => result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(message(
@@ -81,7 +94,6 @@ fn broker_configs(ctx: &RequestContext) -> Vec<(&'static str, String)> {
         ("auto.create.topics.enable", c.topics.auto_create.to_string()),
         ("broker.id", c.broker.node_id.to_string()),
         ("log.dirs", c.broker.data_dir.display().to_string()),
-        ("message.max.bytes", c.topics.max_message_bytes.to_string()),
         ("num.partitions", c.topics.num_partitions.to_string()),
         ("socket.request.max.bytes", c.limits.max_frame_bytes.to_string()),
     ]

@@ -147,3 +147,37 @@ def test_compacted_topic_refuses_records_without_a_key(broker):
     assert results[0] is not None and results[0].code() == KafkaError.INVALID_RECORD
     assert results[1] is None
     assert [m.value() for m in consume_partitions(broker.bootstrap, "keyed-only", [0], 1)[0]] == [b"keyed"]
+
+
+def test_dynamic_broker_configs_set_topic_defaults_and_persist(broker):
+    from confluent_kafka import KafkaException
+
+    create_topic(broker.bootstrap, "follows", 1)
+    create_topic(broker.bootstrap, "own", 1, config={"retention.ms": "5000"})
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+
+    def set_broker(name, value):
+        resource = ConfigResource(ConfigResource.Type.BROKER, "0",
+                                  incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+        admin.incremental_alter_configs([resource])[resource].result(10)
+
+    def topic_config(topic, name):
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        return admin.describe_configs([resource])[resource].result(10)[name].value
+
+    set_broker("log.retention.ms", "3600000")
+    assert topic_config("follows", "retention.ms") == "3600000", "topics without an override follow the broker default"
+    assert topic_config("own", "retention.ms") == "5000"
+    broker_resource = ConfigResource(ConfigResource.Type.BROKER, "0")
+    entry = admin.describe_configs([broker_resource])[broker_resource].result(10)["log.retention.ms"]
+    assert entry.value == "3600000" and entry.source == 2  # DYNAMIC_BROKER_CONFIG
+
+    try:
+        set_broker("num.io.threads", "16")
+        raise AssertionError("a static broker config changed")
+    except KafkaException as e:
+        assert e.args[0].name() == "INVALID_CONFIG"
+
+    broker.restart()
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    assert topic_config("follows", "retention.ms") == "3600000", "dynamic broker configs survive a restart"
