@@ -139,3 +139,21 @@ def test_describe_cluster_and_log_dirs(broker):
     ka.close()
     text = repr(dirs)
     assert "sized" in text and str(broker.data_dir.resolve()) in text, text[:500]
+
+
+def test_list_offsets_by_max_timestamp_with_admin_client(broker):
+    from confluent_kafka.admin import OffsetSpec
+
+    create_topic(broker.bootstrap, "peak", 1)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    stamps = [1_700_000_000_000 + s for s in (5, 90, 40, 90, 10)]  # the peak first appears at offset 1
+    for ts in stamps:
+        p.produce("peak", value=b"x", timestamp=ts)
+        p.flush(10)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    tp = TopicPartition("peak", 0)
+    result = admin.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(10)
+    assert (result.offset, result.timestamp) == (1, stamps[1])
+    earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(10)
+    latest = admin.list_offsets({tp: OffsetSpec.latest()})[tp].result(10)
+    assert (earliest.offset, latest.offset) == (0, 5)
