@@ -164,21 +164,13 @@ impl Broker {
         partition: i32,
         records: &[NewRecord],
     ) -> Result<AppendOutcome, ClientError> {
-        let handle = self.partition(topic, partition)?;
+        let snapshot = self.metadata();
+        let unknown = || ClientError::UnknownTopicOrPartition { topic: topic.to_string(), partition };
+        let view = snapshot.topic(topic).ok_or_else(unknown)?;
+        let handle = usize::try_from(partition).ok().and_then(|i| view.partitions.get(i)).ok_or_else(unknown)?;
         let batch = encode_batch(records, Compression::None, now_ms()).map_err(ClientError::Encoding)?;
-        let view = self.metadata().topic(topic).cloned();
-        let limit = view.as_ref().map_or(usize::MAX, |t| t.config.max_message_bytes.max(0) as usize);
-        let batches = validate_batches(&batch, limit).map_err(ClientError::Batch)?;
-        if view.as_ref().is_some_and(|t| t.config.is_compacted()) {
-            record_batch::require_keys(&batches).map_err(ClientError::Batch)?;
-        }
-        let log_append_time = view.as_ref().and_then(|t| t.config.log_append_time(now_ms()));
-        handle
-            .addr
-            .send(Append { batches, log_append_time })
-            .await
-            .map_err(ClientError::Mailbox)?
-            .map_err(ClientError::Partition)
+        let append = view.prepare_append(&batch).map_err(ClientError::Batch)?;
+        handle.addr.send(append).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Partition)
     }
 
     /// Records from `offset` on, up to about `max_bytes` (at least one batch).

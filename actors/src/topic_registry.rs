@@ -19,8 +19,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
-use crate::partition_actor::{partition_dir, EnforceRetention, PartitionActor, Remove, SyncLog};
+use crate::partition_actor::{partition_dir, Append, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
+use crate::record_batch::{require_keys, validate_batches, BatchError};
 
 const METADATA_DIR: &str = "__tributary_metadata";
 
@@ -34,6 +35,7 @@ pub struct PartitionHandle {
 }
 
 /// A topic as request handlers see it.
+#[derive(Clone)]
 pub struct TopicView {
     pub name: Arc<str>,
     pub id: Uuid,
@@ -51,6 +53,20 @@ pub struct MetadataSnapshot {
     pub broker_overrides: BTreeMap<String, String>,
     /// The defaults every topic starts from: static config plus `broker_overrides`.
     pub defaults: TopicConfig,
+}
+
+impl TopicView {
+    /// Applies this topic's rules to a produce payload: batch validation within
+    /// `max.message.bytes`, keys required on compacted topics, and the append
+    /// time for LogAppendTime topics. The wire handler and the embedded API
+    /// both produce through here.
+    pub fn prepare_append(&self, records: &bytes::Bytes) -> Result<Append, BatchError> {
+        let batches = validate_batches(records, self.config.max_message_bytes.max(0) as usize)?;
+        if self.config.is_compacted() {
+            require_keys(&batches)?;
+        }
+        Ok(Append { batches, log_append_time: self.config.log_append_time(crate::now_ms()) })
+    }
 }
 
 impl MetadataSnapshot {
@@ -384,14 +400,7 @@ impl TopicRegistry {
         wtxn.commit().map_err(storage)?;
         self.broker_overrides = overrides;
         for (name, config) in recomputed {
-            let view = self.topics[&name].clone();
-            let updated = TopicView {
-                name: view.name.clone(),
-                id: view.id,
-                config,
-                overrides: view.overrides.clone(),
-                partitions: view.partitions.clone(),
-            };
+            let updated = TopicView { config, ..(*self.topics[&name]).clone() };
             self.topics.insert(name, Arc::new(updated));
         }
         self.publish();
@@ -505,8 +514,7 @@ impl TopicRegistry {
             overrides: overrides.clone(),
         };
         self.persist(&view.name, Some(&record))?;
-        let altered =
-            TopicView { name: view.name.clone(), id: view.id, config, overrides, partitions: view.partitions.clone() };
+        let altered = TopicView { config, overrides, ..(*view).clone() };
         self.topics.insert(view.name.clone(), Arc::new(altered));
         self.publish();
         tracing::info!(topic = %view.name, "altered topic config");
@@ -612,13 +620,7 @@ impl TopicRegistry {
         for index in current..msg.count {
             partitions.push(self.spawn_partition(&view.name, index));
         }
-        let grown = TopicView {
-            name: view.name.clone(),
-            id: view.id,
-            config: view.config.clone(),
-            overrides: view.overrides.clone(),
-            partitions,
-        };
+        let grown = TopicView { partitions, ..(*view).clone() };
         self.topics.insert(view.name.clone(), Arc::new(grown));
         self.publish();
         Ok(())

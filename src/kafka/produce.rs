@@ -5,8 +5,6 @@
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::record_batch::require_keys;
-use tributary_actors::{validate_batches, Append};
 
 use super::{message_since, RequestContext};
 
@@ -37,26 +35,15 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
             let handle = view.as_ref().and_then(|v| usize::try_from(index).ok().and_then(|i| v.partitions.get(i)));
             let outcome = match (&refusal, view.as_ref(), handle) {
                 (Some((code, why)), _, _) => Err((*code, why.clone())),
-                (None, Some(view), Some(handle)) => {
-                    let limit = view.config.max_message_bytes.max(0) as usize;
-                    let compacted = view.config.is_compacted();
-                    let validated = partition.records.as_ref().map(|r| {
-                        validate_batches(r, limit)
-                            .and_then(|b| if compacted { require_keys(&b).map(|_| b) } else { Ok(b) })
-                    });
-                    match validated {
-                        Some(Ok(batches)) => {
-                            let log_append_time = view.config.log_append_time(tributary_actors::now_ms());
-                            let bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
-                            let records: i64 = batches.iter().map(|b| b.record_count()).sum();
-                            Ok((handle.addr.send(Append { batches, log_append_time }), bytes, records))
-                        }
-                        Some(Err(e)) => Err((e.error_code(), e.to_string())),
-                        None => {
-                            Err((ResponseError::InvalidRecord.code(), "produce request carried null records".into()))
-                        }
+                (None, Some(view), Some(handle)) => match partition.records.as_ref().map(|r| view.prepare_append(r)) {
+                    Some(Ok(append)) => {
+                        let bytes: usize = append.batches.iter().map(|b| b.bytes.len()).sum();
+                        let records: i64 = append.batches.iter().map(|b| b.record_count()).sum();
+                        Ok((handle.addr.send(append), bytes, records))
                     }
-                }
+                    Some(Err(e)) => Err((e.error_code(), e.to_string())),
+                    None => Err((ResponseError::InvalidRecord.code(), "produce request carried null records".into())),
+                },
                 _ => Err((
                     ResponseError::UnknownTopicOrPartition.code(),
                     format!("unknown topic or partition {name}-{index}"),
