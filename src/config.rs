@@ -20,6 +20,22 @@ pub struct BrokerConfig {
     pub topics: TopicsSection,
     pub groups: tributary_actors::GroupSettings,
     pub metrics: MetricsSection,
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: empty `voters` means a single broker with no cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub listen: String,
+    pub voters: Vec<String>,
+    pub seeds: Vec<String>,
+    pub key: String,
+    pub key_file: String,
+    pub rack: String,
+    pub session_timeout_ms: u64,
+    pub replica_lag_time_max_ms: u64,
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,7 +132,62 @@ impl BrokerConfig {
         if self.topics.max_message_bytes < 1024 {
             bail!("topics.max_message_bytes must be at least 1024");
         }
+        self.cluster_settings()?;
         Ok(())
+    }
+
+    /// The `[cluster]` section resolved, or `None` for a single broker.
+    pub fn cluster_settings(&self) -> anyhow::Result<Option<crate::cluster::ClusterSettings>> {
+        let c = &self.cluster;
+        if c.voters.is_empty() {
+            return Ok(None);
+        }
+        let node_id = self.broker.node_id as u64;
+        let mut voters = std::collections::BTreeMap::new();
+        for voter in &c.voters {
+            let (id, addr) = voter
+                .split_once('@')
+                .with_context(|| format!("cluster.voters entry {voter:?} must look like 1@127.0.0.1:9093"))?;
+            let id: u64 = id.parse().with_context(|| format!("cluster.voters entry {voter:?}: bad node id"))?;
+            let addr: SocketAddr =
+                addr.parse().with_context(|| format!("cluster.voters entry {voter:?}: bad address"))?;
+            if voters.insert(id, addr).is_some() {
+                bail!("cluster.voters names node {id} twice");
+            }
+        }
+        let listen: SocketAddr = match (c.listen.is_empty(), voters.get(&node_id)) {
+            (true, Some(addr)) => *addr,
+            (true, None) => bail!("cluster.listen is required for a broker that is not a voter"),
+            (false, _) => {
+                c.listen.parse().with_context(|| format!("cluster.listen {:?} is not an address", c.listen))?
+            }
+        };
+        let seeds = c
+            .seeds
+            .iter()
+            .map(|s| s.parse::<SocketAddr>().with_context(|| format!("cluster.seeds entry {s:?} is not an address")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let key_text = match (c.key.is_empty(), c.key_file.is_empty()) {
+            (false, true) => c.key.clone(),
+            (true, false) => std::fs::read_to_string(&c.key_file)
+                .with_context(|| format!("reading cluster.key_file {}", c.key_file))?,
+            _ => bail!("a cluster needs exactly one of cluster.key and cluster.key_file (64 hex digits)"),
+        };
+        let key = crate::cluster::transport::parse_key(&key_text)?;
+        if c.session_timeout_ms < 1000 || c.replica_lag_time_max_ms < 1000 || c.request_timeout_ms < 100 {
+            bail!("cluster timeouts are too small (session and replica lag >= 1000 ms, requests >= 100 ms)");
+        }
+        Ok(Some(crate::cluster::ClusterSettings {
+            node_id,
+            listen,
+            voters,
+            seeds,
+            key,
+            rack: (!c.rack.is_empty()).then(|| c.rack.clone()),
+            session_timeout: std::time::Duration::from_millis(c.session_timeout_ms),
+            replica_lag: std::time::Duration::from_millis(c.replica_lag_time_max_ms),
+            request_timeout: std::time::Duration::from_millis(c.request_timeout_ms),
+        }))
     }
 
     /// The host and port clients are told to use.
@@ -147,6 +218,7 @@ impl BrokerConfig {
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
         storage.retention_check_interval_ms = self.topics.retention_check_interval_ms;
         storage.groups = self.groups.clone();
+        storage.replicated = !self.cluster.voters.is_empty();
         storage
     }
 }

@@ -1,6 +1,7 @@
 //! `tributary`: a Kafka-compatible event streaming broker.
 
 mod cli;
+mod cluster;
 mod config;
 mod connection;
 mod kafka;
@@ -121,7 +122,16 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config), metrics }).await?;
+    let cluster = match config.cluster_settings()? {
+        Some(settings) => {
+            let cluster =
+                cluster::Cluster::start(settings, broker.clone(), data_dir.clone(), config.advertised()).await?;
+            cluster::replica_manager::start(cluster.clone(), broker.clone());
+            Some(cluster)
+        }
+        None => None,
+    };
+    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config), metrics, cluster }).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
     actix::System::current().stop();

@@ -48,6 +48,10 @@ pub struct StorageConfig {
     pub max_producers_per_partition: usize,
     /// How often retention is applied (Kafka's `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// In a cluster, partitions start as followers without a leader and take
+    /// produce only once the cluster layer makes them leader; alone, they
+    /// start (and stay) standalone.
+    pub replicated: bool,
 }
 
 impl StorageConfig {
@@ -66,6 +70,7 @@ impl StorageConfig {
             producer_id_expiration_ms: 24 * 3600 * 1000,
             max_producers_per_partition: 100_000,
             retention_check_interval_ms: 300_000,
+            replicated: false,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod partition_actor;
 pub mod partition_log;
 pub mod producer_state;
 pub mod record_batch;
+pub mod replication;
 pub mod topic_registry;
 
 use std::collections::BTreeMap;
@@ -141,7 +142,13 @@ impl Broker {
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<TopicView>, ClientError> {
-        let msg = CreateTopic { name: name.to_string(), partitions: Some(partitions), configs, validate_only: false };
+        let msg = CreateTopic {
+            name: name.to_string(),
+            partitions: Some(partitions),
+            configs,
+            validate_only: false,
+            id: None,
+        };
         self.registry.send(msg).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Topic)
     }
 

@@ -25,6 +25,10 @@ use crate::partition_log::{
     MAX_BATCHES_PER_DELETE,
 };
 use crate::record_batch::ValidatedBatch;
+use crate::replication::{
+    AppendReplicated, CheckIsr, FetchPosition, IsrChange, ReplicaRead, ReplicaReadOutcome, ReplicaSet, RestartAt, Role,
+    SetRole, TruncateDiverged,
+};
 
 /// How often a partition forgets idle producer ids.
 const PRODUCER_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -46,6 +50,23 @@ pub enum PartitionError {
     Deleted,
     /// An idempotent producer's batch out of sequence, or from a fenced epoch.
     Sequence(crate::producer_state::SeqError),
+    /// This replica does not lead the partition (now).
+    NotLeader,
+    /// acks=-1 with fewer in-sync replicas than `min.insync.replicas`.
+    NotEnoughReplicas {
+        isr: usize,
+        min: i32,
+    },
+    /// A replica request from an older leader epoch.
+    FencedLeaderEpoch {
+        current: i32,
+        got: i32,
+    },
+    /// A replica request from a newer leader epoch than this replica knows.
+    UnknownLeaderEpoch {
+        current: i32,
+        got: i32,
+    },
 }
 
 impl PartitionError {
@@ -59,6 +80,10 @@ impl PartitionError {
             PartitionError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
             PartitionError::Deleted => E::UnknownTopicOrPartition.code(),
             PartitionError::Sequence(e) => e.error_code(),
+            PartitionError::NotLeader => E::NotLeaderOrFollower.code(),
+            PartitionError::NotEnoughReplicas { .. } => E::NotEnoughReplicas.code(),
+            PartitionError::FencedLeaderEpoch { .. } => E::FencedLeaderEpoch.code(),
+            PartitionError::UnknownLeaderEpoch { .. } => E::UnknownLeaderEpoch.code(),
         }
     }
 }
@@ -73,6 +98,16 @@ impl std::fmt::Display for PartitionError {
             }
             PartitionError::Deleted => write!(f, "partition was deleted"),
             PartitionError::Sequence(e) => write!(f, "{e}"),
+            PartitionError::NotLeader => write!(f, "this broker does not lead the partition"),
+            PartitionError::NotEnoughReplicas { isr, min } => {
+                write!(f, "{isr} in-sync replicas, fewer than min.insync.replicas={min}")
+            }
+            PartitionError::FencedLeaderEpoch { current, got } => {
+                write!(f, "leader epoch {got} is older than the current {current}")
+            }
+            PartitionError::UnknownLeaderEpoch { current, got } => {
+                write!(f, "leader epoch {got} is newer than the known {current}")
+            }
         }
     }
 }
@@ -98,6 +133,8 @@ pub struct Append {
     pub batches: Vec<ValidatedBatch>,
     /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`.
     pub log_append_time: Option<i64>,
+    /// acks=-1: answered only once every in-sync replica has the batches.
+    pub acks_all: bool,
 }
 
 /// Read whole batches starting at the one holding `offset`.
@@ -185,11 +222,17 @@ pub struct InjectPanic;
 #[rtype(result = "()")]
 struct Flush;
 
+type AppendReply = oneshot::Sender<Result<AppendOutcome, PartitionError>>;
+
 struct PendingAppend {
     batches: Vec<ValidatedBatch>,
     log_append_time: Option<i64>,
-    reply: oneshot::Sender<Result<AppendOutcome, PartitionError>>,
+    acks_all: bool,
+    reply: AppendReply,
 }
+
+/// acks=-1 appends waiting for the high watermark; more are refused.
+const MAX_COMMIT_WAITERS: usize = 100_000;
 
 pub struct PartitionActor {
     topic: Arc<str>,
@@ -205,6 +248,14 @@ pub struct PartitionActor {
     removed: bool,
     /// When idle producer ids were last forgotten (checked from `flush`, at most hourly).
     last_producer_expiry: std::time::Instant,
+    /// Survives restarts of the actor only through `SetRole`, which the cluster layer repeats.
+    role: Role,
+    /// The leader's view of its followers (leaders only).
+    replica_set: Option<ReplicaSet>,
+    /// Records below this are on every in-sync replica (replicated roles only).
+    high_watermark: i64,
+    /// acks=-1 appends written but not yet below the high watermark, oldest first.
+    commit_waiters: std::collections::VecDeque<(AppendOutcome, AppendReply)>,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
 }
@@ -217,6 +268,7 @@ impl PartitionActor {
         offsets_tx: Arc<watch::Sender<LogOffsets>>,
     ) -> PartitionActor {
         let dir = partition_dir(&config, &topic, partition);
+        let replicated = config.replicated;
         PartitionActor {
             topic,
             partition,
@@ -229,16 +281,84 @@ impl PartitionActor {
             flush_scheduled: false,
             removed: false,
             last_producer_expiry: std::time::Instant::now(),
+            role: if replicated { Role::Follower { leader: None, epoch: -1 } } else { Role::Standalone },
+            replica_set: None,
+            high_watermark: 0,
+            commit_waiters: Default::default(),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
     }
 
+    /// What readers may see: everything committed on one broker, the high watermark in a cluster.
+    fn visible_end(&self) -> i64 {
+        let end = self.log.as_ref().map_or(0, |l| l.offsets().log_end_offset);
+        match self.role {
+            Role::Standalone => end,
+            _ => self.high_watermark.min(end),
+        }
+    }
+
+    /// Publishes the offsets (waking long-poll fetches) with the visible high watermark.
+    fn publish_offsets(&self) {
+        if let Some(log) = &self.log {
+            let offsets = LogOffsets { high_watermark: self.visible_end(), ..log.offsets() };
+            self.offsets_tx.send_replace(offsets);
+        }
+    }
+
+    /// Leader: recompute the high watermark from the ISR, answer the acks=-1
+    /// appends it now covers, and publish.
+    fn advance_high_watermark(&mut self) {
+        if let (Role::Leader(role), Some(set), Some(log)) = (&self.role, &self.replica_set, &self.log) {
+            let computed = set.high_watermark(role, log.offsets().log_end_offset);
+            self.high_watermark = self.high_watermark.max(computed);
+        }
+        let visible = self.visible_end();
+        while let Some((outcome, _)) = self.commit_waiters.front() {
+            if outcome.last_offset >= visible {
+                break;
+            }
+            let (outcome, reply) = self.commit_waiters.pop_front().expect("front exists");
+            let _ = reply.send(Ok(outcome));
+        }
+        self.publish_offsets();
+    }
+
+    fn fail_waiters(&mut self, error: PartitionError) {
+        for (_, reply) in self.commit_waiters.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Leader: propose the ISR it wants, if that differs from the committed one.
+    fn propose_isr(&mut self, shrink: bool) {
+        let (Role::Leader(role), Some(set), Some(log)) = (&self.role, self.replica_set.as_mut(), &self.log) else {
+            return;
+        };
+        let epoch_start = log.end_offset_for_epoch(role.epoch - 1).1;
+        let now = std::time::Instant::now();
+        if let Some(isr) = set.wanted_isr(role, self.high_watermark, epoch_start, shrink, now) {
+            tracing::info!(topic = %self.topic, partition = self.partition, from = ?role.isr, to = ?isr, "proposing ISR change");
+            let change = IsrChange {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                leader: role.node_id,
+                leader_epoch: role.epoch,
+                partition_epoch: role.partition_epoch,
+                isr,
+            };
+            let _ = role.isr_changes.send(change);
+        }
+    }
+
     fn open_log(&mut self) {
         match PartitionLog::open(&self.dir, &self.config) {
-            Ok(log) => {
-                self.offsets_tx.send_replace(log.offsets());
+            Ok(mut log) => {
+                log.set_leader_epoch(self.role.epoch());
+                self.high_watermark = self.high_watermark.min(log.offsets().log_end_offset);
                 self.log = Some(log);
+                self.publish_offsets();
             }
             Err(e) => {
                 tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "cannot open partition log");
@@ -308,6 +428,11 @@ impl PartitionActor {
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.flush_scheduled = false;
+        if matches!(self.role, Role::Follower { .. }) {
+            // Demoted since these were queued: a follower writes only what its leader sends.
+            self.fail_pending(&PartitionError::NotLeader);
+            return;
+        }
         let pending = std::mem::take(&mut self.pending);
         self.pending_batches = 0;
         if pending.is_empty() {
@@ -320,12 +445,24 @@ impl PartitionActor {
             Ok(outcomes) => {
                 assert_eq!(outcomes.len(), pending.len(), "one outcome per append");
                 self.expire_producers_hourly();
-                if let Some(log) = &self.log {
-                    self.offsets_tx.send_replace(log.offsets());
-                }
+                let replicated = matches!(self.role, Role::Leader(_));
                 for (append, outcome) in pending.into_iter().zip(outcomes) {
-                    let _ = append.reply.send(outcome.map_err(PartitionError::Sequence));
+                    match outcome {
+                        Ok(outcome) if append.acks_all && replicated => {
+                            if self.commit_waiters.len() >= MAX_COMMIT_WAITERS {
+                                let error =
+                                    PartitionError::Unavailable("too many appends waiting for replication".into());
+                                let _ = append.reply.send(Err(error));
+                            } else {
+                                self.commit_waiters.push_back((outcome, append.reply));
+                            }
+                        }
+                        other => {
+                            let _ = append.reply.send(other.map_err(PartitionError::Sequence));
+                        }
+                    }
                 }
+                self.advance_high_watermark();
             }
             Err(e) => {
                 for append in pending {
@@ -364,6 +501,7 @@ impl Supervised for PartitionActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::warn!(topic = %self.topic, partition = self.partition, "partition actor restarting");
         self.log = None;
+        self.fail_waiters(PartitionError::Unavailable("partition restarted".into()));
         self.flush_scheduled = false;
         assert!(self.pending.is_empty(), "pending appends are answered before a stop");
     }
@@ -382,9 +520,26 @@ impl Handler<Append> for PartitionActor {
         {
             self.flush(ctx);
         }
+        match &self.role {
+            Role::Standalone => {}
+            Role::Follower { .. } => return Box::pin(async { Err(PartitionError::NotLeader) }),
+            Role::Leader(role) => {
+                if msg.acks_all && (role.isr.len() as i32) < role.min_insync_replicas {
+                    let error =
+                        PartitionError::NotEnoughReplicas { isr: role.isr.len(), min: role.min_insync_replicas };
+                    return Box::pin(async move { Err(error) });
+                }
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.pending_batches += msg.batches.len();
-        self.pending.push(PendingAppend { batches: msg.batches, log_append_time: msg.log_append_time, reply });
+        let acks_all = msg.acks_all;
+        self.pending.push(PendingAppend {
+            batches: msg.batches,
+            log_append_time: msg.log_append_time,
+            acks_all,
+            reply,
+        });
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);
@@ -409,7 +564,13 @@ impl Handler<Read> for PartitionActor {
     type Result = Result<ReadOutcome, PartitionError>;
 
     fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
-        self.guarded(ctx, |log| log.read(msg.offset, msg.max_bytes, msg.min_one))
+        if self.log.is_none() && !self.removed {
+            self.open_log();
+        }
+        let visible = self.visible_end();
+        let mut read = self.guarded(ctx, |log| log.read_below(msg.offset, msg.max_bytes, msg.min_one, visible))?;
+        read.offsets.high_watermark = visible;
+        Ok(read)
     }
 }
 
@@ -417,11 +578,15 @@ impl Handler<ListOffset> for PartitionActor {
     type Result = Result<Option<(i64, i64)>, PartitionError>;
 
     fn handle(&mut self, msg: ListOffset, ctx: &mut Context<Self>) -> Self::Result {
+        if self.log.is_none() && !self.removed {
+            self.open_log();
+        }
+        let visible = self.visible_end();
         self.guarded(ctx, |log| {
             let offsets = log.offsets();
             match msg.0 {
                 OffsetQuery::Earliest => Ok(Some((offsets.log_start_offset, -1))),
-                OffsetQuery::Latest => Ok(Some((offsets.high_watermark(), -1))),
+                OffsetQuery::Latest => Ok(Some((visible, -1))),
                 OffsetQuery::MaxTimestamp => log.max_timestamp_offset(),
                 OffsetQuery::AtOrAfter(ts) => log.offset_for_timestamp(ts),
             }
@@ -467,8 +632,8 @@ impl Handler<EnforceRetention> for PartitionActor {
         match outcome {
             Ok((deleted, more)) => {
                 if deleted > 0 {
+                    self.publish_offsets();
                     if let Some(log) = &self.log {
-                        self.offsets_tx.send_replace(log.offsets());
                         tracing::info!(topic = %self.topic, partition = self.partition, deleted,
                             log_start = log.offsets().log_start_offset, "retention deleted batches");
                     }
@@ -489,9 +654,7 @@ impl Handler<DeleteRecordsBefore> for PartitionActor {
 
     fn handle(&mut self, msg: DeleteRecordsBefore, ctx: &mut Context<Self>) -> Self::Result {
         let start = self.guarded(ctx, |log| log.delete_records_before(msg.0))?;
-        if let Some(log) = &self.log {
-            self.offsets_tx.send_replace(log.offsets());
-        }
+        self.publish_offsets();
         Ok(start)
     }
 }
@@ -502,5 +665,180 @@ impl Handler<InjectPanic> for PartitionActor {
 
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         self.panic_next = true;
+    }
+}
+
+impl Handler<SetRole> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRole, ctx: &mut Context<Self>) {
+        if self.removed || msg.0.same_as(&self.role) {
+            return;
+        }
+        if self.log.is_none() {
+            self.open_log();
+        }
+        let end = self.log.as_ref().map_or(0, |l| l.offsets().log_end_offset);
+        let new = msg.0;
+        let continuing = matches!((&self.role, &new), (Role::Leader(a), Role::Leader(b)) if a.epoch == b.epoch);
+        tracing::info!(topic = %self.topic, partition = self.partition, epoch = new.epoch(), role = ?RoleName(&new), "partition role");
+        match &new {
+            Role::Leader(role) if continuing => {
+                // Same leadership, new committed ISR: the change in flight is answered.
+                if let Some(set) = self.replica_set.as_mut() {
+                    set.pending_isr = None;
+                    for id in &role.replicas {
+                        if *id != role.node_id && !set.followers.contains_key(id) {
+                            set.followers = ReplicaSet::new(role, end, std::time::Instant::now()).followers;
+                            break;
+                        }
+                    }
+                }
+            }
+            Role::Leader(role) => {
+                self.replica_set = Some(ReplicaSet::new(role, end, std::time::Instant::now()));
+            }
+            Role::Follower { .. } | Role::Standalone => {
+                self.replica_set = None;
+                self.fail_waiters(PartitionError::NotLeader);
+                self.fail_pending(&PartitionError::NotLeader);
+            }
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.set_leader_epoch(new.epoch());
+        }
+        self.role = new;
+        self.advance_high_watermark();
+        let _ = ctx;
+    }
+}
+
+/// Logs a role without its channel.
+struct RoleName<'a>(&'a Role);
+
+impl std::fmt::Debug for RoleName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Role::Standalone => write!(f, "standalone"),
+            Role::Leader(l) => write!(f, "leader isr={:?}", l.isr),
+            Role::Follower { leader, .. } => write!(f, "follower of {leader:?}"),
+        }
+    }
+}
+
+impl PartitionActor {
+    /// Refuses replica traffic from another epoch than this replica's.
+    fn check_epoch(&self, got: i32) -> Result<(), PartitionError> {
+        let current = self.role.epoch();
+        if got < current {
+            return Err(PartitionError::FencedLeaderEpoch { current, got });
+        }
+        if got > current {
+            return Err(PartitionError::UnknownLeaderEpoch { current, got });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<ReplicaRead> for PartitionActor {
+    type Result = Result<ReplicaReadOutcome, PartitionError>;
+
+    fn handle(&mut self, msg: ReplicaRead, ctx: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.role, Role::Leader(_)) {
+            return Err(PartitionError::NotLeader);
+        }
+        self.check_epoch(msg.leader_epoch)?;
+        let offsets = self.guarded(ctx, |log| Ok(log.offsets()))?;
+        if msg.fetch_offset < offsets.log_start_offset {
+            return Ok(ReplicaReadOutcome::Behind { log_start_offset: offsets.log_start_offset });
+        }
+        if msg.last_fetched_epoch >= 0 || msg.fetch_offset > offsets.log_end_offset {
+            let log = self.log.as_ref().expect("opened by guarded");
+            let asked = if msg.last_fetched_epoch >= 0 { msg.last_fetched_epoch } else { i32::MAX };
+            let (epoch, end_offset) = log.end_offset_for_epoch(asked);
+            let diverged =
+                (msg.last_fetched_epoch >= 0 && epoch != msg.last_fetched_epoch) || end_offset < msg.fetch_offset;
+            if diverged {
+                return Ok(ReplicaReadOutcome::Diverging { epoch, end_offset: end_offset.min(offsets.log_end_offset) });
+            }
+        }
+        if let Some(set) = self.replica_set.as_mut() {
+            set.on_fetch(msg.follower, msg.fetch_offset, offsets.log_end_offset, std::time::Instant::now());
+        }
+        self.advance_high_watermark();
+        self.propose_isr(false);
+        let read = self.guarded(ctx, |log| log.read(msg.fetch_offset, msg.max_bytes, true))?;
+        Ok(ReplicaReadOutcome::Records {
+            records: read.records,
+            high_watermark: self.high_watermark,
+            log_start_offset: read.offsets.log_start_offset,
+            log_end_offset: read.offsets.log_end_offset,
+        })
+    }
+}
+
+impl Handler<AppendReplicated> for PartitionActor {
+    type Result = Result<i64, PartitionError>;
+
+    fn handle(&mut self, msg: AppendReplicated, ctx: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.role, Role::Follower { .. }) {
+            return Err(PartitionError::NotLeader);
+        }
+        self.check_epoch(msg.leader_epoch)?;
+        let end = self.guarded(ctx, |log| {
+            log.append_replicated(&msg.records)?;
+            Ok(log.offsets().log_end_offset)
+        })?;
+        self.high_watermark = msg.leader_high_watermark.min(end);
+        self.publish_offsets();
+        Ok(end)
+    }
+}
+
+impl Handler<FetchPosition> for PartitionActor {
+    type Result = Result<(i64, i32), PartitionError>;
+
+    fn handle(&mut self, _: FetchPosition, ctx: &mut Context<Self>) -> Self::Result {
+        self.guarded(ctx, |log| Ok((log.offsets().log_end_offset, log.latest_epoch().unwrap_or(-1))))
+    }
+}
+
+impl Handler<TruncateDiverged> for PartitionActor {
+    type Result = Result<(), PartitionError>;
+
+    fn handle(&mut self, msg: TruncateDiverged, ctx: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.role, Role::Follower { .. }) {
+            return Err(PartitionError::NotLeader);
+        }
+        self.guarded(ctx, |log| {
+            let own = if msg.epoch >= 0 { log.end_offset_for_epoch(msg.epoch).1 } else { msg.end_offset };
+            log.truncate_to(msg.end_offset.min(own))
+        })?;
+        let end = self.log.as_ref().map_or(0, |l| l.offsets().log_end_offset);
+        self.high_watermark = self.high_watermark.min(end);
+        self.publish_offsets();
+        Ok(())
+    }
+}
+
+impl Handler<RestartAt> for PartitionActor {
+    type Result = Result<(), PartitionError>;
+
+    fn handle(&mut self, msg: RestartAt, ctx: &mut Context<Self>) -> Self::Result {
+        if !matches!(self.role, Role::Follower { .. }) {
+            return Err(PartitionError::NotLeader);
+        }
+        self.guarded(ctx, |log| log.restart_at(msg.0))?;
+        self.high_watermark = msg.0;
+        self.publish_offsets();
+        Ok(())
+    }
+}
+
+impl Handler<CheckIsr> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckIsr, _: &mut Context<Self>) {
+        self.propose_isr(true);
     }
 }

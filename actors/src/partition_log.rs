@@ -42,16 +42,18 @@ pub const MAX_BATCHES_PER_DELETE: usize = 10_000;
 pub const MAX_BATCHES_PER_COMMIT: usize = 65_536;
 
 /// The offsets a reader needs. On a single broker the high watermark is the
-/// log end offset: a record is visible once its transaction commits.
+/// log end offset: a record is visible once its transaction commits. In a
+/// cluster the partition actor sets it: the offset every in-sync replica has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogOffsets {
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    pub high_watermark: i64,
 }
 
 impl LogOffsets {
     pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset
+        self.high_watermark
     }
 }
 
@@ -171,6 +173,13 @@ pub struct PartitionLog {
     /// Producer id -> idempotence state, written with the batches it describes.
     producers: Db<OffsetKey, RawBytes>,
     producer_states: HashMap<i64, ProducerState>,
+    /// Leader epoch -> the first offset written in it (Kafka's leader-epoch
+    /// cache, KIP-101), for truncating a returning replica to its leader's log.
+    epochs: Db<OffsetKey, OffsetKey>,
+    /// The same, in memory, oldest first.
+    epoch_starts: Vec<(i32, i64)>,
+    /// The epoch stamped on appended batches (0 on a single broker).
+    leader_epoch: i32,
     offsets: LogOffsets,
     /// Largest timestamp in the log, `i64::MIN` when empty.
     max_timestamp: i64,
@@ -185,7 +194,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(config.initial_map_bytes).max_dbs(4).max_readers(126);
+        options.map_size(config.initial_map_bytes).max_dbs(5).max_readers(126);
         if config.flush_interval().is_some() {
             // Safety: NO_SYNC trades the last un-flushed commits on a machine
             // crash for speed; the actor calls force_sync every interval.
@@ -195,13 +204,14 @@ impl PartitionLog {
         // other process or code path opens or modifies these files.
         let env = unsafe { options.open(dir) }?;
         let wtxn = env.write_txn()?;
-        let (batches, time_index, meta, producers) = env
+        let (batches, time_index, meta, producers, epochs) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     opener.create_database(wtxn, Some("batches"))?,
                     opener.create_database(wtxn, Some("time_index"))?,
                     opener.create_database(wtxn, Some("meta"))?,
                     opener.create_database(wtxn, Some("producers"))?,
+                    opener.create_database(wtxn, Some("epochs"))?,
                 )))
             })?
             .unwrap_commit();
@@ -215,6 +225,9 @@ impl PartitionLog {
             meta,
             producers,
             producer_states: HashMap::new(),
+            epochs,
+            epoch_starts: Vec::new(),
+            leader_epoch: 0,
             offsets: LogOffsets::default(),
             max_timestamp: i64::MIN,
             log_bytes: 0,
@@ -250,8 +263,12 @@ impl PartitionLog {
             let state = postcard::from_bytes(value).map_err(|e| LogError::Corrupt(format!("producer state: {e}")))?;
             self.producer_states.insert(producer_id as i64, state);
         }
+        for entry in self.epochs.iter(&rtxn)? {
+            let (epoch, start) = entry?;
+            self.epoch_starts.push((epoch as i32, start as i64));
+        }
         assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
-        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end };
+        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end, high_watermark: log_end };
         Ok(())
     }
 
@@ -303,7 +320,7 @@ impl PartitionLog {
                     last = Some(dup.last_offset);
                     continue;
                 }
-                let prefix = stored_prefix(&batch.bytes, next, 0);
+                let prefix = stored_prefix(&batch.bytes, next, self.leader_epoch);
                 let rest = after_prefix(&batch.bytes);
                 let key = next as u64;
                 self.batches.put_reserved(&mut wtxn, &key, batch.bytes.len(), |space| {
@@ -333,8 +350,17 @@ impl PartitionLog {
             self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
         }
         self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
+        let new_epoch = next > self.offsets.log_end_offset && self.latest_epoch() < Some(self.leader_epoch);
+        if new_epoch {
+            let start = self.offsets.log_end_offset;
+            self.epochs.put(&mut wtxn, &(self.leader_epoch as u64), &(start as u64))?;
+        }
         wtxn.commit()?;
+        if new_epoch {
+            self.epoch_starts.push((self.leader_epoch, self.offsets.log_end_offset));
+        }
         self.offsets.log_end_offset = next;
+        self.offsets.high_watermark = next;
         self.max_timestamp = max_timestamp;
         self.log_bytes = log_bytes;
         self.producer_states.extend(touched);
@@ -617,6 +643,197 @@ impl PartitionLog {
         Ok(doomed.len())
     }
 
+    /// The newest leader epoch this log has records of.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epoch_starts.last().map(|(epoch, _)| *epoch)
+    }
+
+    /// Batches appended from now on carry `epoch` (this replica leads in it).
+    pub fn set_leader_epoch(&mut self, epoch: i32) {
+        self.leader_epoch = epoch;
+    }
+
+    /// KIP-101's OffsetsForLeaderEpoch: the largest epoch <= `epoch` this log
+    /// knows and the offset where it ended (the next epoch's start, or the log
+    /// end for the latest). `(-1, log start)` if the log knows no such epoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let known = self.epoch_starts.iter().rposition(|(e, _)| *e <= epoch);
+        match known {
+            None => (-1, self.offsets.log_start_offset),
+            Some(i) => {
+                let end = self.epoch_starts.get(i + 1).map_or(self.offsets.log_end_offset, |(_, start)| *start);
+                (self.epoch_starts[i].0, end)
+            }
+        }
+    }
+
+    /// A follower's append: batches exactly as the leader stored them (offsets
+    /// and epochs kept), which must start at this log's end. The producer
+    /// state follows them, so this replica can dedupe retries if it leads later.
+    pub fn append_replicated(&mut self, mut records: &[u8]) -> Result<usize, LogError> {
+        let mut batches = Vec::new();
+        let mut next = self.offsets.log_end_offset;
+        while !records.is_empty() {
+            let header =
+                BatchHeader::parse(records).map_err(|e| LogError::Corrupt(format!("replicated batch: {e}")))?;
+            let len = header.total_len();
+            if len > records.len() || header.base_offset != next {
+                return Err(LogError::Corrupt(format!(
+                    "replicated batch at {} of {len} bytes does not continue the log at {next}",
+                    header.base_offset
+                )));
+            }
+            let crc = crc32c::crc32c(&records[crate::record_batch::CRC_COVERS_FROM..len]);
+            if crc != header.crc {
+                return Err(LogError::Corrupt(format!("replicated batch at {next} fails its CRC")));
+            }
+            next = header.last_offset() + 1;
+            batches.push((header, &records[..len]));
+            records = &records[len..];
+        }
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        for _ in 0..64 {
+            match self.try_append_replicated(&batches) {
+                Err(LogError::Storage(heed::Error::Mdb(MdbError::MapFull))) => self.grow_map()?,
+                other => return other.map(|()| batches.len()),
+            }
+        }
+        Err(LogError::Full { map_bytes: self.map_bytes })
+    }
+
+    fn try_append_replicated(&mut self, batches: &[(BatchHeader, &[u8])]) -> Result<(), LogError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut max_timestamp = self.max_timestamp;
+        let mut log_bytes = self.log_bytes;
+        let mut touched: HashMap<i64, ProducerState> = HashMap::new();
+        let mut new_epochs = Vec::new();
+        let mut latest = self.latest_epoch();
+        let mut next = self.offsets.log_end_offset;
+        for (header, bytes) in batches {
+            let key = header.base_offset as u64;
+            self.batches.put(&mut wtxn, &key, bytes)?;
+            if header.max_timestamp > max_timestamp {
+                max_timestamp = header.max_timestamp;
+                self.time_index.put(&mut wtxn, &timestamp_key(max_timestamp), &key)?;
+            }
+            if latest < Some(header.partition_leader_epoch) {
+                latest = Some(header.partition_leader_epoch);
+                self.epochs.put(&mut wtxn, &(header.partition_leader_epoch as u64), &key)?;
+                new_epochs.push((header.partition_leader_epoch, header.base_offset));
+            }
+            if header.producer_id >= 0 {
+                let mut state = touched
+                    .get(&header.producer_id)
+                    .or_else(|| self.producer_states.get(&header.producer_id))
+                    .cloned()
+                    .unwrap_or_default();
+                let count = i64::from(header.last_offset_delta) + 1;
+                let entry = SeqEntry {
+                    first_seq: header.base_sequence,
+                    last_seq: producer_state::last_seq(header.base_sequence, count),
+                    base_offset: header.base_offset,
+                    last_offset: header.last_offset(),
+                };
+                producer_state::record(&mut state, header.producer_epoch, entry);
+                state.last_append_ms = crate::now_ms();
+                touched.insert(header.producer_id, state);
+            }
+            log_bytes += bytes.len() as u64;
+            next = header.last_offset() + 1;
+        }
+        for (producer_id, state) in &touched {
+            let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
+        }
+        self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
+        wtxn.commit()?;
+        self.offsets.log_end_offset = next;
+        self.offsets.high_watermark = next;
+        self.max_timestamp = max_timestamp;
+        self.log_bytes = log_bytes;
+        self.producer_states.extend(touched);
+        self.epoch_starts.extend(new_epochs);
+        Ok(())
+    }
+
+    /// Removes every record at or above `offset` (a whole batch if `offset`
+    /// falls inside one): a replica dropping what its new leader does not
+    /// have. Below the log start, the log is emptied and restarts at `offset`.
+    pub fn truncate_to(&mut self, offset: i64) -> Result<(), LogError> {
+        if offset >= self.offsets.log_end_offset {
+            return Ok(());
+        }
+        self.cut(offset, offset < self.offsets.log_start_offset)
+    }
+
+    /// Empties the log and starts it again at `offset`: a replica so far
+    /// behind that its leader no longer has the records it needs next.
+    pub fn restart_at(&mut self, offset: i64) -> Result<(), LogError> {
+        self.cut(offset, true)
+    }
+
+    fn cut(&mut self, offset: i64, restart: bool) -> Result<(), LogError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut cut = offset.max(self.offsets.log_start_offset) as u64;
+        if let Some((key, value)) = self.batches.get_lower_than_or_equal_to(&wtxn, &cut)? {
+            let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            if header.last_offset() >= cut as i64 {
+                cut = key;
+            }
+        }
+        let cut = if restart { 0 } else { cut };
+        let mut freed = 0u64;
+        for entry in self.batches.range(&wtxn, &(cut..))? {
+            freed += entry?.1.len() as u64;
+        }
+        self.batches.delete_range(&mut wtxn, &(cut..))?;
+        let stale: Vec<u64> = self
+            .time_index
+            .iter(&wtxn)?
+            .filter(|e| e.as_ref().map_or(false, |(_, batch)| *batch >= cut))
+            .map(|e| e.map(|(ts_key, _)| ts_key))
+            .collect::<Result<_, _>>()?;
+        for ts_key in &stale {
+            self.time_index.delete(&mut wtxn, ts_key)?;
+        }
+        self.epochs_delete_from(&mut wtxn, cut as i64)?;
+        let mut touched = Vec::new();
+        for (producer_id, state) in self.producer_states.iter() {
+            if state.batches.iter().any(|b| b.last_offset >= cut as i64) {
+                let mut state = state.clone();
+                state.batches.retain(|b| b.last_offset < cut as i64);
+                let value = postcard::to_stdvec(&state).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
+                touched.push((*producer_id, state));
+            }
+        }
+        let log_bytes = self.log_bytes.saturating_sub(freed);
+        self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
+        let (start, end) = if restart { (offset, offset) } else { (self.offsets.log_start_offset, cut as i64) };
+        self.meta.put(&mut wtxn, LOG_START_KEY, &(start as u64))?;
+        wtxn.commit()?;
+        self.producer_states.extend(touched);
+        self.epoch_starts.retain(|(_, s)| *s < cut as i64);
+        self.log_bytes = log_bytes;
+        let rtxn = self.env.read_txn()?;
+        self.max_timestamp = self.time_index.last(&rtxn)?.map_or(i64::MIN, |(k, _)| key_timestamp(k));
+        drop(rtxn);
+        self.offsets = LogOffsets { log_start_offset: start, log_end_offset: end, high_watermark: end };
+        tracing::info!(dir = %self.dir.display(), log_start = start, log_end = end, "truncated log");
+        Ok(())
+    }
+
+    fn epochs_delete_from(&self, wtxn: &mut heed::RwTxn, offset: i64) -> Result<(), LogError> {
+        for (epoch, start) in &self.epoch_starts {
+            if *start >= offset {
+                self.epochs.delete(wtxn, &(*epoch as u64))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes commits made without fsync (interval durability).
     pub fn sync(&self) -> Result<(), LogError> {
         self.env.force_sync()?;
@@ -627,12 +844,24 @@ impl PartitionLog {
     /// `min_one`, the first batch is returned even if larger, so a consumer
     /// can always make progress (as Kafka does).
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadOutcome, LogError> {
+        self.read_below(offset, max_bytes, min_one, self.offsets.log_end_offset)
+    }
+
+    /// As `read`, returning only batches that start below `upper` (the high
+    /// watermark, for consumers of a replicated partition).
+    pub fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        upper: i64,
+    ) -> Result<ReadOutcome, LogError> {
         let offsets = self.offsets;
         if offset < offsets.log_start_offset || offset > offsets.log_end_offset {
             return Err(LogError::OffsetOutOfRange { requested: offset, offsets });
         }
         let mut out = BytesMut::new();
-        if offset == offsets.log_end_offset {
+        if offset >= upper {
             return Ok(ReadOutcome { records: out.freeze(), offsets });
         }
         let rtxn = self.env.read_txn()?;
@@ -647,7 +876,7 @@ impl PartitionLog {
             }
             None => offset as u64,
         };
-        let range = (Bound::Included(start), Bound::Unbounded);
+        let range = (Bound::Included(start), Bound::Excluded(upper.max(0) as u64));
         for entry in self.batches.range(&rtxn, &range)? {
             let (_, value) = entry?;
             let fits = out.len() + value.len() <= max_bytes;
@@ -738,7 +967,7 @@ mod tests {
             assert!(log.read(5, 100, true).unwrap().records.is_empty());
         }
         let log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5 });
+        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5 });
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
         assert_eq!(log.offset_for_timestamp(999).unwrap(), None);
@@ -868,7 +1097,7 @@ mod tests {
         assert!(matches!(log.delete_records_before(101), Err(LogError::OffsetOutOfRange { .. })));
         drop(log);
         let mut log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 75, log_end_offset: 100 });
+        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100 });
         assert_eq!(log.log_bytes(), per_batch * 3);
         // Everything: the log is empty and continues at the same offsets.
         assert_eq!(log.delete_records_before(-1).unwrap(), 100);

@@ -18,6 +18,8 @@ const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
+/// The CRC-32C of a batch covers everything from its attributes on.
+pub const CRC_COVERS_FROM: usize = ATTRIBUTES_OFFSET;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 
 /// Attribute bits of a v2 batch.

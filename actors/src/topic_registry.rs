@@ -65,7 +65,7 @@ impl TopicView {
         if self.config.is_compacted() {
             require_keys(&batches)?;
         }
-        Ok(Append { batches, log_append_time: self.config.log_append_time(crate::now_ms()) })
+        Ok(Append { batches, log_append_time: self.config.log_append_time(crate::now_ms()), acks_all: false })
     }
 }
 
@@ -139,6 +139,8 @@ pub struct CreateTopic {
     pub partitions: Option<i32>,
     pub configs: BTreeMap<String, String>,
     pub validate_only: bool,
+    /// The id the cluster chose; `None` makes a new one.
+    pub id: Option<Uuid>,
 }
 
 /// Delete a topic and its data. Answered once every partition directory is gone.
@@ -307,7 +309,7 @@ impl TopicRegistry {
         let config =
             TopicConfig::with_overrides(&self.defaults(), &msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
         let name: Arc<str> = msg.name.into();
-        let id = Uuid::new_v4();
+        let id = msg.id.unwrap_or_else(Uuid::new_v4);
         if msg.validate_only {
             return Ok(Arc::new(TopicView { name, id, config, overrides: msg.configs, partitions: Vec::new() }));
         }

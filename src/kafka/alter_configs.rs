@@ -30,6 +30,9 @@ async fn alter(
         let why = format!("resource type {resource_type} cannot be altered; use 2 (topic) or 4 (broker)");
         return (ResponseError::InvalidRequest.code(), message(why));
     }
+    if let Some(cluster) = &ctx.cluster {
+        return alter_in_cluster(ctx, cluster, resource_type, name, changes, replace, validate_only).await;
+    }
     // A broker resource is this broker's id, or "" for the cluster-wide default.
     let node = ctx.node_id().to_string();
     if resource_type == RESOURCE_BROKER && !name.is_empty() && name.as_str() != node {
@@ -96,4 +99,50 @@ pub async fn handle_incremental(
         );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// In a cluster, topic configs are metadata: validated here, committed by the controller.
+async fn alter_in_cluster(
+    ctx: &RequestContext,
+    cluster: &crate::cluster::Cluster,
+    resource_type: i8,
+    name: &StrBytes,
+    changes: Result<Vec<(String, Option<String>)>, String>,
+    replace: bool,
+    validate_only: bool,
+) -> (i16, Option<StrBytes>) {
+    if resource_type != RESOURCE_TOPIC {
+        let why = "dynamic broker configs are not yet replicated in a cluster; set them in each broker's config file";
+        return (ResponseError::InvalidRequest.code(), message(why));
+    }
+    let changes = match changes {
+        Ok(changes) => changes,
+        Err(why) => return (ResponseError::InvalidConfig.code(), message(why)),
+    };
+    let Some(topic) = cluster.metadata().topics.get(name.as_str()).cloned() else {
+        return (ResponseError::UnknownTopicOrPartition.code(), message(format!("topic '{name}' does not exist")));
+    };
+    let mut configs = if replace { Default::default() } else { topic.configs.clone() };
+    for (key, value) in changes {
+        match value {
+            Some(value) => configs.insert(key, value),
+            None => configs.remove(&key),
+        };
+    }
+    let defaults = ctx.broker.metadata().defaults.clone();
+    if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
+        return (ResponseError::InvalidConfig.code(), message(e.0));
+    }
+    if validate_only {
+        return (0, None);
+    }
+    let command =
+        crate::cluster::metadata::Command::AlterTopicConfig { name: name.to_string(), configs: configs.clone() };
+    match cluster.commit(command).await {
+        Ok(()) => {
+            cluster.await_local(&ctx.broker, |m| m.topic(name.as_str()).is_some_and(|t| t.overrides == configs)).await;
+            (0, None)
+        }
+        Err((code, why)) => (code, message(why)),
+    }
 }

@@ -26,6 +26,41 @@ struct Target {
     offset: i64,
     max_bytes: usize,
     handle: Option<PartitionHandle>,
+    /// In a cluster: why this broker may not serve the partition, or the
+    /// same-rack follower the consumer should read from instead (KIP-392).
+    route: Route,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Serve,
+    Refuse(i16),
+    Preferred(i32),
+}
+
+/// Leaders serve; followers serve consumers that know KIP-392 (v11+); a
+/// leader sends a consumer with `client.rack` to an in-sync follower in its rack.
+fn route(ctx: &RequestContext, topic: &str, partition: i32, version: i16, rack: &str) -> Route {
+    let Some(cluster) = &ctx.cluster else { return Route::Serve };
+    let metadata = cluster.metadata();
+    let me = cluster.node_id();
+    let Some(p) = metadata.partition(topic, partition) else {
+        return Route::Refuse(ResponseError::UnknownTopicOrPartition.code());
+    };
+    let rack_of = |id: &u64| metadata.brokers.get(id).and_then(|b| b.rack.as_deref());
+    if p.leader == Some(me) {
+        if version >= 11 && !rack.is_empty() && rack_of(&me) != Some(rack) {
+            let live = |id: &u64| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
+            if let Some(follower) = p.isr.iter().find(|id| **id != me && live(id) && rack_of(id) == Some(rack)) {
+                return Route::Preferred(*follower as i32);
+            }
+        }
+        return Route::Serve;
+    }
+    if version >= 11 && p.replicas.contains(&me) {
+        return Route::Serve;
+    }
+    Route::Refuse(ResponseError::NotLeaderOrFollower.code())
 }
 
 pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> FetchResponse {
@@ -38,10 +73,12 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
     let read_committed = req.isolation_level == READ_COMMITTED;
 
     let snapshot = ctx.broker.metadata();
+    let rack = req.rack_id.to_string();
     let mut targets = Vec::new();
     for topic in req.topics {
         for p in topic.partitions {
             targets.push(Target {
+                route: route(ctx, &topic.topic, p.partition, version, &rack),
                 handle: snapshot.partition(&topic.topic, p.partition).cloned(),
                 topic: topic.topic.clone(),
                 partition: p.partition,
@@ -102,6 +139,17 @@ async fn read_all(targets: &[Target], max_bytes: usize, version: i16, metrics: &
             .with_high_watermark(-1)
             .with_last_stable_offset(-1)
             .with_log_start_offset(-1);
+        match t.route {
+            Route::Serve => {}
+            Route::Refuse(code) => {
+                results.push(data.with_error_code(code));
+                continue;
+            }
+            Route::Preferred(replica) => {
+                results.push(data.with_preferred_read_replica(kafka_protocol::messages::BrokerId(replica)));
+                continue;
+            }
+        }
         let Some(handle) = &t.handle else {
             results.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
             continue;

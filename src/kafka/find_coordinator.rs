@@ -11,8 +11,17 @@ const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let (host, port) = ctx.config.advertised();
-    let node = BrokerId(ctx.node_id());
+    let (mut host, mut port) = ctx.config.advertised();
+    let mut node = BrokerId(ctx.node_id());
+    // In a cluster a group lives on one broker, picked by a stable hash of its
+    // id (v4+ batches are all answered for the first key's broker: clients send one key per group).
+    let key =
+        if version >= 4 { req.coordinator_keys.first().map(|k| k.to_string()) } else { Some(req.key.to_string()) };
+    if let (Some(cluster), Some(key)) = (&ctx.cluster, key) {
+        if let Some(b) = cluster.coordinator_for(&key) {
+            (host, port, node) = (b.host, b.port, BrokerId(b.node_id as i32));
+        }
+    }
     let supported = matches!(req.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
     let error = if supported { 0 } else { ResponseError::InvalidRequest.code() };
     if version >= 4 {

@@ -25,7 +25,11 @@ pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest, version: i
             .with_producer_epoch(req.producer_epoch + 1);
     }
     match ctx.broker.registry().send(AllocateProducerId).await {
-        Ok(Ok(id)) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Ok(Ok(id)) => {
+            // In a cluster each broker hands out ids in its own range: node id in the high bits.
+            let id = if ctx.cluster.is_some() { ((ctx.node_id() as i64) << 40) | (id & ((1 << 40) - 1)) } else { id };
+            InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0)
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot allocate a producer id");
             fail(ResponseError::CoordinatorNotAvailable.code())

@@ -49,11 +49,39 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
             out
         }
     };
+    let (brokers, controller) = match &ctx.cluster {
+        Some(cluster) => cluster_brokers(cluster, broker),
+        None => (vec![broker], node),
+    };
     MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| str_bytes(ctx.config.broker.cluster_id.clone())))
-        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
+        .with_controller_id(if version >= 1 { controller } else { BrokerId(-1) })
         .with_topics(topics)
+}
+
+/// The live brokers and the active controller, as the cluster metadata has them.
+/// Before this broker is registered it still names itself, so clients can bootstrap.
+pub fn cluster_brokers(
+    cluster: &crate::cluster::Cluster,
+    me: MetadataResponseBroker,
+) -> (Vec<MetadataResponseBroker>, BrokerId) {
+    let metadata = cluster.metadata();
+    let mut brokers: Vec<MetadataResponseBroker> = metadata
+        .live_brokers()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.node_id as i32))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect();
+    if !brokers.iter().any(|b| b.node_id == me.node_id) {
+        brokers.push(me);
+    }
+    let controller = cluster.controller_id().map_or(BrokerId(-1), |id| BrokerId(id as i32));
+    (brokers, controller)
 }
 
 /// Looks a topic up, creating it if allowed; errors become a topic entry with an error code.
@@ -81,7 +109,28 @@ pub async fn lookup_or_create(
 
 /// Creates `name` with the broker's defaults. Losing a creation race is success.
 pub async fn auto_create(ctx: &RequestContext, name: &str) -> Result<Arc<TopicView>, i16> {
-    let msg = CreateTopic { name: name.to_string(), partitions: None, configs: BTreeMap::new(), validate_only: false };
+    if let Some(cluster) = &ctx.cluster {
+        if let Some(view) = ctx.broker.metadata().topic(name) {
+            return Ok(view.clone());
+        }
+        let partitions = ctx.config.topics.num_partitions;
+        return match cluster.create_topic(&ctx.broker, name, partitions, -1, BTreeMap::new()).await {
+            Ok(view) => Ok(view),
+            Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {
+                let exists = |m: &tributary_actors::MetadataSnapshot| m.topic(name).is_some();
+                cluster.await_local(&ctx.broker, exists).await;
+                ctx.broker.metadata().topic(name).cloned().ok_or(ResponseError::LeaderNotAvailable.code())
+            }
+            Err((code, _)) => Err(code),
+        };
+    }
+    let msg = CreateTopic {
+        name: name.to_string(),
+        partitions: None,
+        configs: BTreeMap::new(),
+        validate_only: false,
+        id: None,
+    };
     match ctx.broker.registry().send(msg).await {
         Ok(Ok(view)) => Ok(view),
         Ok(Err(TopicError::AlreadyExists(_))) => {
@@ -97,6 +146,9 @@ fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
 }
 
 fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataResponseTopic {
+    if let Some(cluster) = &ctx.cluster {
+        return describe_replicated(cluster, topic, version);
+    }
     let node = BrokerId(ctx.node_id());
     let partitions = topic
         .partitions
@@ -108,6 +160,37 @@ fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataRe
                 .with_leader_epoch(if version >= 7 { 0 } else { -1 })
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&topic.name)))
+        .with_topic_id(if version >= 10 { topic.id } else { uuid::Uuid::nil() })
+        .with_partitions(partitions)
+}
+
+/// A topic's partitions as the controller placed them: leader, epoch, replicas, ISR.
+fn describe_replicated(cluster: &crate::cluster::Cluster, topic: &TopicView, version: i16) -> MetadataResponseTopic {
+    let metadata = cluster.metadata();
+    let ids = |v: &[u64]| v.iter().map(|id| BrokerId(*id as i32)).collect::<Vec<_>>();
+    let Some(record) = metadata.topics.get(topic.name.as_ref()) else {
+        return error_topic(Some(&topic.name), ResponseError::UnknownTopicOrPartition.code());
+    };
+    let partitions = record
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let offline: Vec<u64> =
+                p.replicas.iter().copied().filter(|id| metadata.brokers.get(id).is_none_or(|b| b.fenced)).collect();
+            let error = if p.leader.is_none() { ResponseError::LeaderNotAvailable.code() } else { 0 };
+            MetadataResponsePartition::default()
+                .with_error_code(error)
+                .with_partition_index(index as i32)
+                .with_leader_id(BrokerId(p.leader.map_or(-1, |l| l as i32)))
+                .with_leader_epoch(if version >= 7 { p.leader_epoch } else { -1 })
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(if version >= 5 { ids(&offline) } else { Vec::new() })
         })
         .collect();
     MetadataResponseTopic::default()

@@ -47,11 +47,24 @@ pub struct RequestContext {
     pub broker: Broker,
     pub config: Arc<BrokerConfig>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `Some` when this broker is part of a cluster.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl RequestContext {
     pub fn node_id(&self) -> i32 {
         self.config.broker.node_id
+    }
+
+    /// In a cluster: `Err(NOT_LEADER_OR_FOLLOWER)` unless this broker leads the
+    /// partition (`UNKNOWN_TOPIC_OR_PARTITION` if the cluster has no such partition).
+    pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), i16> {
+        let Some(cluster) = &self.cluster else { return Ok(()) };
+        match cluster.metadata().partition(topic, partition) {
+            None => Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()),
+            Some(p) if p.leader == Some(cluster.node_id()) => Ok(()),
+            Some(_) => Err(kafka_protocol::ResponseError::NotLeaderOrFollower.code()),
+        }
     }
 }
 
@@ -338,5 +351,5 @@ pub(crate) fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Ar
     let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
     let broker = Broker::start(config.storage_config()).expect("actor tree starts");
-    Arc::new(RequestContext { broker, config: Arc::new(config), metrics: Default::default() })
+    Arc::new(RequestContext { broker, config: Arc::new(config), metrics: Default::default(), cluster: None })
 }

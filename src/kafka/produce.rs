@@ -36,7 +36,8 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
             let outcome = match (&refusal, view.as_ref(), handle) {
                 (Some((code, why)), _, _) => Err((*code, why.clone())),
                 (None, Some(view), Some(handle)) => match partition.records.as_ref().map(|r| view.prepare_append(r)) {
-                    Some(Ok(append)) => {
+                    Some(Ok(mut append)) => {
+                        append.acks_all = acks == -1;
                         let bytes: usize = append.batches.iter().map(|b| b.bytes.len()).sum();
                         let records: i64 = append.batches.iter().map(|b| b.record_count()).sum();
                         Ok((handle.addr.send(append), bytes, records))
@@ -56,11 +57,13 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
         }
     }
 
+    // acks=-1 waits for the in-sync replicas at most the request's timeout.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     for (topic, index, outcome) in pending {
         let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
         let response = match outcome {
-            Ok((append, bytes, records)) => match append.await {
+            Ok((append, bytes, records)) => match timed(deadline, append).await {
                 Ok(Ok(appended)) => {
                     let label = ctx.metrics.topic(&topic);
                     ctx.metrics.bytes_in.get_or_create(&label).inc_by(bytes as u64);
@@ -76,9 +79,9 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
                     .with_base_offset(-1)
                     .with_error_message(message_since(version, 8, &e)),
                 Err(e) => response
-                    .with_error_code(ResponseError::NotLeaderOrFollower.code())
+                    .with_error_code(e.0)
                     .with_base_offset(-1)
-                    .with_error_message(message_since(version, 8, e)),
+                    .with_error_message(message_since(version, 8, e.1)),
             },
             Err((code, why)) => {
                 response.with_error_code(code).with_base_offset(-1).with_error_message(message_since(version, 8, why))
@@ -94,4 +97,17 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
         return None;
     }
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// An append's answer, or REQUEST_TIMED_OUT at `deadline` (the append may still
+/// commit: the producer retries, and idempotence makes the retry harmless).
+async fn timed<T>(
+    deadline: tokio::time::Instant,
+    append: impl std::future::Future<Output = Result<T, actix::MailboxError>>,
+) -> Result<T, (i16, String)> {
+    match tokio::time::timeout_at(deadline, append).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err((ResponseError::NotLeaderOrFollower.code(), e.to_string())),
+        Err(_) => Err((ResponseError::RequestTimedOut.code(), "not replicated to the in-sync replicas in time".into())),
+    }
 }

@@ -1,0 +1,439 @@
+//! `ClusterMetadata`: what the controller quorum decides (brokers, topics,
+//! replica placement, leaders, leader epochs, ISR, topic configs), and the
+//! commands that change it.
+//!
+//! `apply` is the Raft state machine's transition function. It must be
+//! deterministic: every controller applies the same commands in the same
+//! order and must reach the same state, so it reads no clock, no randomness
+//! and no local state (a new topic's id is chosen by the proposer).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub node_id: NodeId,
+    /// The Kafka listener clients are told to use.
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    /// Fenced brokers lead nothing and are left out of Metadata responses.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Preferred order: the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// In-sync replicas; always contains the leader while there is one.
+    pub isr: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    /// Bumped on every leader change (Kafka's leader epoch).
+    pub leader_epoch: i32,
+    /// Bumped on every change of this record, so stale AlterPartition requests are refused.
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub id: [u8; 16],
+    /// Topic config overrides (Kafka names), validated by the proposer.
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    pub brokers: BTreeMap<NodeId, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A broker (re)joined: record where clients reach it and unfence it.
+    RegisterBroker {
+        node_id: NodeId,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+    },
+    /// The controller lost a broker: move its leaderships to in-sync replicas.
+    FenceBroker {
+        node_id: NodeId,
+    },
+    CreateTopic {
+        name: String,
+        id: [u8; 16],
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+    },
+    /// Replaces the topic's config overrides.
+    AlterTopicConfig {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// A partition leader changes its ISR (KIP-497).
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: NodeId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<NodeId>,
+    },
+}
+
+/// What applying a command answered: 0 or a Kafka error code with a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CommandResult {
+    pub error_code: i16,
+    pub message: String,
+}
+
+impl CommandResult {
+    fn ok() -> CommandResult {
+        CommandResult::default()
+    }
+
+    fn error(error: ResponseError, message: impl Into<String>) -> CommandResult {
+        CommandResult { error_code: error.code(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for CommandResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error {}: {}", self.error_code, self.message)
+    }
+}
+
+impl ClusterMetadata {
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
+        self.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
+    }
+
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match command {
+            Command::RegisterBroker { node_id, host, port, rack } => {
+                let record = BrokerRecord {
+                    node_id: *node_id,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                    fenced: false,
+                };
+                self.brokers.insert(*node_id, record);
+                self.unfence(*node_id);
+                CommandResult::ok()
+            }
+            Command::FenceBroker { node_id } => {
+                let Some(broker) = self.brokers.get_mut(node_id) else {
+                    return CommandResult::error(
+                        ResponseError::BrokerNotAvailable,
+                        format!("broker {node_id} is not registered"),
+                    );
+                };
+                broker.fenced = true;
+                self.fence(*node_id);
+                CommandResult::ok()
+            }
+            Command::CreateTopic { name, id, partitions, replication_factor, configs } => {
+                if self.topics.contains_key(name) {
+                    return CommandResult::error(
+                        ResponseError::TopicAlreadyExists,
+                        format!("topic '{name}' already exists"),
+                    );
+                }
+                let placed = match self.place(name, 0, *partitions, *replication_factor) {
+                    Ok(placed) => placed,
+                    Err(e) => return e,
+                };
+                self.topics.insert(name.clone(), TopicRecord { id: *id, configs: configs.clone(), partitions: placed });
+                CommandResult::ok()
+            }
+            Command::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => CommandResult::ok(),
+                None => CommandResult::error(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                ),
+            },
+            Command::CreatePartitions { name, count } => {
+                let Some(topic) = self.topics.get(name) else {
+                    return CommandResult::error(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic '{name}' does not exist"),
+                    );
+                };
+                let current = topic.partitions.len() as i32;
+                if *count <= current {
+                    return CommandResult::error(
+                        ResponseError::InvalidPartitions,
+                        format!("topic '{name}' has {current} partitions; the new count {count} must be larger"),
+                    );
+                }
+                let rf = topic.partitions.first().map_or(1, |p| p.replicas.len()) as i16;
+                let placed = match self.place(name, current, count - current, rf) {
+                    Ok(placed) => placed,
+                    Err(e) => return e,
+                };
+                self.topics.get_mut(name).expect("checked above").partitions.extend(placed);
+                CommandResult::ok()
+            }
+            Command::AlterTopicConfig { name, configs } => match self.topics.get_mut(name) {
+                Some(topic) => {
+                    topic.configs = configs.clone();
+                    CommandResult::ok()
+                }
+                None => CommandResult::error(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                ),
+            },
+            Command::AlterPartition { topic, partition, leader, leader_epoch, partition_epoch, isr } => {
+                let fenced: Vec<NodeId> =
+                    isr.iter().copied().filter(|id| self.brokers.get(id).is_none_or(|b| b.fenced)).collect();
+                let Some(record) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(*partition as usize))
+                else {
+                    return CommandResult::error(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("{topic}-{partition} does not exist"),
+                    );
+                };
+                if record.leader != Some(*leader) || record.leader_epoch != *leader_epoch {
+                    return CommandResult::error(
+                        ResponseError::FencedLeaderEpoch,
+                        format!("{topic}-{partition}: not the leader at epoch {leader_epoch}"),
+                    );
+                }
+                if record.partition_epoch != *partition_epoch {
+                    return CommandResult::error(
+                        ResponseError::InvalidUpdateVersion,
+                        format!("{topic}-{partition}: partition epoch is {}", record.partition_epoch),
+                    );
+                }
+                if !isr.contains(leader) || isr.iter().any(|id| !record.replicas.contains(id)) {
+                    return CommandResult::error(
+                        ResponseError::InvalidRequest,
+                        format!("{topic}-{partition}: ISR {isr:?} must hold the leader and only replicas"),
+                    );
+                }
+                // KIP-841: a fenced broker never joins the ISR.
+                if fenced.iter().any(|id| !record.isr.contains(id)) {
+                    return CommandResult::error(
+                        ResponseError::IneligibleReplica,
+                        format!("{topic}-{partition}: fenced brokers {fenced:?} cannot join the ISR"),
+                    );
+                }
+                record.isr = isr.clone();
+                record.partition_epoch += 1;
+                CommandResult::ok()
+            }
+        }
+    }
+
+    /// Leaders move off `node_id` to the first other unfenced in-sync replica.
+    /// If it was the last in-sync replica the partition goes offline (no
+    /// unclean election) and keeps it in the ISR, as KRaft does.
+    fn fence(&mut self, node_id: NodeId) {
+        let unfenced: Vec<NodeId> = self.live_brokers().map(|b| b.node_id).collect();
+        for topic in self.topics.values_mut() {
+            for p in topic.partitions.iter_mut() {
+                let mut changed = false;
+                if p.isr.contains(&node_id) && p.isr.len() > 1 {
+                    p.isr.retain(|id| *id != node_id);
+                    changed = true;
+                }
+                if p.leader == Some(node_id) {
+                    p.leader = p.isr.iter().copied().find(|id| *id != node_id && unfenced.contains(id));
+                    p.leader_epoch += 1;
+                    changed = true;
+                }
+                if changed {
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// Offline partitions whose ISR holds `node_id` get it as their leader.
+    fn unfence(&mut self, node_id: NodeId) {
+        for topic in self.topics.values_mut() {
+            for p in topic.partitions.iter_mut() {
+                if p.leader.is_none() && p.isr.contains(&node_id) {
+                    p.leader = Some(node_id);
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    /// Replica lists for partitions `first..first+count`: brokers interleaved
+    /// by rack so consecutive replicas sit in different racks, rotated per
+    /// partition so leaders spread evenly.
+    fn place(
+        &self,
+        topic: &str,
+        first: i32,
+        count: i32,
+        replication_factor: i16,
+    ) -> Result<Vec<PartitionRecord>, CommandResult> {
+        let mut by_rack: BTreeMap<Option<&str>, Vec<NodeId>> = BTreeMap::new();
+        for broker in self.live_brokers() {
+            by_rack.entry(broker.rack.as_deref()).or_default().push(broker.node_id);
+        }
+        let mut order = Vec::new();
+        for round in 0.. {
+            let before = order.len();
+            for ids in by_rack.values() {
+                if let Some(id) = ids.get(round) {
+                    order.push(*id);
+                }
+            }
+            if order.len() == before {
+                break;
+            }
+        }
+        let rf = replication_factor as usize;
+        if replication_factor < 1 || rf > order.len() {
+            return Err(CommandResult::error(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} needs that many live brokers; {} are live",
+                    order.len()
+                ),
+            ));
+        }
+        // A per-topic start keeps every topic's partition 0 from landing on the same broker.
+        let seed = topic.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let n = order.len();
+        Ok((first..first + count)
+            .map(|p| {
+                let start = seed.wrapping_add(p as usize) % n;
+                let replicas: Vec<NodeId> = (0..rf).map(|i| order[(start + i) % n]).collect();
+                PartitionRecord {
+                    leader: Some(replicas[0]),
+                    isr: replicas.clone(),
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(racks: &[Option<&str>]) -> ClusterMetadata {
+        let mut m = ClusterMetadata::default();
+        for (i, rack) in racks.iter().enumerate() {
+            let id = i as u64 + 1;
+            m.apply(&Command::RegisterBroker {
+                node_id: id,
+                host: "h".into(),
+                port: 9092,
+                rack: rack.map(String::from),
+            });
+        }
+        m
+    }
+
+    fn create(m: &mut ClusterMetadata, name: &str, partitions: i32, rf: i16) -> CommandResult {
+        m.apply(&Command::CreateTopic {
+            name: name.into(),
+            id: [1; 16],
+            partitions,
+            replication_factor: rf,
+            configs: BTreeMap::new(),
+        })
+    }
+
+    #[test]
+    fn replicas_spread_over_racks_and_leaders_rotate() {
+        let mut m = cluster(&[Some("a"), Some("a"), Some("b"), Some("b")]);
+        assert_eq!(create(&mut m, "t", 8, 2).error_code, 0);
+        let rack = |id: &u64| m.brokers[id].rack.clone();
+        let mut leaders = BTreeMap::new();
+        for p in &m.topics["t"].partitions {
+            assert_eq!(p.replicas.len(), 2);
+            assert_ne!(rack(&p.replicas[0]), rack(&p.replicas[1]), "replicas of {p:?} share a rack");
+            *leaders.entry(p.leader.unwrap()).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.len(), 4, "every broker leads some partition: {leaders:?}");
+        assert_eq!(create(&mut m, "big", 1, 5).error_code, ResponseError::InvalidReplicationFactor.code());
+    }
+
+    #[test]
+    fn fencing_moves_leaders_to_the_isr_and_never_elects_outside_it() {
+        let mut m = cluster(&[None, None, None]);
+        create(&mut m, "t", 3, 3);
+        let before = m.topics["t"].partitions.clone();
+        m.apply(&Command::FenceBroker { node_id: 1 });
+        for (old, new) in before.iter().zip(&m.topics["t"].partitions) {
+            assert!(!new.isr.contains(&1));
+            if old.leader == Some(1) {
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+                assert!(new.leader.is_some_and(|l| l != 1 && new.isr.contains(&l)));
+            } else {
+                assert_eq!(new.leader, old.leader);
+                assert_eq!(new.leader_epoch, old.leader_epoch);
+            }
+        }
+        // Fence the rest: the last ISR member stays in the ISR and the partition goes offline.
+        m.apply(&Command::FenceBroker { node_id: 2 });
+        m.apply(&Command::FenceBroker { node_id: 3 });
+        for p in &m.topics["t"].partitions {
+            assert_eq!(p.leader, None);
+            assert_eq!(p.isr.len(), 1);
+        }
+        // Broker 1 is not in any ISR: its return elects nothing (no unclean election).
+        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None });
+        assert!(m.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
+        let last = m.topics["t"].partitions[0].isr[0];
+        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None });
+        assert_eq!(m.topics["t"].partitions[0].leader, Some(last));
+    }
+
+    #[test]
+    fn alter_partition_checks_leader_epoch_and_version() {
+        let mut m = cluster(&[None, None, None]);
+        create(&mut m, "t", 1, 3);
+        let p = m.topics["t"].partitions[0].clone();
+        let leader = p.leader.unwrap();
+        let shrink = |isr: Vec<u64>, leader_epoch, partition_epoch| Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        assert_eq!(
+            m.apply(&shrink(vec![leader], p.leader_epoch + 1, 0)).error_code,
+            ResponseError::FencedLeaderEpoch.code()
+        );
+        assert_eq!(m.apply(&shrink(vec![leader], 0, 0)).error_code, 0);
+        assert_eq!(m.apply(&shrink(vec![leader], 0, 0)).error_code, ResponseError::InvalidUpdateVersion.code());
+        assert_eq!(m.apply(&shrink(vec![], 0, 1)).error_code, ResponseError::InvalidRequest.code());
+        assert_eq!(m.topics["t"].partitions[0].isr, vec![leader]);
+    }
+}

@@ -1,0 +1,495 @@
+//! The cluster: brokers that find each other over libp2p, a Raft quorum of
+//! controllers that decides the metadata, and replicated partitions.
+//!
+//! ```text
+//! cluster thread (own tokio runtime)          actix system (the broker)
+//!   SwarmTask: gossip, Raft RPC, fetch  <---   ReplicaManager: metadata -> roles,
+//!   openraft: log + state machine              local topics, ReplicaFetchers
+//!   controller loop: register/fence     --->   (metadata watch)
+//! ```
+//!
+//! The Raft state machine publishes `ClusterMetadata` on a watch. The
+//! `ReplicaManager` makes the local actor tree follow it: it creates and
+//! deletes local topics, gives every partition its role (leader, follower) and
+//! runs a `ReplicaFetcher` per followed partition.
+
+pub mod metadata;
+mod network;
+pub mod raft;
+pub mod replica_fetcher;
+pub mod replica_manager;
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use tokio::sync::watch;
+use tributary_actors::replication::{ReplicaRead, ReplicaReadOutcome};
+use tributary_actors::Broker;
+
+use self::metadata::{ClusterMetadata, Command, CommandResult, NodeId};
+use self::raft::{MetadataMachine, Raft, RaftStore};
+use self::transport::{
+    Inbound, MemberInfo, ReplicaFetchRequest, ReplicaFetchResponse, Request, Response, SharedMembership, Transport,
+};
+
+/// The `[cluster]` config, resolved.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: NodeId,
+    pub listen: SocketAddr,
+    /// The controller quorum: node id -> its cluster address.
+    pub voters: BTreeMap<NodeId, SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+    pub key: [u8; 32],
+    pub rack: Option<String>,
+    /// A broker not heard from for this long is fenced; one that hears no
+    /// quorum for this long stops leading (broker.session.timeout.ms).
+    pub session_timeout: Duration,
+    /// replica.lag.time.max.ms
+    pub replica_lag: Duration,
+    pub request_timeout: Duration,
+}
+
+impl ClusterSettings {
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+}
+
+struct ClusterInner {
+    settings: ClusterSettings,
+    raft: Raft,
+    transport: Transport,
+    metadata: watch::Receiver<Arc<ClusterMetadata>>,
+    membership: SharedMembership,
+}
+
+/// A handle on this broker's part of the cluster. Cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<ClusterInner>,
+}
+
+/// Attempts at a controller write (each waits for a leader if there is none).
+const PROPOSE_ATTEMPTS: usize = 20;
+const PROPOSE_RETRY: Duration = Duration::from_millis(250);
+
+impl Cluster {
+    /// Starts the cluster thread: transport, Raft, controller loop. Returns once Raft is up.
+    pub async fn start(
+        settings: ClusterSettings,
+        broker: Broker,
+        data_dir: std::path::PathBuf,
+        kafka: (String, i32),
+    ) -> anyhow::Result<Cluster> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("cluster".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("cluster runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match start_on_cluster_runtime(settings, broker, &data_dir, kafka).await {
+                    Ok(cluster) => {
+                        let _ = ready_tx.send(Ok(cluster));
+                        // The runtime serves the swarm, Raft and controller tasks for the life of the process.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+        ready_rx.await.map_err(|_| anyhow::anyhow!("cluster thread ended during start"))?
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.settings.node_id
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.inner.settings
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.inner.metadata.borrow().clone()
+    }
+
+    pub fn metadata_watch(&self) -> watch::Receiver<Arc<ClusterMetadata>> {
+        self.inner.metadata.clone()
+    }
+
+    /// The Raft leader, which is the active controller.
+    pub fn controller_id(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this broker's state machine has applied all it has of the log,
+    /// with a known leader: its metadata is current enough to delete by.
+    pub fn caught_up(&self) -> bool {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map(|l| l.index);
+        metrics.current_leader.is_some() && applied.is_some() && applied >= metrics.last_log_index
+    }
+
+    /// Whether this broker hears a majority of the controller quorum (itself included).
+    pub fn has_quorum(&self) -> bool {
+        let settings = &self.inner.settings;
+        let members = self.inner.membership.lock().expect("membership lock");
+        let alive = settings
+            .voters
+            .keys()
+            .filter(|id| {
+                **id == settings.node_id
+                    || members.members.get(id).is_some_and(|m| m.last_seen.elapsed() < settings.session_timeout)
+            })
+            .count();
+        alive >= settings.quorum()
+    }
+
+    /// Brokers heard from within the session timeout, by node id.
+    pub fn live_members(&self) -> BTreeMap<NodeId, MemberInfo> {
+        let timeout = self.inner.settings.session_timeout;
+        let members = self.inner.membership.lock().expect("membership lock");
+        members
+            .members
+            .iter()
+            .filter(|(_, m)| m.last_seen.elapsed() < timeout)
+            .map(|(id, m)| (*id, m.info.clone()))
+            .collect()
+    }
+
+    /// Commits `command` through the controller quorum (forwarding to the
+    /// Raft leader if this broker is not it) and returns what applying it answered.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, String> {
+        let mut last_error = String::from("no controller");
+        for _ in 0..PROPOSE_ATTEMPTS {
+            match self.inner.raft.client_write(command.clone()).await {
+                Ok(answer) => return Ok(answer.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => match forward.leader_id {
+                    Some(leader) if leader != self.node_id() => {
+                        let request = Request::ControllerWrite(command.clone());
+                        match self.inner.transport.request(leader, request, self.inner.settings.request_timeout).await {
+                            Ok(Response::ControllerWrite(Ok(answer))) => return Ok(answer),
+                            Ok(Response::ControllerWrite(Err(e))) => last_error = e,
+                            Ok(_) => last_error = "mismatched controller answer".into(),
+                            Err(e) => last_error = e,
+                        }
+                    }
+                    _ => last_error = "no controller elected".into(),
+                },
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+        Err(format!("controller write failed: {last_error}"))
+    }
+
+    pub async fn replica_fetch(
+        &self,
+        leader: NodeId,
+        request: ReplicaFetchRequest,
+    ) -> Result<ReplicaFetchResponse, String> {
+        let timeout = self.inner.settings.request_timeout + Duration::from_millis(request.max_wait_ms as u64);
+        match self.inner.transport.request(leader, Request::ReplicaFetch(request), timeout).await? {
+            Response::ReplicaFetch(answer) => Ok(answer),
+            _ => Err("mismatched answer to a replica fetch".into()),
+        }
+    }
+}
+
+async fn start_on_cluster_runtime(
+    settings: ClusterSettings,
+    broker: Broker,
+    data_dir: &std::path::Path,
+    kafka: (String, i32),
+) -> anyhow::Result<Cluster> {
+    let store = RaftStore::open(data_dir)?;
+    let (machine, metadata) = MetadataMachine::open(store.clone())?;
+    let incarnation =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let me = MemberInfo {
+        node_id: settings.node_id,
+        kafka_host: kafka.0,
+        kafka_port: kafka.1,
+        rack: settings.rack.clone(),
+        cluster_addr: settings.listen.to_string(),
+        incarnation,
+    };
+    let (transport, swarm_task) = transport::channel(transport::TransportSettings {
+        node_id: settings.node_id,
+        cluster_key: settings.key,
+        listen: settings.listen,
+        peers: settings.voters.clone(),
+        seeds: settings.seeds.clone(),
+        me,
+        request_timeout: settings.request_timeout,
+    });
+    let config = openraft::Config {
+        cluster_name: "tributary".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        ..Default::default()
+    };
+    let config = Arc::new(config.validate().map_err(|e| anyhow::anyhow!("raft config: {e}"))?);
+    let network = network::RaftNetworkOverLibp2p { transport: transport.clone() };
+    let raft =
+        Raft::new(settings.node_id, config, network, store, machine).await.map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+    let membership: SharedMembership = Arc::new(Mutex::new(Default::default()));
+    let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker });
+    tokio::spawn({
+        let membership = membership.clone();
+        async move {
+            if let Err(e) = swarm_task.run(inbound, membership).await {
+                tracing::error!(error = %e, "cluster transport failed");
+            }
+        }
+    });
+    if settings.voters.contains_key(&settings.node_id) {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            settings.voters.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.to_string() })).collect();
+        // Every voter initializes with the same membership; on a store that already has a log
+        // this is refused, which is the restart case.
+        if let Err(e) = raft.initialize(nodes).await {
+            tracing::debug!(error = %e, "raft already initialized");
+        }
+    }
+    let cluster = Cluster { inner: Arc::new(ClusterInner { settings, raft, transport, metadata, membership }) };
+    tokio::spawn(controller_loop(cluster.clone()));
+    Ok(cluster)
+}
+
+/// The active controller's duties: register brokers it hears, fence those it
+/// stops hearing. Runs on every broker; acts only on the Raft leader.
+async fn controller_loop(cluster: Cluster) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading_since: Option<Instant> = None;
+    let timeout = cluster.settings().session_timeout;
+    loop {
+        tick.tick().await;
+        if cluster.controller_id() != Some(cluster.node_id()) {
+            leading_since = None;
+            continue;
+        }
+        // A new controller gives every broker a full session before fencing it.
+        let since = *leading_since.get_or_insert_with(Instant::now);
+        let metadata = cluster.metadata();
+        let members: BTreeMap<NodeId, (MemberInfo, Instant)> = {
+            let m = cluster.inner.membership.lock().expect("membership lock");
+            m.members.iter().map(|(id, m)| (*id, (m.info.clone(), m.last_seen))).collect()
+        };
+        let mut commands = Vec::new();
+        for (id, (info, last_seen)) in &members {
+            if last_seen.elapsed() >= timeout {
+                continue;
+            }
+            let registered = metadata.brokers.get(id);
+            let current = registered.is_some_and(|b| {
+                !b.fenced && b.host == info.kafka_host && b.port == info.kafka_port && b.rack == info.rack
+            });
+            if !current {
+                commands.push(Command::RegisterBroker {
+                    node_id: *id,
+                    host: info.kafka_host.clone(),
+                    port: info.kafka_port,
+                    rack: info.rack.clone(),
+                });
+            }
+        }
+        for broker in metadata.live_brokers() {
+            let heard = members.get(&broker.node_id).map_or(since, |(_, seen)| (*seen).max(since));
+            if heard.elapsed() >= timeout && broker.node_id != cluster.node_id() {
+                tracing::warn!(node_id = broker.node_id, "broker lost; fencing it");
+                commands.push(Command::FenceBroker { node_id: broker.node_id });
+            }
+        }
+        for command in commands {
+            match cluster.inner.raft.client_write(command.clone()).await {
+                Ok(answer) if answer.data.error_code != 0 => {
+                    tracing::warn!(?command, answer = %answer.data, "controller command refused")
+                }
+                Ok(_) => tracing::info!(?command, "controller command committed"),
+                Err(e) => tracing::warn!(?command, error = %e, "controller command failed"),
+            }
+        }
+    }
+}
+
+/// Answers inbound cluster requests.
+struct Dispatcher {
+    raft: Raft,
+    broker: Broker,
+}
+
+impl Inbound for Dispatcher {
+    fn handle(&self, request: Request) -> futures::future::BoxFuture<'static, Response> {
+        let raft = self.raft.clone();
+        let broker = self.broker.clone();
+        async move {
+            match request {
+                Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+                Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+                Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
+                Request::ControllerWrite(command) => {
+                    Response::ControllerWrite(match raft.client_write(command).await {
+                        Ok(answer) => Ok(answer.data),
+                        Err(e) => Err(e.to_string()),
+                    })
+                }
+                Request::ReplicaFetch(fetch) => Response::ReplicaFetch(serve_replica_fetch(&broker, fetch).await),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Upper bound on a replica fetch's long-poll.
+const MAX_REPLICA_WAIT: Duration = Duration::from_millis(500);
+/// Upper bound on a replica fetch's size.
+const MAX_REPLICA_FETCH_BYTES: usize = 8 << 20;
+
+/// A follower's fetch on this (leader) broker: read, and if there is nothing
+/// new, wait for the next append up to the fetch's max wait.
+async fn serve_replica_fetch(broker: &Broker, fetch: ReplicaFetchRequest) -> ReplicaFetchResponse {
+    let Some(mut handle) = broker.metadata().partition(&fetch.topic, fetch.partition).cloned() else {
+        return ReplicaFetchResponse::Error {
+            code: kafka_protocol::ResponseError::UnknownTopicOrPartition.code(),
+            message: format!("{}-{} is not on this broker", fetch.topic, fetch.partition),
+        };
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(fetch.max_wait_ms as u64).min(MAX_REPLICA_WAIT);
+    let read = ReplicaRead {
+        follower: fetch.follower,
+        leader_epoch: fetch.leader_epoch,
+        fetch_offset: fetch.fetch_offset,
+        last_fetched_epoch: fetch.last_fetched_epoch,
+        max_bytes: (fetch.max_bytes as usize).min(MAX_REPLICA_FETCH_BYTES),
+    };
+    // Two rounds at most: read; if empty, wait for an append (or the deadline) and read again.
+    for round in 0..2 {
+        handle.offsets.borrow_and_update();
+        let outcome = match handle.addr.send(read.clone()).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => return ReplicaFetchResponse::Error { code: e.error_code(), message: e.to_string() },
+            Err(e) => {
+                return ReplicaFetchResponse::Error {
+                    code: kafka_protocol::ResponseError::NotLeaderOrFollower.code(),
+                    message: format!("partition actor unavailable: {e}"),
+                }
+            }
+        };
+        match outcome {
+            ReplicaReadOutcome::Records { records, high_watermark, log_start_offset, log_end_offset } => {
+                if records.is_empty() && round == 0 {
+                    let _ = tokio::time::timeout_at(deadline, handle.offsets.changed()).await;
+                    continue;
+                }
+                return ReplicaFetchResponse::Records {
+                    records: records.to_vec(),
+                    high_watermark,
+                    log_start_offset,
+                    log_end_offset,
+                };
+            }
+            ReplicaReadOutcome::Diverging { epoch, end_offset } => {
+                return ReplicaFetchResponse::Diverging { epoch, end_offset }
+            }
+            ReplicaReadOutcome::Behind { log_start_offset } => {
+                return ReplicaFetchResponse::Behind { log_start_offset }
+            }
+        }
+    }
+    unreachable!("the second round always returns")
+}
+
+/// How long an admin request waits for this broker to apply what the controller committed.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Commits `command`; a refusal becomes its Kafka error code and reason.
+    pub async fn commit(&self, command: Command) -> Result<(), (i16, String)> {
+        match self.propose(command).await {
+            Ok(answer) if answer.error_code == 0 => Ok(()),
+            Ok(answer) => Err((answer.error_code, answer.message)),
+            Err(e) => Err((kafka_protocol::ResponseError::RequestTimedOut.code(), e)),
+        }
+    }
+
+    /// Waits (bounded) until this broker's actor tree satisfies `applied`.
+    pub async fn await_local(
+        &self,
+        broker: &Broker,
+        applied: impl Fn(&tributary_actors::MetadataSnapshot) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if applied(&broker.metadata()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A topic's replication factor when the request leaves it open: 3, or
+    /// fewer if fewer brokers are live.
+    pub fn default_replication_factor(&self) -> i16 {
+        self.metadata().live_brokers().count().clamp(1, 3) as i16
+    }
+
+    /// Creates a topic through the controller and waits until it exists here.
+    pub async fn create_topic(
+        &self,
+        broker: &Broker,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<tributary_actors::TopicView>, (i16, String)> {
+        let id = uuid::Uuid::new_v4();
+        let rf = if replication_factor == -1 { self.default_replication_factor() } else { replication_factor };
+        let command = Command::CreateTopic {
+            name: name.to_string(),
+            id: *id.as_bytes(),
+            partitions,
+            replication_factor: rf,
+            configs,
+        };
+        self.commit(command).await?;
+        let here = |m: &tributary_actors::MetadataSnapshot| m.topic(name).is_some_and(|t| t.id == id);
+        if !self.await_local(broker, here).await {
+            return Err((
+                kafka_protocol::ResponseError::RequestTimedOut.code(),
+                format!("topic '{name}' was created but is not yet on this broker"),
+            ));
+        }
+        broker
+            .metadata()
+            .topic(name)
+            .cloned()
+            .ok_or((kafka_protocol::ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' vanished")))
+    }
+
+    /// The broker that coordinates `group`: a stable hash over the registered brokers' ids, alive ones only.
+    pub fn coordinator_for(&self, group: &str) -> Option<metadata::BrokerRecord> {
+        let metadata = self.metadata();
+        let live: Vec<&metadata::BrokerRecord> = metadata.live_brokers().collect();
+        if live.is_empty() {
+            return None;
+        }
+        let hash = group.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+        Some(live[hash as usize % live.len()].clone())
+    }
+}

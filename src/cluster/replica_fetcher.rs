@@ -1,0 +1,81 @@
+//! `ReplicaFetcher`: keeps one follower partition in step with its leader by
+//! pulling, as Kafka's replica fetcher does. One task per followed
+//! partition; the `ReplicaManager` starts it for a (leader, epoch) and aborts
+//! it when either changes.
+//!
+//! Each round asks the local partition where its log ends and the epoch of its
+//! last record, fetches from there, and applies the answer: append, truncate
+//! to where the logs diverge, or restart at the leader's log start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tributary_actors::replication::{AppendReplicated, FetchPosition, RestartAt, TruncateDiverged};
+use tributary_actors::Broker;
+
+use super::metadata::NodeId;
+use super::transport::{ReplicaFetchRequest, ReplicaFetchResponse};
+use super::Cluster;
+
+/// Bytes one replica fetch asks for.
+const FETCH_MAX_BYTES: u32 = 4 << 20;
+/// How long the leader may hold a fetch with nothing new.
+const FETCH_MAX_WAIT_MS: u32 = 500;
+/// Pause after a failed round, so a down leader is not hammered.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+pub struct FetchTarget {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub leader: NodeId,
+    pub leader_epoch: i32,
+}
+
+/// Runs until aborted. Every round is bounded by the transport's timeout.
+pub async fn run(cluster: Cluster, broker: Broker, target: FetchTarget) {
+    let name = format!("{}-{}", target.topic, target.partition);
+    tracing::info!(partition = %name, leader = target.leader, epoch = target.leader_epoch, "following");
+    loop {
+        if let Err(e) = round(&cluster, &broker, &target).await {
+            tracing::debug!(partition = %name, error = %e, "replica fetch round failed");
+            tokio::time::sleep(BACKOFF).await;
+        }
+    }
+}
+
+async fn round(cluster: &Cluster, broker: &Broker, target: &FetchTarget) -> Result<(), String> {
+    let handle = broker.partition(&target.topic, target.partition).map_err(|e| e.to_string())?;
+    let (fetch_offset, last_fetched_epoch) =
+        handle.addr.send(FetchPosition).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let request = ReplicaFetchRequest {
+        topic: target.topic.to_string(),
+        partition: target.partition,
+        follower: cluster.node_id(),
+        leader_epoch: target.leader_epoch,
+        fetch_offset,
+        last_fetched_epoch,
+        max_bytes: FETCH_MAX_BYTES,
+        max_wait_ms: FETCH_MAX_WAIT_MS,
+    };
+    match cluster.replica_fetch(target.leader, request).await? {
+        ReplicaFetchResponse::Records { records, high_watermark, .. } => {
+            let append = AppendReplicated {
+                leader_epoch: target.leader_epoch,
+                records: records.into(),
+                leader_high_watermark: high_watermark,
+            };
+            handle.addr.send(append).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        ReplicaFetchResponse::Diverging { epoch, end_offset } => {
+            tracing::info!(topic = %target.topic, partition = target.partition, epoch, end_offset, "log diverges from the leader's; truncating");
+            let truncate = TruncateDiverged { epoch, end_offset };
+            handle.addr.send(truncate).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        }
+        ReplicaFetchResponse::Behind { log_start_offset } => {
+            tracing::info!(topic = %target.topic, partition = target.partition, log_start_offset, "leader no longer has our next offset; restarting the log");
+            handle.addr.send(RestartAt(log_start_offset)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        }
+        ReplicaFetchResponse::Error { code, message } => Err(format!("leader answered error {code}: {message}")),
+    }
+}
