@@ -157,18 +157,6 @@ impl Cluster {
         alive >= settings.quorum()
     }
 
-    /// Brokers heard from within the session timeout, by node id.
-    pub fn live_members(&self) -> BTreeMap<NodeId, MemberInfo> {
-        let timeout = self.inner.settings.session_timeout;
-        let members = self.inner.membership.lock().expect("membership lock");
-        members
-            .members
-            .iter()
-            .filter(|(_, m)| m.last_seen.elapsed() < timeout)
-            .map(|(id, m)| (*id, m.info.clone()))
-            .collect()
-    }
-
     /// Commits `command` through the controller quorum (forwarding to the
     /// Raft leader if this broker is not it) and returns what applying it answered.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, String> {
@@ -283,7 +271,8 @@ async fn controller_loop(cluster: Cluster) {
             leading_since = None;
             continue;
         }
-        // A new controller gives every broker a full session before fencing it.
+        // Every broker tracks gossip all along, so a new controller judges by
+        // when it last heard each broker; one it never heard gets a full session.
         let since = *leading_since.get_or_insert_with(Instant::now);
         let metadata = cluster.metadata();
         let members: BTreeMap<NodeId, (MemberInfo, Instant)> = {
@@ -309,7 +298,7 @@ async fn controller_loop(cluster: Cluster) {
             }
         }
         for broker in metadata.live_brokers() {
-            let heard = members.get(&broker.node_id).map_or(since, |(_, seen)| (*seen).max(since));
+            let heard = members.get(&broker.node_id).map_or(since, |(_, seen)| *seen);
             if heard.elapsed() >= timeout && broker.node_id != cluster.node_id() {
                 tracing::warn!(node_id = broker.node_id, "broker lost; fencing it");
                 commands.push(Command::FenceBroker { node_id: broker.node_id });

@@ -22,7 +22,17 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16)
         for p in topic.partitions {
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let handle = snapshot.partition(&topic.name, p.partition_index);
-            partitions.push(match resolve(handle, p.timestamp, version).await {
+            let epoch = match &ctx.cluster {
+                Some(cluster) if version >= 4 => {
+                    cluster.metadata().partition(&topic.name, p.partition_index).map_or(-1, |p| p.leader_epoch)
+                }
+                _ => epoch,
+            };
+            let answer = match ctx.check_leader(&topic.name, p.partition_index) {
+                Ok(()) => resolve(handle, p.timestamp, version).await,
+                Err(code) => Err(code),
+            };
+            partitions.push(match answer {
                 Ok(Some((offset, timestamp))) => {
                     response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch)
                 }

@@ -1,0 +1,256 @@
+"""Three real broker processes forming one cluster: membership, the cluster
+key, replication, leader failover under kill -9, and a network partition."""
+
+import struct
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
+
+import rawkafka
+from cluster import Cluster, ClusterBroker, free_port_on
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    c.start()
+    yield c
+    c.stop()
+
+
+def create(cluster, topic, partitions, rf, config=None):
+    admin = cluster.admin()  # kept alive until the result is in
+    fs = admin.create_topics([NewTopic(topic, partitions, rf, config=config or {})], request_timeout=20)
+    fs[topic].result(timeout=30)
+
+
+class Workload:
+    """An idempotent acks=all producer writing value n (n = 0, 1, ...) with
+    keys spread over the partitions, from a thread, recording what is acked."""
+
+    def __init__(self, bootstrap, topic, extra=None):
+        config = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                  "message.timeout.ms": 120_000, "retry.backoff.ms": 100}
+        config.update(extra or {})
+        self.producer = Producer(config)
+        self.topic = topic
+        self.acked = {}  # partition -> [(offset, n)] in ack order
+        self.failed = []
+        self.sent = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def on_delivery(self, err, msg):
+        if err is not None:
+            self.failed.append(str(err))
+        else:
+            self.acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value())))
+
+    def run(self):
+        while not self.stopping.is_set() and self.sent < 2_000_000:
+            try:
+                self.producer.produce(self.topic, key=str(self.sent % 64), value=str(self.sent),
+                                      on_delivery=self.on_delivery)
+                self.sent += 1
+            except BufferError:
+                self.producer.poll(0.05)
+            if self.sent % 200 == 0:
+                self.producer.poll(0)
+                time.sleep(0.005)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        remaining = self.producer.flush(150)
+        assert remaining == 0, f"{remaining} records still unacknowledged after 150 s"
+
+    def acked_count(self):
+        return sum(len(v) for v in self.acked.values())
+
+
+def read_all(bootstrap, topic, partitions, expected, timeout_s=90):
+    """Every record of the topic: partition -> [(offset, n)]."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = {}
+    deadline = time.monotonic() + timeout_s
+    while sum(len(v) for v in got.values()) < expected and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=1):
+            if m.error() is None:
+                got.setdefault(m.partition(), []).append((m.offset(), int(m.value())))
+    c.close()
+    return got
+
+
+def check_acked_exactly_once_in_order(acked, got):
+    """Every acknowledged record is read exactly once, at its acknowledged
+    offset; each partition holds its values in the order they were produced."""
+    for partition, records in got.items():
+        offsets = [o for o, _ in records]
+        assert offsets == sorted(set(offsets)), f"partition {partition}: offsets repeat or go back"
+        values = [n for _, n in records]
+        assert values == sorted(values), f"partition {partition}: values out of produce order"
+        assert len(values) == len(set(values)), f"partition {partition}: a record appears twice"
+    for partition, records in acked.items():
+        stored = dict(got.get(partition, []))
+        missing = [(o, n) for o, n in records if stored.get(o) != n]
+        assert not missing, f"partition {partition}: {len(missing)} acknowledged records missing, first {missing[:3]}"
+
+
+def test_three_brokers_form_one_cluster_with_racks_and_replication(cluster):
+    admin = cluster.admin()
+    md = admin.list_topics(timeout=10)
+    assert sorted(md.brokers) == [1, 2, 3]
+    assert md.controller_id in (1, 2, 3)
+    desc = admin.describe_cluster(request_timeout=10).result()
+    assert sorted(n.id for n in desc.nodes) == [1, 2, 3]
+    assert {n.rack for n in desc.nodes} == {"rack1", "rack2", "rack3"}
+
+    create(cluster, "replicated", 6, 3)
+    md = admin.list_topics(topic="replicated", timeout=10)
+    leaders = set()
+    for p in md.topics["replicated"].partitions.values():
+        assert sorted(p.replicas) == [1, 2, 3] and sorted(p.isrs) == [1, 2, 3]
+        leaders.add(p.leader)
+    assert leaders == {1, 2, 3}, "leadership is spread over the brokers"
+
+    fs = admin.create_topics([NewTopic("too-wide", 1, 4)], request_timeout=20)
+    with pytest.raises(KafkaException) as e:
+        fs["too-wide"].result(timeout=30)
+    assert e.value.args[0].name() == "INVALID_REPLICATION_FACTOR"
+
+    # Every broker holds every record, and consumers see the same on each.
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(3000):
+        p.produce("replicated", key=str(i), value=str(i))
+    assert p.flush(30) == 0
+    got = read_all(cluster.bootstrap, "replicated", 6, 3000)
+    assert sum(len(v) for v in got.values()) == 3000
+
+    # A request to a broker that does not lead the partition is refused with NOT_LEADER_OR_FOLLOWER.
+    leader, replicas, _ = cluster.partition_state("replicated", 0)
+    follower = cluster.broker(next(r for r in replicas if r != leader))
+    conn = rawkafka.Conn(follower.bootstrap)
+    conn.send(rawkafka.produce_v3(7, "replicated", 0, rawkafka.record_batch([b"x"]), acks=-1))
+    _, code, _ = rawkafka.parse_produce_v3(conn.recv_response())
+    assert code == 6
+
+
+def test_a_broker_without_the_cluster_key_is_refused(cluster, tmp_path):
+    rogue = ClusterBroker(cluster, 4, "127.0.0.4", free_port_on("127.0.0.4"), free_port_on("127.0.0.4"),
+                          tmp_path / "rogue", tmp_path / "rogue.log")
+    # It knows the voters' addresses and dials them, but holds another key.
+    rogue.write_config(key="11" * 32)
+    rogue.start()
+    try:
+        time.sleep(8)
+        md = cluster.admin(cluster.brokers[0].bootstrap).list_topics(timeout=10)
+        assert sorted(md.brokers) == [1, 2, 3], "the rogue broker was not admitted"
+        assert "broker seen" not in rogue.log(), "the rogue heard the cluster's gossip"
+        refused = sum(b.log().count("refused a cluster connection") for b in cluster.brokers)
+        assert refused > 0, "the members refused the rogue's connections"
+    finally:
+        rogue.stop()
+
+
+def test_leader_killed_mid_stream_fails_over_and_nothing_acknowledged_is_lost(cluster):
+    topic = "failover"
+    create(cluster, topic, 3, 3)
+    work = Workload(cluster.bootstrap, topic).start()
+    time.sleep(3)
+    leader, _, _ = cluster.partition_state(topic, 0)
+    victim = cluster.broker(leader)
+    acked_before = work.acked_count()
+    killed_at = time.monotonic()
+    victim.kill9()
+    # Another in-sync replica leads within 10 s.
+    cluster.wait_for("new leader", lambda l, r, isr: l not in (leader, -1), timeout_s=10,
+                     via=",".join(b.bootstrap for b in cluster.brokers if b is not victim), topic=topic)
+    failover_s = time.monotonic() - killed_at
+    time.sleep(4)
+    assert work.acked_count() > acked_before, "the producer continued after the kill"
+    # The killed broker comes back, catches up and rejoins the ISR of every partition.
+    victim.start()
+    for p in range(3):
+        cluster.wait_for(f"broker {leader} back in the ISR of partition {p}", lambda l, r, isr: leader in isr,
+                         timeout_s=40, topic=topic, partition=p)
+    time.sleep(2)
+    work.stop()
+    assert not work.failed, f"deliveries failed: {work.failed[:3]}"
+    got = read_all(cluster.bootstrap, topic, 3, work.acked_count())
+    check_acked_exactly_once_in_order(work.acked, got)
+    print(f"failover took {failover_s:.1f}s; {work.acked_count()} records acknowledged")
+
+
+def test_a_consumer_with_client_rack_reads_from_the_same_rack_follower(cluster):
+    """KIP-392: the leader sends a consumer with `client.rack` to the in-sync
+    follower in that rack, which serves exactly the leader's records."""
+    topic = "follow"
+    create(cluster, topic, 1, 3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(2000):
+        p.produce(topic, value=str(i))
+    assert p.flush(30) == 0
+    leader, replicas, _ = cluster.partition_state(topic, 0)
+    follower = next(r for r in replicas if r != leader)
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "rack-reader", "auto.offset.reset": "earliest",
+                  "client.rack": f"rack{follower}", "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    values = []
+    deadline = time.monotonic() + 30
+    while len(values) < 2000 and time.monotonic() < deadline:
+        for m in c.consume(500, timeout=1):
+            if m.error() is None:
+                values.append(int(m.value()))
+    c.close()
+    assert values == list(range(2000))
+    served = {b.node_id: b.metric("tributary_bytes_out_total", topic=topic) for b in cluster.brokers}
+    assert served[follower] > 0, f"the same-rack follower served no bytes: {served}"
+    assert served[leader] == 0, f"the leader served the records itself: {served}"
+
+
+def test_a_partitioned_leader_stops_acknowledging_and_steps_down(tmp_path):
+    c = Cluster(tmp_path, netns=True)
+    try:
+        c.start()
+        topic = "partitioned"
+        create(c, topic, 3, 3)
+        work = Workload(c.bootstrap, topic).start()
+        time.sleep(3)
+        leader, _, _ = c.partition_state(topic, 0)
+        isolated = c.broker(leader)
+        c.net.isolate(leader)
+        cut_at = time.monotonic()
+        # The isolated broker still takes connections, but no acks=-1 write commits there.
+        conn = rawkafka.Conn(isolated.bootstrap, timeout=30)
+        conn.send(rawkafka.produce_v3(1, topic, 0, rawkafka.record_batch([b"999999999"]), acks=-1))
+        _, code, _ = rawkafka.parse_produce_v3(conn.recv_response())
+        assert code in (6, 7, 19), f"an isolated leader answered acks=-1 with error {code}"
+        others = ",".join(b.bootstrap for b in c.brokers if b is not isolated)
+        c.wait_for("a new leader on the majority side", lambda l, r, isr: l not in (leader, -1), timeout_s=20,
+                   via=others, topic=topic)
+        # It steps down: it stops claiming the leadership itself.
+        deadline = time.monotonic() + 20
+        while "follower of None" not in isolated.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "follower of None" in isolated.log(), "the isolated broker kept leading"
+        time.sleep(max(0.0, 12 - (time.monotonic() - cut_at)))
+        c.net.heal()
+        for p in range(3):
+            c.wait_for(f"broker {leader} back in the ISR of partition {p}", lambda l, r, isr: leader in isr,
+                       timeout_s=60, topic=topic, partition=p)
+        work.stop()
+        got = read_all(c.bootstrap, topic, 3, work.acked_count())
+        check_acked_exactly_once_in_order(work.acked, got)
+        assert all(n != 999999999 for recs in got.values() for _, n in recs), \
+            "a write the isolated leader never acknowledged survived the heal"
+    finally:
+        c.stop()
