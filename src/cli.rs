@@ -22,6 +22,8 @@ const MAX_RESPONSE_BYTES: usize = 128 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records per produce request.
 const PRODUCE_BATCH: usize = 1000;
+/// Sends of one batch when its partition leader keeps moving.
+const PRODUCE_ATTEMPTS: usize = 5;
 
 #[derive(Args)]
 pub struct Global {
@@ -190,6 +192,15 @@ impl Client {
         self.call(ApiKey::Metadata, v, &req)
     }
 
+    /// A connection to the coordinator of `group` (FindCoordinator).
+    fn coordinator(&mut self, group: &str) -> anyhow::Result<Client> {
+        let v = self.version(ApiKey::FindCoordinator, 2)?;
+        let req = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string())).with_key_type(0);
+        let resp: FindCoordinatorResponse = self.call(ApiKey::FindCoordinator, v, &req)?;
+        check(resp.error_code, &format!("finding the coordinator of '{group}'"))?;
+        Client::connect(&format!("{}:{}", resp.host, resp.port))
+    }
+
     /// (earliest, latest) offsets of each partition.
     fn offsets(&mut self, topic: &str, partitions: &[i32]) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
         let v = self.version(ApiKey::ListOffsets, 5)?;
@@ -214,6 +225,64 @@ impl Client {
                     entry.1 = p.offset
                 }
             }
+        }
+        Ok(out)
+    }
+}
+
+/// Connections to the brokers leading a topic's partitions, as Metadata
+/// names them: requests for a partition go to its leader, as Kafka clients do.
+struct Router {
+    topic: String,
+    addresses: HashMap<i32, String>,
+    leaders: HashMap<i32, i32>,
+    connections: HashMap<i32, Client>,
+}
+
+impl Router {
+    fn new(client: &mut Client, topic: &str) -> anyhow::Result<(Router, Vec<i32>)> {
+        let md = client.metadata(Some(vec![topic]))?;
+        let t = md.topics.first().ok_or_else(|| anyhow!("no metadata for '{topic}'"))?;
+        check(t.error_code, &format!("topic '{topic}'"))?;
+        let addresses = md.brokers.iter().map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port))).collect();
+        let leaders = t.partitions.iter().map(|p| (p.partition_index, p.leader_id.0)).collect();
+        let mut indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
+        indexes.sort_unstable();
+        Ok((Router { topic: topic.to_string(), addresses, leaders, connections: HashMap::new() }, indexes))
+    }
+
+    fn leader(&self, partition: i32) -> anyhow::Result<i32> {
+        match self.leaders.get(&partition) {
+            Some(id) if *id >= 0 => Ok(*id),
+            _ => bail!("{}-{partition} has no leader right now (a broker is down?); retry shortly", self.topic),
+        }
+    }
+
+    /// The connection to `broker`, opened on first use.
+    fn client(&mut self, broker: i32) -> anyhow::Result<&mut Client> {
+        if !self.connections.contains_key(&broker) {
+            let addr =
+                self.addresses.get(&broker).ok_or_else(|| anyhow!("metadata names no address for broker {broker}"))?;
+            self.connections.insert(broker, Client::connect(addr)?);
+        }
+        Ok(self.connections.get_mut(&broker).expect("inserted above"))
+    }
+
+    /// Partitions grouped by their leader.
+    fn by_leader(&self, partitions: &[i32]) -> anyhow::Result<Vec<(i32, Vec<i32>)>> {
+        let mut groups: std::collections::BTreeMap<i32, Vec<i32>> = Default::default();
+        for p in partitions {
+            groups.entry(self.leader(*p)?).or_default().push(*p);
+        }
+        Ok(groups.into_iter().collect())
+    }
+
+    /// (earliest, latest) offsets of each partition, asked of each leader.
+    fn offsets(&mut self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, (i64, i64)>> {
+        let mut out = HashMap::new();
+        let topic = self.topic.clone();
+        for (leader, parts) in self.by_leader(partitions)? {
+            out.extend(self.client(leader)?.offsets(&topic, &parts)?);
         }
         Ok(out)
     }
@@ -315,7 +384,7 @@ pub fn topic(global: &Global, command: TopicCommand) -> anyhow::Result<()> {
             check(t.error_code, &format!("topic '{name}'"))?;
             let mut indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
             indexes.sort();
-            let offsets = client.offsets(&name, &indexes)?;
+            let offsets = Router::new(&mut client, &name)?.0.offsets(&indexes)?;
             let v = client.version(ApiKey::DescribeConfigs, 2)?;
             let req = DescribeConfigsRequest::default().with_resources(vec![
                 describe_configs_request::DescribeConfigsResource::default()
@@ -447,17 +516,15 @@ fn partition_for(key: &[u8], partitions: i32) -> i32 {
 }
 
 pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&global.brokers)?;
-    let md = client.metadata(Some(vec![&args.topic]))?;
-    let t = md.topics.first().ok_or_else(|| anyhow!("no metadata for '{}'", args.topic))?;
-    check(t.error_code, &format!("topic '{}'", args.topic))?;
-    let partitions = t.partitions.len() as i32;
+    let mut bootstrap = Client::connect(&global.brokers)?;
+    let (mut router, indexes) = Router::new(&mut bootstrap, &args.topic)?;
+    let partitions = indexes.len() as i32;
     if let Some(p) = args.partition {
         if p < 0 || p >= partitions {
             bail!("partition {p} does not exist: '{}' has {partitions}", args.topic);
         }
     }
-    let v = client.version(ApiKey::Produce, 7)?;
+    let v = bootstrap.version(ApiKey::Produce, 7)?;
     // Drawn only when stderr is a terminal, and not for scripts (--format json).
     let progress = match global.format {
         Format::Text => indicatif::ProgressBar::new_spinner(),
@@ -467,7 +534,10 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
     let mut pending: HashMap<i32, Vec<NewRecord>> = HashMap::new();
     let (mut produced, mut round_robin) = (0usize, 0i32);
     let stdin = std::io::stdin();
-    let flush = |client: &mut Client, pending: &mut HashMap<i32, Vec<NewRecord>>| -> anyhow::Result<usize> {
+    let flush = |bootstrap: &mut Client,
+                 router: &mut Router,
+                 pending: &mut HashMap<i32, Vec<NewRecord>>|
+     -> anyhow::Result<usize> {
         let mut sent = 0;
         for (partition, records) in pending.drain() {
             let batch =
@@ -477,9 +547,20 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
                     produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch)),
                 ]),
             ]);
-            let resp: ProduceResponse = client.call(ApiKey::Produce, v, &req)?;
-            for p in resp.responses.iter().flat_map(|t| t.partition_responses.iter()) {
+            // A leader that moved answers NOT_LEADER_OR_FOLLOWER: learn the new one and resend, a few times.
+            for attempt in 0..PRODUCE_ATTEMPTS {
+                let leader = router.leader(partition)?;
+                let resp: ProduceResponse = router.client(leader)?.call(ApiKey::Produce, v, &req)?;
+                let p = resp.responses.iter().flat_map(|t| t.partition_responses.iter()).next();
+                let Some(p) = p else { bail!("empty produce response") };
+                let moved = p.error_code == kafka_protocol::ResponseError::NotLeaderOrFollower.code();
+                if moved && attempt + 1 < PRODUCE_ATTEMPTS {
+                    std::thread::sleep(Duration::from_millis(500));
+                    *router = Router::new(bootstrap, &args.topic)?.0;
+                    continue;
+                }
                 check_with(p.error_code, &p.error_message, &format!("producing to {}-{}", args.topic, p.index))?;
+                break;
             }
             sent += records.len();
         }
@@ -504,12 +585,12 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
         };
         pending.entry(partition).or_default().push(NewRecord { key, value: Some(value), ..NewRecord::default() });
         if pending.values().map(Vec::len).sum::<usize>() >= PRODUCE_BATCH {
-            produced += flush(&mut client, &mut pending)?;
+            produced += flush(&mut bootstrap, &mut router, &mut pending)?;
             progress.set_message(format!("produced {produced} records to {}", args.topic));
             progress.tick();
         }
     }
-    produced += flush(&mut client, &mut pending)?;
+    produced += flush(&mut bootstrap, &mut router, &mut pending)?;
     progress.finish_and_clear();
     emit(global, json!({"topic": args.topic, "produced": produced}), || {
         eprintln!("produced {produced} records to {}", args.topic)
@@ -518,12 +599,9 @@ pub fn produce(global: &Global, args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 pub fn consume(global: &Global, args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&global.brokers)?;
-    let md = client.metadata(Some(vec![&args.topic]))?;
-    let t = md.topics.first().ok_or_else(|| anyhow!("no metadata for '{}'", args.topic))?;
-    check(t.error_code, &format!("topic '{}'", args.topic))?;
-    let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-    let bounds = client.offsets(&args.topic, &indexes)?;
+    let mut bootstrap = Client::connect(&global.brokers)?;
+    let (mut router, indexes) = Router::new(&mut bootstrap, &args.topic)?;
+    let bounds = router.offsets(&indexes)?;
     let mut next: HashMap<i32, i64> = HashMap::new();
     for p in &indexes {
         let (start, end) = bounds[p];
@@ -539,8 +617,9 @@ pub fn consume(global: &Global, args: ConsumeArgs) -> anyhow::Result<()> {
             },
         );
     }
-    let v = client.version(ApiKey::Fetch, 11)?;
+    let v = bootstrap.version(ApiKey::Fetch, 11)?;
     let limit = args.count.unwrap_or(usize::MAX);
+    let groups = router.by_leader(&indexes)?;
     let mut printed = 0usize;
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -551,34 +630,36 @@ pub fn consume(global: &Global, args: ConsumeArgs) -> anyhow::Result<()> {
         if caught_up && !args.follow {
             break;
         }
-        let parts = indexes.iter().map(|p| {
-            fetch_request::FetchPartition::default()
-                .with_partition(*p)
-                .with_fetch_offset(next[p])
-                .with_partition_max_bytes(1 << 20)
-        });
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(500)
-            .with_min_bytes(1)
-            .with_max_bytes(16 << 20)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(tn(&args.topic))
-                .with_partitions(parts.collect())]);
-        let resp: FetchResponse = client.call(ApiKey::Fetch, v, &req)?;
-        for p in resp.responses.iter().flat_map(|t| t.partitions.iter()) {
-            check(p.error_code, &format!("fetching {}-{}", args.topic, p.partition_index))?;
-            let Some(records) = &p.records else { continue };
-            let mut buf = records.clone();
-            while buf.has_remaining() && printed < limit {
-                let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| anyhow!("decoding records: {e}"))?;
-                for r in set.records {
-                    if r.offset < next[&p.partition_index] || printed >= limit {
-                        continue;
+        for (leader, partitions) in &groups {
+            let parts = partitions.iter().map(|p| {
+                fetch_request::FetchPartition::default()
+                    .with_partition(*p)
+                    .with_fetch_offset(next[p])
+                    .with_partition_max_bytes(1 << 20)
+            });
+            let req = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(500 / groups.len().max(1) as i32)
+                .with_min_bytes(1)
+                .with_max_bytes(16 << 20)
+                .with_topics(vec![fetch_request::FetchTopic::default()
+                    .with_topic(tn(&args.topic))
+                    .with_partitions(parts.collect())]);
+            let resp: FetchResponse = router.client(*leader)?.call(ApiKey::Fetch, v, &req)?;
+            for p in resp.responses.iter().flat_map(|t| t.partitions.iter()) {
+                check(p.error_code, &format!("fetching {}-{}", args.topic, p.partition_index))?;
+                let Some(records) = &p.records else { continue };
+                let mut buf = records.clone();
+                while buf.has_remaining() && printed < limit {
+                    let set = RecordBatchDecoder::decode(&mut buf).map_err(|e| anyhow!("decoding records: {e}"))?;
+                    for r in set.records {
+                        if r.offset < next[&p.partition_index] || printed >= limit {
+                            continue;
+                        }
+                        next.insert(p.partition_index, r.offset + 1);
+                        print_record(&mut out, global, &args, p.partition_index, &r)?;
+                        printed += 1;
                     }
-                    next.insert(p.partition_index, r.offset + 1);
-                    print_record(&mut out, global, &args, p.partition_index, &r)?;
-                    printed += 1;
                 }
             }
         }
@@ -616,17 +697,34 @@ fn print_record(
 }
 
 pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
-    let mut client = Client::connect(&global.brokers)?;
+    let mut bootstrap = Client::connect(&global.brokers)?;
+    // Each group lives on its coordinator (in a cluster, one broker per group).
+    let group_name = match &command {
+        GroupCommand::List => None,
+        GroupCommand::Describe { group } | GroupCommand::ResetOffsets { group, .. } => Some(group.clone()),
+    };
+    let mut coordinator = match &group_name {
+        Some(group) => Some(bootstrap.coordinator(group)?),
+        None => None,
+    };
+    let client = coordinator.as_mut().unwrap_or(&mut bootstrap);
     match command {
         GroupCommand::List => {
-            let v = client.version(ApiKey::ListGroups, 4)?;
-            let resp: ListGroupsResponse = client.call(ApiKey::ListGroups, v, &ListGroupsRequest::default())?;
-            check(resp.error_code, "listing groups")?;
-            let rows: Vec<Vec<String>> = resp
-                .groups
-                .iter()
-                .map(|g| vec![g.group_id.0.to_string(), g.group_state.to_string(), g.protocol_type.to_string()])
-                .collect();
+            // Groups are spread over the brokers: ask each.
+            let md = client.metadata(Some(Vec::new()))?;
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for b in &md.brokers {
+                let mut broker = Client::connect(&format!("{}:{}", b.host, b.port))?;
+                let v = broker.version(ApiKey::ListGroups, 4)?;
+                let resp: ListGroupsResponse = broker.call(ApiKey::ListGroups, v, &ListGroupsRequest::default())?;
+                check(resp.error_code, "listing groups")?;
+                rows.extend(
+                    resp.groups.iter().map(|g| {
+                        vec![g.group_id.0.to_string(), g.group_state.to_string(), g.protocol_type.to_string()]
+                    }),
+                );
+            }
+            rows.sort();
             let data = json!(rows
                 .iter()
                 .map(|r| json!({"group": r[0], "state": r[1], "protocol_type": r[2]}))
@@ -648,7 +746,7 @@ pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for t in &fetched.topics {
                 let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-                let ends = client.offsets(&t.name, &indexes)?;
+                let ends = Router::new(client, &t.name)?.0.offsets(&indexes)?;
                 for p in &t.partitions {
                     let end = ends.get(&p.partition_index).map_or(-1, |o| o.1);
                     let lag = if p.committed_offset >= 0 { end - p.committed_offset } else { -1 };
@@ -676,7 +774,7 @@ pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
                 (_, _, Some(offset)) => Box::new(move |_| offset),
                 _ => bail!("say where to: --to-earliest, --to-latest or --to-offset N"),
             };
-            reset_offsets(&mut client, global, &group, &topic, target)?;
+            reset_offsets(client, global, &group, &topic, target)?;
         }
     }
     Ok(())
@@ -693,7 +791,7 @@ fn reset_offsets(
     let t = md.topics.first().ok_or_else(|| anyhow!("no metadata for '{topic}'"))?;
     check(t.error_code, &format!("topic '{topic}'"))?;
     let indexes: Vec<i32> = t.partitions.iter().map(|p| p.partition_index).collect();
-    let bounds = client.offsets(topic, &indexes)?;
+    let bounds = Router::new(client, topic)?.0.offsets(&indexes)?;
     let mut new: Vec<(i32, i64)> =
         indexes.iter().map(|p| (*p, target(bounds[p]).clamp(bounds[p].0, bounds[p].1))).collect();
     new.sort();

@@ -4,19 +4,19 @@
 //! ```text
 //! cluster thread (own tokio runtime)          actix system (the broker)
 //!   SwarmTask: gossip, Raft RPC, fetch  <---   ReplicaManager: metadata -> roles,
-//!   openraft: log + state machine              local topics, ReplicaFetchers
+//!   openraft: log + state machine              local topics, ReplicaActors
 //!   controller loop: register/fence     --->   (metadata watch)
 //! ```
 //!
 //! The Raft state machine publishes `ClusterMetadata` on a watch. The
 //! `ReplicaManager` makes the local actor tree follow it: it creates and
 //! deletes local topics, gives every partition its role (leader, follower) and
-//! runs a `ReplicaFetcher` per followed partition.
+//! runs a `ReplicaActor` per followed partition.
 
 pub mod metadata;
 mod network;
 pub mod raft;
-pub mod replica_fetcher;
+pub mod replica_actor;
 pub mod replica_manager;
 pub mod transport;
 

@@ -3,7 +3,7 @@
 //! partition actors restarted by their supervisors) it:
 //! - creates, grows, re-configures and deletes local topics;
 //! - gives each partition its role: leader (with ISR), follower, or none;
-//! - runs one `ReplicaFetcher` per partition this broker follows;
+//! - runs one supervised `ReplicaActor` per partition this broker follows;
 //! - forwards the ISR changes partition leaders ask for to the controller.
 //!
 //! A broker that cannot hear a quorum of controllers leads nothing: its
@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::{Addr, Supervisor};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tributary_actors::replication::{CheckIsr, IsrChange, LeaderRole, Role, SetRole};
 use tributary_actors::{AlterTopicConfig, Broker, CreatePartitions, CreateTopic, DeleteTopic};
 use uuid::Uuid;
 
 use super::metadata::{ClusterMetadata, Command, NodeId};
-use super::replica_fetcher::{self, FetchTarget};
+use super::replica_actor::{FetchTarget, ReplicaActor, StopFollowing};
 use super::Cluster;
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
@@ -28,7 +28,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 struct Fetcher {
     leader: NodeId,
     epoch: i32,
-    task: JoinHandle<()>,
+    replica: Addr<ReplicaActor>,
 }
 
 pub struct ReplicaManager {
@@ -122,7 +122,7 @@ impl ReplicaManager {
         self.fetchers.retain(|key, fetcher| {
             let keep = wanted_fetchers.get(key) == Some(&(fetcher.leader, fetcher.epoch));
             if !keep {
-                fetcher.task.abort();
+                fetcher.replica.do_send(StopFollowing);
             }
             keep
         });
@@ -131,8 +131,9 @@ impl ReplicaManager {
                 continue;
             }
             let target = FetchTarget { topic: key.0.clone(), partition: key.1, leader, leader_epoch: epoch };
-            let task = actix::spawn(replica_fetcher::run(self.cluster.clone(), self.broker.clone(), target));
-            self.fetchers.insert(key, Fetcher { leader, epoch, task });
+            let (cluster, broker) = (self.cluster.clone(), self.broker.clone());
+            let replica = Supervisor::start(move |_| ReplicaActor::new(cluster, broker, target));
+            self.fetchers.insert(key, Fetcher { leader, epoch, replica });
         }
     }
 

@@ -254,3 +254,38 @@ def test_a_partitioned_leader_stops_acknowledging_and_steps_down(tmp_path):
             "a write the isolated leader never acknowledged survived the heal"
     finally:
         c.stop()
+
+
+def test_the_cli_follows_leaders_and_coordinators_in_a_cluster(cluster):
+    from test_cli import cli, js
+    entry = cluster.broker(1)
+    assert "created topic cli-rep" in cli(entry, "topic", "create", "cli-rep", "-p", "3", "-r", "3").stdout
+    lines = "".join(f"k{i}:v{i}\n" for i in range(3000))
+    cli(entry, "produce", "cli-rep", "-k", ":", stdin=lines)
+    described = js(entry, "topic", "describe", "cli-rep")
+    assert {p["leader"] for p in described["partitions"]} == {1, 2, 3}, "leaders spread over the brokers"
+    assert sum(p["high_watermark"] for p in described["partitions"]) == 3000
+    out = cli(entry, "consume", "cli-rep", "-k", ":").stdout.splitlines()
+    assert sorted(out) == sorted(f"k{i}:v{i}" for i in range(3000))
+    # A config change through one broker is seen through another.
+    cli(entry, "topic", "alter", "cli-rep", "--set", "retention.ms=120000")
+    deadline = time.monotonic() + 10
+    while js(cluster.broker(3), "topic", "describe", "cli-rep")["configs"]["retention.ms"] != "120000":
+        assert time.monotonic() < deadline, "the config change did not reach broker 3"
+        time.sleep(0.2)
+    status = js(entry, "cluster", "status")
+    assert sorted(b["id"] for b in status["brokers"]) == [1, 2, 3]
+    # A group's offsets live on its coordinator; the CLI finds it from any broker.
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "cli-group", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe(["cli-rep"])
+    seen = 0
+    deadline = time.monotonic() + 60
+    while seen < 3000 and time.monotonic() < deadline:
+        seen += sum(1 for m in c.consume(500, timeout=1) if m.error() is None)
+    c.commit(asynchronous=False)
+    c.close()
+    for via in cluster.brokers:
+        described = js(via, "group", "describe", "cli-group")
+        assert sum(p["lag"] for p in described["offsets"]) == 0, described
+    assert "cli-group" in cli(cluster.broker(2), "group", "list").stdout

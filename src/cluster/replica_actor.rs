@@ -1,14 +1,19 @@
-//! `ReplicaFetcher`: keeps one follower partition in step with its leader by
-//! pulling, as Kafka's replica fetcher does. One task per followed
-//! partition; the `ReplicaManager` starts it for a (leader, epoch) and aborts
-//! it when either changes.
+//! `ReplicaActor`: keeps one follower partition in step with its leader by
+//! pulling, as Kafka's replica fetcher does. One supervised actor per followed
+//! partition; the `ReplicaManager` starts it for a (leader, epoch) and stops
+//! it (`StopFollowing`, then dropping its address) when either changes. A
+//! panic in a round restarts the actor, which resumes from the local log end.
 //!
 //! Each round asks the local partition where its log ends and the epoch of its
 //! last record, fetches from there, and applies the answer: append, truncate
 //! to where the logs diverge, or restart at the leader's log start.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use actix::prelude::*;
+use futures::FutureExt;
 
 use tributary_actors::replication::{AppendReplicated, FetchPosition, RestartAt, TruncateDiverged};
 use tributary_actors::Broker;
@@ -31,15 +36,57 @@ pub struct FetchTarget {
     pub leader_epoch: i32,
 }
 
-/// Runs until aborted. Every round is bounded by the transport's timeout.
-pub async fn run(cluster: Cluster, broker: Broker, target: FetchTarget) {
-    let name = format!("{}-{}", target.topic, target.partition);
-    tracing::info!(partition = %name, leader = target.leader, epoch = target.leader_epoch, "following");
-    loop {
-        if let Err(e) = round(&cluster, &broker, &target).await {
-            tracing::debug!(partition = %name, error = %e, "replica fetch round failed");
-            tokio::time::sleep(BACKOFF).await;
-        }
+pub struct ReplicaActor {
+    cluster: Cluster,
+    broker: Broker,
+    target: Arc<FetchTarget>,
+}
+
+impl ReplicaActor {
+    pub fn new(cluster: Cluster, broker: Broker, target: FetchTarget) -> ReplicaActor {
+        ReplicaActor { cluster, broker, target: Arc::new(target) }
+    }
+}
+
+impl Actor for ReplicaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (cluster, broker, target) = (self.cluster.clone(), self.broker.clone(), self.target.clone());
+        tracing::info!(topic = %target.topic, partition = target.partition, leader = target.leader, epoch = target.leader_epoch, "following");
+        let fetching = async move {
+            // Rounds repeat until the actor stops; each is bounded by the transport's timeout.
+            loop {
+                match AssertUnwindSafe(round(&cluster, &broker, &target)).catch_unwind().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(topic = %target.topic, partition = target.partition, error = %e, "replica fetch round failed");
+                        tokio::time::sleep(BACKOFF).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        ctx.spawn(fetching.into_actor(self).map(|(), _, ctx| {
+            tracing::error!("replica fetch panicked; restarting the replica actor");
+            ctx.stop();
+        }));
+    }
+}
+
+impl Supervised for ReplicaActor {}
+
+/// Stop following (the leader or epoch changed). The sender then drops its
+/// address, so the supervisor does not restart the actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopFollowing;
+
+impl Handler<StopFollowing> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopFollowing, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 
