@@ -113,15 +113,6 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", config.broker.data_dir.display()))?;
     let broker = tributary_actors::Broker::start(config.storage_config()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.broker.data_dir.clone();
-    let metrics = std::sync::Arc::new(metrics::Metrics::new());
-    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
-        let listener = metrics::serve(addr, metrics.clone(), broker.clone());
-        actix::spawn(async move {
-            if let Err(e) = listener.await {
-                tracing::error!(%addr, error = %e, "metrics endpoint failed");
-            }
-        });
-    }
     let cluster = match config.cluster_settings()? {
         Some(settings) => {
             let cluster =
@@ -131,6 +122,15 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
+        let listener = metrics::serve(addr, metrics.clone(), broker.clone(), cluster.clone());
+        actix::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!(%addr, error = %e, "metrics endpoint failed");
+            }
+        });
+    }
     let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config), metrics, cluster }).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub connections: Gauge,
     topics: Gauge,
     partitions: Gauge,
+    under_replicated: Gauge,
     group_lag: Family<LagLabel, Gauge>,
 }
 
@@ -83,6 +84,7 @@ impl Metrics {
             connections: Gauge::default(),
             topics: Gauge::default(),
             partitions: Gauge::default(),
+            under_replicated: Gauge::default(),
             group_lag: Family::default(),
         };
         registry.register("bytes_in", "Record batch bytes produced, per topic", m.bytes_in.clone());
@@ -93,6 +95,11 @@ impl Metrics {
         registry.register("connections", "Open client connections", m.connections.clone());
         registry.register("topics", "Topics", m.topics.clone());
         registry.register("partitions", "Partitions led by this broker", m.partitions.clone());
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions led by this broker with fewer in-sync replicas than replicas",
+            m.under_replicated.clone(),
+        );
         registry.register("consumer_group_lag", "High watermark minus committed offset", m.group_lag.clone());
         Metrics { registry, ..m }
     }
@@ -102,10 +109,25 @@ impl Metrics {
     }
 
     /// Refreshes the gauges computed from broker state, then encodes everything.
-    pub async fn render(&self, broker: &Broker) -> String {
+    pub async fn render(&self, broker: &Broker, cluster: Option<&crate::cluster::Cluster>) -> String {
         let snapshot = broker.metadata();
         self.topics.set(snapshot.topics.len() as i64);
-        self.partitions.set(snapshot.topics.values().map(|t| t.partitions.len() as i64).sum());
+        match cluster {
+            None => {
+                self.partitions.set(snapshot.topics.values().map(|t| t.partitions.len() as i64).sum());
+            }
+            Some(cluster) => {
+                let metadata = cluster.metadata();
+                let led: Vec<_> = metadata
+                    .topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter())
+                    .filter(|p| p.leader == Some(cluster.node_id()))
+                    .collect();
+                self.partitions.set(led.len() as i64);
+                self.under_replicated.set(led.iter().filter(|p| p.isr.len() < p.replicas.len()).count() as i64);
+            }
+        }
         self.group_lag.clear();
         if let Ok(groups) = broker.groups().send(ListGroups).await {
             for (group, _, _) in groups {
@@ -133,7 +155,12 @@ impl Metrics {
 }
 
 /// Serves `/metrics` and `/health` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, broker: Broker) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    broker: Broker,
+    cluster: Option<crate::cluster::Cluster>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics listening");
     loop {
@@ -145,7 +172,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, broker: Broker) -> s
                 continue;
             }
         };
-        let (metrics, broker) = (metrics.clone(), broker.clone());
+        let (metrics, broker, cluster) = (metrics.clone(), broker.clone(), cluster.clone());
         actix::spawn(async move {
             let answered = tokio::time::timeout(REQUEST_TIMEOUT, async {
                 let path = read_request_path(&mut stream).await?;
@@ -153,7 +180,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, broker: Broker) -> s
                     Some("/metrics") => (
                         "200 OK",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        metrics.render(&broker).await,
+                        metrics.render(&broker, cluster.as_ref()).await,
                     ),
                     Some("/health") => ("200 OK", "application/json", "{\"status\":\"ok\"}\n".to_string()),
                     Some(_) => ("404 Not Found", "text/plain", "not found: use /metrics or /health\n".to_string()),

@@ -153,7 +153,8 @@ rack = "rack{self.node_id}"
         with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=10) as r:
             text = r.read().decode()
         want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        found = re.search(rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$", text, re.M)
+        labels_part = rf"\{{{re.escape(want)}\}}" if labels else ""
+        found = re.search(rf"^{re.escape(name)}{labels_part} (\S+)$", text, re.M)
         return float(found.group(1)) if found else 0.0
 
 

@@ -177,12 +177,18 @@ def test_leader_killed_mid_stream_fails_over_and_nothing_acknowledged_is_lost(cl
     failover_s = time.monotonic() - killed_at
     time.sleep(4)
     assert work.acked_count() > acked_before, "the producer continued after the kill"
+    survivors = [b for b in cluster.brokers if b is not victim]
+    under = sum(b.metric("tributary_under_replicated_partitions") for b in survivors)
+    assert under == 3, f"with one of three brokers down every partition is under-replicated: {under}"
     # The killed broker comes back, catches up and rejoins the ISR of every partition.
     victim.start()
     for p in range(3):
         cluster.wait_for(f"broker {leader} back in the ISR of partition {p}", lambda l, r, isr: leader in isr,
                          timeout_s=40, topic=topic, partition=p)
-    time.sleep(2)
+    deadline = time.monotonic() + 10
+    while sum(b.metric("tributary_under_replicated_partitions") for b in cluster.brokers) > 0:
+        assert time.monotonic() < deadline, "partitions still under-replicated after the broker rejoined"
+        time.sleep(0.2)
     work.stop()
     assert not work.failed, f"deliveries failed: {work.failed[:3]}"
     got = read_all(cluster.bootstrap, topic, 3, work.acked_count())
