@@ -159,6 +159,7 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
@@ -209,6 +210,15 @@ impl TopicConfig {
                 }
                 self.compression_type = value.to_string();
             }
+            // Electing a replica outside the ISR can drop acknowledged records; never done.
+            "unclean.leader.election.enable" => {
+                if value.trim() != "false" {
+                    return Err(ConfigError(format!(
+                        "config unclean.leader.election.enable: '{value}' is not supported; only false \
+                         (a leader is always elected from the in-sync replicas)"
+                    )));
+                }
+            }
             _ => return Err(ConfigError(format!("unknown topic config '{name}'"))),
         }
         Ok(())
@@ -227,6 +237,7 @@ impl TopicConfig {
             "cleanup.policy" => self.cleanup_policy.clone(),
             "message.timestamp.type" => self.message_timestamp_type.clone(),
             "compression.type" => self.compression_type.clone(),
+            "unclean.leader.election.enable" => "false".into(),
             _ => return None,
         })
     }

@@ -946,6 +946,88 @@ mod tests {
         validate_batches(&encode_batch(&records, compression, 0).unwrap(), 1 << 20).unwrap()
     }
 
+    /// A leader's log: `epochs` as (epoch, batches of 2 records) in order.
+    fn leader_log(path: &Path, config: &StorageConfig, epochs: &[(i32, usize)]) -> PartitionLog {
+        let mut log = PartitionLog::open(path, config).unwrap();
+        for (epoch, batches) in epochs {
+            log.set_leader_epoch(*epoch);
+            for _ in 0..*batches {
+                log.append_groups(&[AppendGroup::new(&batch(2, 100, Compression::None))]).unwrap();
+            }
+        }
+        log
+    }
+
+    #[test]
+    fn leader_epochs_are_stamped_and_answer_where_each_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        {
+            let log = leader_log(&path, &config, &[(0, 2), (3, 1), (5, 2)]);
+            assert_eq!(log.end_offset_for_epoch(0), (0, 4));
+            assert_eq!(log.end_offset_for_epoch(2), (0, 4), "an unknown epoch answers the largest below it");
+            assert_eq!(log.end_offset_for_epoch(3), (3, 6));
+            assert_eq!(log.end_offset_for_epoch(9), (5, 10));
+            let read = log.read(4, 1 << 20, true).unwrap();
+            assert_eq!(BatchHeader::parse(&read.records).unwrap().partition_leader_epoch, 3);
+        }
+        let log = PartitionLog::open(&path, &config).unwrap();
+        assert_eq!(log.latest_epoch(), Some(5), "the epoch cache survives a reopen");
+        assert_eq!(log.end_offset_for_epoch(3), (3, 6));
+    }
+
+    #[test]
+    fn a_follower_copies_the_leaders_batches_and_truncates_where_they_diverge() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let leader = leader_log(&dir.path().join("leader"), &config, &[(0, 2), (1, 2)]);
+        let mut follower = PartitionLog::open(&dir.path().join("follower"), &config).unwrap();
+        let all = leader.read(0, 1 << 20, true).unwrap().records;
+        assert_eq!(follower.append_replicated(&all).unwrap(), 4);
+        assert_eq!(follower.offsets().log_end_offset, 8);
+        assert_eq!(follower.read(0, 1 << 20, true).unwrap().records, all, "byte for byte the leader's batches");
+        assert_eq!(follower.end_offset_for_epoch(0), (0, 4));
+        // A batch that does not continue the log is refused and nothing is written.
+        let again = leader.read(2, 1 << 20, true).unwrap().records;
+        assert!(matches!(follower.append_replicated(&again), Err(LogError::Corrupt(_))));
+        let mut corrupt = all.to_vec();
+        corrupt[70] ^= 1;
+        let mut other = PartitionLog::open(&dir.path().join("other"), &config).unwrap();
+        assert!(matches!(other.append_replicated(&corrupt), Err(LogError::Corrupt(_))), "CRC checked");
+        assert_eq!(other.offsets().log_end_offset, 0);
+
+        // The new leader never had epoch 1's records past offset 6: the follower drops them.
+        follower.truncate_to(6).unwrap();
+        assert_eq!(follower.offsets().log_end_offset, 6);
+        assert_eq!(follower.end_offset_for_epoch(1), (1, 6));
+        follower.truncate_to(4).unwrap();
+        assert_eq!(follower.latest_epoch(), Some(0), "epoch 1 started at 4 and is gone");
+        assert_eq!(
+            follower.read(0, 1 << 20, true).unwrap().records,
+            leader.read(0, 1 << 20, true).unwrap().records.slice(..all.len() / 2)
+        );
+        // Far behind a leader whose log now starts at 100: empty, and restart there.
+        follower.restart_at(100).unwrap();
+        assert_eq!(follower.offsets(), LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100 });
+        assert!(follower.read(100, 1 << 20, true).unwrap().records.is_empty());
+    }
+
+    #[test]
+    fn a_replicated_idempotent_batch_is_a_duplicate_on_the_follower_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let mut leader = PartitionLog::open(&dir.path().join("leader"), &config).unwrap();
+        let first = idempotent_batch(7, 0, 0, 3);
+        leader.append_groups(&[AppendGroup::new(&first)]).unwrap();
+        let mut follower = PartitionLog::open(&dir.path().join("follower"), &config).unwrap();
+        follower.append_replicated(&leader.read(0, 1 << 20, true).unwrap().records).unwrap();
+        // The follower leads now, and the producer retries its batch.
+        let out = follower.append_groups(&[AppendGroup::new(&first)]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, 0, "answered with the original offsets");
+        assert_eq!(follower.offsets().log_end_offset, 3, "not written twice");
+    }
+
     #[test]
     fn appends_reads_and_recovers_offsets() {
         let dir = tempfile::tempdir().unwrap();
