@@ -303,7 +303,12 @@ impl PartitionActor {
     fn publish_offsets(&self) {
         if let Some(log) = &self.log {
             let offsets = LogOffsets { high_watermark: self.visible_end(), ..log.offsets() };
-            self.offsets_tx.send_replace(offsets);
+            // Only a change wakes the fetches waiting on this watch.
+            self.offsets_tx.send_if_modified(|current| {
+                let changed = *current != offsets;
+                *current = offsets;
+                changed
+            });
         }
     }
 

@@ -109,6 +109,7 @@ listen = "{self.host}:{self.cluster_port}"
 key = "{key or c.key}"
 rack = "rack{self.node_id}"
 {c.extra_cluster_config}
+{c.extra_config}
 """)
 
     def start(self):
@@ -159,9 +160,10 @@ rack = "rack{self.node_id}"
 
 
 class Cluster:
-    def __init__(self, tmp_path, n=3, netns=False, extra_cluster_config=""):
+    def __init__(self, tmp_path, n=3, netns=False, extra_cluster_config="", extra_config=""):
         self.key = secrets.token_hex(32)
         self.extra_cluster_config = extra_cluster_config
+        self.extra_config = extra_config
         self.net = Net(n) if netns else None
         self.brokers = []
         for i in range(1, n + 1):
