@@ -21,6 +21,8 @@ pub struct BrokerRecord {
     pub host: String,
     pub port: i32,
     pub rack: Option<String>,
+    /// Replicas spread over regions first, then over racks within a region.
+    pub region: Option<String>,
     /// Fenced brokers lead nothing and are left out of Metadata responses.
     pub fenced: bool,
 }
@@ -60,6 +62,7 @@ pub enum Command {
         host: String,
         port: i32,
         rack: Option<String>,
+        region: Option<String>,
     },
     /// The controller lost a broker: move its leaderships to in-sync replicas.
     FenceBroker {
@@ -129,12 +132,13 @@ impl ClusterMetadata {
 
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
-            Command::RegisterBroker { node_id, host, port, rack } => {
+            Command::RegisterBroker { node_id, host, port, rack, region } => {
                 let record = BrokerRecord {
                     node_id: *node_id,
                     host: host.clone(),
                     port: *port,
                     rack: rack.clone(),
+                    region: region.clone(),
                     fenced: false,
                 };
                 self.brokers.insert(*node_id, record);
@@ -294,22 +298,14 @@ impl ClusterMetadata {
         count: i32,
         replication_factor: i16,
     ) -> Result<Vec<PartitionRecord>, CommandResult> {
-        let mut by_rack: BTreeMap<Option<&str>, Vec<NodeId>> = BTreeMap::new();
+        // Per region, brokers interleaved by rack; then the regions interleaved.
+        let mut by_region: BTreeMap<Option<&str>, BTreeMap<Option<&str>, Vec<NodeId>>> = BTreeMap::new();
         for broker in self.live_brokers() {
-            by_rack.entry(broker.rack.as_deref()).or_default().push(broker.node_id);
+            let racks = by_region.entry(broker.region.as_deref()).or_default();
+            racks.entry(broker.rack.as_deref()).or_default().push(broker.node_id);
         }
-        let mut order = Vec::new();
-        for round in 0.. {
-            let before = order.len();
-            for ids in by_rack.values() {
-                if let Some(id) = ids.get(round) {
-                    order.push(*id);
-                }
-            }
-            if order.len() == before {
-                break;
-            }
-        }
+        let regions: Vec<Vec<NodeId>> = by_region.values().map(|racks| interleave(racks.values())).collect();
+        let order = interleave(regions.iter());
         let rf = replication_factor as usize;
         if replication_factor < 1 || rf > order.len() {
             return Err(CommandResult::error(
@@ -339,6 +335,12 @@ impl ClusterMetadata {
     }
 }
 
+/// Round-robin over `lists`: the first of each, then the second of each, and so on.
+fn interleave<'a>(lists: impl Iterator<Item = &'a Vec<NodeId>> + Clone) -> Vec<NodeId> {
+    let longest = lists.clone().map(Vec::len).max().unwrap_or(0);
+    (0..longest).flat_map(|i| lists.clone().filter_map(move |l| l.get(i).copied())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +354,7 @@ mod tests {
                 host: "h".into(),
                 port: 9092,
                 rack: rack.map(String::from),
+                region: None,
             });
         }
         m
@@ -383,6 +386,34 @@ mod tests {
     }
 
     #[test]
+    fn replicas_spread_over_regions_before_racks() {
+        let mut m = ClusterMetadata::default();
+        let brokers = [("eu", "a"), ("eu", "b"), ("eu", "c"), ("us", "a"), ("us", "b"), ("us", "c")];
+        for (i, (region, rack)) in brokers.iter().enumerate() {
+            m.apply(&Command::RegisterBroker {
+                node_id: i as u64 + 1,
+                host: "h".into(),
+                port: 1,
+                rack: Some(rack.to_string()),
+                region: Some(region.to_string()),
+            });
+        }
+        assert_eq!(create(&mut m, "t", 12, 2).error_code, 0);
+        for p in &m.topics["t"].partitions {
+            let regions: Vec<_> = p.replicas.iter().map(|id| m.brokers[id].region.clone()).collect();
+            assert_ne!(regions[0], regions[1], "both replicas of {p:?} in one region");
+        }
+        assert_eq!(create(&mut m, "t3", 12, 3).error_code, 0);
+        for p in &m.topics["t3"].partitions {
+            let mut places: Vec<_> =
+                p.replicas.iter().map(|id| (m.brokers[id].region.clone(), m.brokers[id].rack.clone())).collect();
+            places.sort();
+            places.dedup();
+            assert_eq!(places.len(), 3, "three replicas in three distinct places: {p:?}");
+        }
+    }
+
+    #[test]
     fn fencing_moves_leaders_to_the_isr_and_never_elects_outside_it() {
         let mut m = cluster(&[None, None, None]);
         create(&mut m, "t", 3, 3);
@@ -406,10 +437,10 @@ mod tests {
             assert_eq!(p.isr.len(), 1);
         }
         // Broker 1 is not in any ISR: its return elects nothing (no unclean election).
-        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None });
+        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None, region: None });
         assert!(m.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
         let last = m.topics["t"].partitions[0].isr[0];
-        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None });
+        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None, region: None });
         assert_eq!(m.topics["t"].partitions[0].leader, Some(last));
     }
 

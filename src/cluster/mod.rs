@@ -48,6 +48,7 @@ pub struct ClusterSettings {
     pub seeds: Vec<SocketAddr>,
     pub key: [u8; 32],
     pub rack: Option<String>,
+    pub region: Option<String>,
     /// A broker not heard from for this long is fenced; one that hears no
     /// quorum for this long stops leading (broker.session.timeout.ms).
     pub session_timeout: Duration,
@@ -161,8 +162,15 @@ impl Cluster {
     /// Raft leader if this broker is not it) and returns what applying it answered.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, String> {
         let mut last_error = String::from("no controller");
+        // Bounded in count and in time: a controller cut off from its quorum never commits.
+        let deadline = tokio::time::Instant::now() + 2 * self.inner.settings.request_timeout;
         for _ in 0..PROPOSE_ATTEMPTS {
-            match self.inner.raft.client_write(command.clone()).await {
+            let write = self.inner.raft.client_write(command.clone());
+            let Ok(written) = tokio::time::timeout_at(deadline, write).await else {
+                last_error = "no commit before the deadline".into();
+                break;
+            };
+            match written {
                 Ok(answer) => return Ok(answer.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => match forward.leader_id {
                     Some(leader) if leader != self.node_id() => {
@@ -177,6 +185,9 @@ impl Cluster {
                     _ => last_error = "no controller elected".into(),
                 },
                 Err(e) => last_error = e.to_string(),
+            }
+            if tokio::time::Instant::now() + PROPOSE_RETRY >= deadline {
+                break;
             }
             tokio::time::sleep(PROPOSE_RETRY).await;
         }
@@ -211,6 +222,7 @@ async fn start_on_cluster_runtime(
         kafka_host: kafka.0,
         kafka_port: kafka.1,
         rack: settings.rack.clone(),
+        region: settings.region.clone(),
         cluster_addr: settings.listen.to_string(),
         incarnation,
     };
@@ -286,7 +298,11 @@ async fn controller_loop(cluster: Cluster) {
             }
             let registered = metadata.brokers.get(id);
             let current = registered.is_some_and(|b| {
-                !b.fenced && b.host == info.kafka_host && b.port == info.kafka_port && b.rack == info.rack
+                !b.fenced
+                    && b.host == info.kafka_host
+                    && b.port == info.kafka_port
+                    && b.rack == info.rack
+                    && b.region == info.region
             });
             if !current {
                 commands.push(Command::RegisterBroker {
@@ -294,6 +310,7 @@ async fn controller_loop(cluster: Cluster) {
                     host: info.kafka_host.clone(),
                     port: info.kafka_port,
                     rack: info.rack.clone(),
+                    region: info.region.clone(),
                 });
             }
         }

@@ -103,6 +103,7 @@ pub struct MemberInfo {
     pub kafka_host: String,
     pub kafka_port: i32,
     pub rack: Option<String>,
+    pub region: Option<String>,
     /// Where its swarm listens.
     pub cluster_addr: String,
     /// Start time: a new value means the broker restarted.

@@ -295,3 +295,27 @@ def test_the_cli_follows_leaders_and_coordinators_in_a_cluster(cluster):
         described = js(via, "group", "describe", "cli-group")
         assert sum(p["lag"] for p in described["offsets"]) == 0, described
     assert "cli-group" in cli(cluster.broker(2), "group", "list").stdout
+
+
+def test_acks_all_needs_min_insync_replicas(cluster):
+    topic = "strict"
+    create(cluster, topic, 1, 3, {"min.insync.replicas": "3"})
+    leader, replicas, _ = cluster.partition_state(topic, 0)
+    conn = rawkafka.Conn(cluster.broker(leader).bootstrap)
+    conn.send(rawkafka.produce_v3(1, topic, 0, rawkafka.record_batch([b"all three"]), acks=-1))
+    assert rawkafka.parse_produce_v3(conn.recv_response())[1] == 0
+    # One follower stops (cleanly): the controller fences it and the ISR shrinks to two.
+    follower = cluster.broker(next(r for r in replicas if r != leader))
+    follower.stop()
+    cluster.wait_for("ISR of two", lambda l, r, isr: len(isr) == 2, timeout_s=20, via=cluster.broker(leader).bootstrap,
+                     topic=topic)
+    conn.send(rawkafka.produce_v3(2, topic, 0, rawkafka.record_batch([b"refused"]), acks=-1))
+    assert rawkafka.parse_produce_v3(conn.recv_response())[1] == 19, "NOT_ENOUGH_REPLICAS"
+    conn.send(rawkafka.produce_v3(3, topic, 0, rawkafka.record_batch([b"leader only"]), acks=1))
+    _, code, offset = rawkafka.parse_produce_v3(conn.recv_response())
+    assert code == 0 and offset == 1, "acks=1 needs only the leader"
+    # Back with three in sync, acks=-1 works again.
+    follower.start()
+    cluster.wait_for("ISR of three", lambda l, r, isr: len(isr) == 3, timeout_s=30, topic=topic)
+    conn.send(rawkafka.produce_v3(4, topic, 0, rawkafka.record_batch([b"all three again"]), acks=-1))
+    assert rawkafka.parse_produce_v3(conn.recv_response())[1] == 0
