@@ -1,13 +1,19 @@
 //! Kafka framing on one TCP connection: a 4-byte big-endian length, then the
-//! request. Requests on a connection are handled one at a time and answered in
-//! order, as Kafka does; that is what lets clients pipeline produce requests to
-//! one partition and still have them appended in order.
+//! request. Requests are answered in order, as Kafka does.
+//!
+//! Produce requests are pipelined: each is started as soon as it is read (its
+//! appends queued in the partition actors, in arrival order) and the next
+//! request is read while it waits for its commit and replication, up to
+//! `MAX_IN_FLIGHT`. Any other request waits until those before it are
+//! answered, then is handled alone. A reader task owns the socket's read half,
+//! so no frame is ever half-read when the loop turns to a finished response.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -58,49 +64,126 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     Ok(Some(frame.freeze()))
 }
 
+/// Produce requests one connection may have started and not yet answered
+/// (librdkafka sends up to 5 by default).
+const MAX_IN_FLIGHT: usize = 16;
+
+/// What the reader task hands the request loop.
+enum Incoming {
+    Frame(Bytes),
+    Closed,
+    Idle,
+    Failed(FrameError),
+}
+
 /// Serves one client until it disconnects, misbehaves, idles out, or the broker shuts down.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>, mut shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let limits = &ctx.config.limits;
     let peer_host = peer.ip().to_string();
-    let idle = Duration::from_millis(limits.idle_timeout_ms.max(1));
-    // Bounded by the idle timeout and shutdown: each turn reads one request or ends.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Incoming>(1);
+    let reader = actix::spawn(read_frames(read_half, limits.max_frame_bytes, limits.idle_timeout_ms, frames_tx));
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    // Bounded by the idle timeout and shutdown: each turn reads one request or answers one.
     loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut reader, limits.max_frame_bytes) => frame,
-            _ = tokio::time::sleep(idle) => {
-                tracing::debug!(%peer, "closing idle connection");
-                return;
-            }
-            _ = shutdown.changed() => return,
-        };
-        let frame = match frame {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(%peer, reason = %e, "closing connection");
-                return;
-            }
-        };
-        match kafka::handle_frame(&ctx, frame, &peer_host).await {
-            Ok(Some(response)) => {
-                let written = async {
-                    writer.write_all(&response).await?;
-                    writer.flush().await
-                };
-                if let Err(e) = written.await {
-                    tracing::debug!(%peer, error = %e, "write failed");
-                    return;
+        let incoming = tokio::select! {
+            answered = in_flight.next(), if !in_flight.is_empty() => {
+                if !write_answer(&mut writer, peer, answered.expect("not empty")).await {
+                    break;
                 }
+                continue;
             }
-            Ok(None) => {}
-            Err(e) => {
+            incoming = frames.recv(), if in_flight.len() < MAX_IN_FLIGHT => incoming.unwrap_or(Incoming::Closed),
+            _ = shutdown.changed(), if in_flight.is_empty() => break,
+        };
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Closed => break,
+            Incoming::Idle => {
+                if !in_flight.is_empty() {
+                    continue;
+                }
+                tracing::debug!(%peer, "closing idle connection");
+                break;
+            }
+            Incoming::Failed(e) => {
                 tracing::warn!(%peer, reason = %e, "closing connection");
-                return;
+                break;
             }
+        };
+        let frame = match kafka::dispatch(&ctx, frame) {
+            kafka::Dispatch::Started(answer) => {
+                in_flight.push_back(answer);
+                continue;
+            }
+            kafka::Dispatch::Serial(frame) => frame,
+        };
+        // Everything before this request is answered first, in order.
+        let mut ok = true;
+        while let Some(answered) = in_flight.next().await {
+            ok = ok && write_answer(&mut writer, peer, answered).await;
+        }
+        if !ok || !write_answer(&mut writer, peer, kafka::handle_frame(&ctx, frame, &peer_host).await).await {
+            break;
+        }
+    }
+    // Requests already started are answered (their appends are queued anyway),
+    // as far as the connection still takes writes.
+    let mut writable = true;
+    while let Some(answered) = in_flight.next().await {
+        writable = writable && write_answer(&mut writer, peer, answered).await;
+    }
+    reader.abort();
+}
+
+/// Reads frames into `frames` until the stream ends, fails, or idles.
+async fn read_frames(
+    read_half: tokio::net::tcp::OwnedReadHalf,
+    max_frame_bytes: usize,
+    idle_timeout_ms: u64,
+    frames: tokio::sync::mpsc::Sender<Incoming>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let idle = Duration::from_millis(idle_timeout_ms.max(1));
+    // Bounded by the connection: ends at end of stream, an error, or when the request loop is gone.
+    loop {
+        let incoming = match tokio::time::timeout(idle, read_frame(&mut reader, max_frame_bytes)).await {
+            Ok(Ok(Some(frame))) => Incoming::Frame(frame),
+            Ok(Ok(None)) => Incoming::Closed,
+            Ok(Err(e)) => Incoming::Failed(e),
+            Err(_) => Incoming::Idle,
+        };
+        let last = matches!(incoming, Incoming::Closed | Incoming::Failed(_));
+        if frames.send(incoming).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Writes one answer; `false` means the connection must close.
+async fn write_answer<W: AsyncWriteExt + Unpin>(
+    writer: &mut W,
+    peer: SocketAddr,
+    answer: Result<Option<Bytes>, kafka::RequestError>,
+) -> bool {
+    match answer {
+        Ok(Some(response)) => {
+            let written = async {
+                writer.write_all(&response).await?;
+                writer.flush().await
+            };
+            if let Err(e) = written.await {
+                tracing::debug!(%peer, error = %e, "write failed");
+                return false;
+            }
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(%peer, reason = %e, "closing connection");
+            false
         }
     }
 }

@@ -36,8 +36,8 @@ pub use group_registry::{ForgetGroup, GroupRegistry, ListGroups, LookupGroup};
 pub use kafka_protocol::records::Record;
 pub use offset_store::OffsetStore;
 pub use partition_actor::{
-    Append, DeleteRecordsBefore, EnforceRetention, ListOffset, OffsetQuery, PartitionActor, PartitionError,
-    PartitionSize, Read,
+    Append, AppendWithReply, DeleteRecordsBefore, EnforceRetention, ListOffset, OffsetQuery, PartitionActor,
+    PartitionError, PartitionSize, Read,
 };
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
 pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};

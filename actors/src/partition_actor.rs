@@ -222,7 +222,7 @@ pub struct InjectPanic;
 #[rtype(result = "()")]
 struct Flush;
 
-type AppendReply = oneshot::Sender<Result<AppendOutcome, PartitionError>>;
+pub type AppendReply = oneshot::Sender<Result<AppendOutcome, PartitionError>>;
 
 struct PendingAppend {
     batches: Vec<ValidatedBatch>,
@@ -512,12 +512,44 @@ impl Supervised for PartitionActor {
     }
 }
 
+/// An `Append` answered through `reply`. Sent with `do_send`, it is queued
+/// the moment it is sent, so appends sent in order are applied in order even
+/// when the sender does not wait for each answer (pipelined produce requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppendWithReply {
+    pub append: Append,
+    pub reply: AppendReply,
+}
+
+impl Handler<AppendWithReply> for PartitionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendWithReply, ctx: &mut Context<Self>) {
+        self.enqueue_append(msg.append, msg.reply, ctx);
+    }
+}
+
 impl Handler<Append> for PartitionActor {
     type Result = ResponseFuture<Result<AppendOutcome, PartitionError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue_append(msg, reply, ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(PartitionError::Unavailable("partition restarted before commit".into())))
+        })
+    }
+}
+
+impl PartitionActor {
+    /// Queues `msg` for the next group commit; `reply` gets its outcome.
+    fn enqueue_append(&mut self, msg: Append, reply: AppendReply, ctx: &mut Context<Self>) {
         if self.removed {
-            return Box::pin(async { Err(PartitionError::Deleted) });
+            let _ = reply.send(Err(PartitionError::Deleted));
+            return;
         }
         // Keep one transaction bounded: commit what is queued before it grows past the limit.
         if self.pending_batches + msg.batches.len() > MAX_BATCHES_PER_COMMIT
@@ -527,16 +559,19 @@ impl Handler<Append> for PartitionActor {
         }
         match &self.role {
             Role::Standalone => {}
-            Role::Follower { .. } => return Box::pin(async { Err(PartitionError::NotLeader) }),
+            Role::Follower { .. } => {
+                let _ = reply.send(Err(PartitionError::NotLeader));
+                return;
+            }
             Role::Leader(role) => {
                 if msg.acks_all && (role.isr.len() as i32) < role.min_insync_replicas {
                     let error =
                         PartitionError::NotEnoughReplicas { isr: role.isr.len(), min: role.min_insync_replicas };
-                    return Box::pin(async move { Err(error) });
+                    let _ = reply.send(Err(error));
+                    return;
                 }
             }
         }
-        let (reply, answer) = oneshot::channel();
         self.pending_batches += msg.batches.len();
         let acks_all = msg.acks_all;
         self.pending.push(PendingAppend {
@@ -549,11 +584,6 @@ impl Handler<Append> for PartitionActor {
             self.flush_scheduled = true;
             ctx.notify(Flush);
         }
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err(PartitionError::Unavailable("partition restarted before commit".into())))
-        })
     }
 }
 
@@ -571,6 +601,10 @@ impl Handler<Read> for PartitionActor {
     fn handle(&mut self, msg: Read, ctx: &mut Context<Self>) -> Self::Result {
         if self.log.is_none() && !self.removed {
             self.open_log();
+            if self.log.is_none() {
+                // The visible end is unknown without the log: retriable, never an empty read.
+                return Err(PartitionError::Unavailable("partition log could not be opened".into()));
+            }
         }
         let visible = self.visible_end();
         let mut read = self.guarded(ctx, |log| log.read_below(msg.offset, msg.max_bytes, msg.min_one, visible))?;
@@ -585,6 +619,10 @@ impl Handler<ListOffset> for PartitionActor {
     fn handle(&mut self, msg: ListOffset, ctx: &mut Context<Self>) -> Self::Result {
         if self.log.is_none() && !self.removed {
             self.open_log();
+            if self.log.is_none() {
+                // The visible end is unknown without the log: retriable, never an empty read.
+                return Err(PartitionError::Unavailable("partition log could not be opened".into()));
+            }
         }
         let visible = self.visible_end();
         self.guarded(ctx, |log| {

@@ -58,6 +58,8 @@ pub struct ReplicaFetchRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReplicaFetchResponse {
     Records {
+        /// As one byte string: serde's default for `Vec<u8>` is a sequence, one call per byte.
+        #[serde(with = "serde_bytes")]
         records: Vec<u8>,
         high_watermark: i64,
         log_start_offset: i64,

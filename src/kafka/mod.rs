@@ -192,6 +192,46 @@ pub struct ClientInfo {
     pub host: String,
 }
 
+/// What `dispatch` made of a frame.
+pub enum Dispatch {
+    /// A produce request whose appends are already queued in the partition
+    /// actors; the future answers it (`None`: acks=0, no response).
+    Started(futures::future::LocalBoxFuture<'static, Result<Option<Bytes>, RequestError>>),
+    /// Any other request: handle it with `handle_frame` once the requests
+    /// before it are answered.
+    Serial(Bytes),
+}
+
+/// Starts a produce request at once, so the connection can read the next
+/// request while this one waits for its commit and replication. Appends are
+/// queued in the order the requests arrive, which is what keeps pipelined
+/// produce requests in order; responses are written in order by the caller.
+pub fn dispatch(ctx: &Arc<RequestContext>, frame: Bytes) -> Dispatch {
+    let is_produce = frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16;
+    if !is_produce {
+        return Dispatch::Serial(frame);
+    }
+    let Ok(mut req) = decode_header(frame.clone()) else { return Dispatch::Serial(frame) };
+    let Ok(body) = decode_body::<ProduceRequest>(&mut req) else { return Dispatch::Serial(frame) };
+    // Creating a topic waits on the registry (or the controller): take the ordinary path.
+    if !produce::all_topics_known(ctx, &body) {
+        return Dispatch::Serial(frame);
+    }
+    let started = std::time::Instant::now();
+    let version = req.version;
+    let answer = produce::start(ctx, body, version);
+    let ctx = ctx.clone();
+    Dispatch::Started(Box::pin(async move {
+        let response = match answer.await {
+            Some(body) => encode_response(&req, version, &body).map(Some),
+            None => Ok(None),
+        };
+        let label = crate::metrics::ApiLabel { api: "Produce".to_string() };
+        ctx.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        response
+    }))
+}
+
 /// Handles one request frame from `peer_host`. `Ok(None)` means no response is due (produce with acks=0).
 pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
     let mut req = decode_header(frame)?;

@@ -1,14 +1,44 @@
 //! Produce: validate batches on the connection's thread, then hand each
 //! partition's batches to its `PartitionActor`, which answers after the group
 //! commit. acks=0 gets no response, as in Kafka.
+//!
+//! Two steps: `start` sends every append at once (queued in the actors in
+//! request order), and the future it returns collects the answers. The
+//! connection may start the next produce request before this one is answered
+//! (pipelining), which keeps order because the appends are already queued.
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
+use tributary_actors::{AppendOutcome, AppendWithReply, PartitionError};
+
 use super::{message_since, RequestContext};
 
+/// Creates missing topics if allowed, then produces.
 pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    if ctx.config.topics.auto_create && matches!(req.acks, -1..=1) && req.transactional_id.is_none() {
+        for topic in &req.topic_data {
+            if ctx.broker.metadata().topic(&topic.name).is_none() {
+                let _ = super::metadata::auto_create(ctx, &topic.name).await;
+            }
+        }
+    }
+    start(ctx, req, version).await
+}
+
+/// Whether `start` can run without creating topics first.
+pub fn all_topics_known(ctx: &RequestContext, req: &ProduceRequest) -> bool {
+    let snapshot = ctx.broker.metadata();
+    req.topic_data.iter().all(|t| snapshot.topic(&t.name).is_some())
+}
+
+/// Sends every partition's append now; the returned future gathers the answers.
+pub fn start(
+    ctx: &RequestContext,
+    req: ProduceRequest,
+    version: i16,
+) -> impl std::future::Future<Output = Option<ProduceResponse>> + 'static {
     let acks = req.acks;
     let refusal = if !matches!(acks, -1..=1) {
         Some((ResponseError::InvalidRequiredAcks.code(), format!("acks {acks} is invalid; use -1, 0 or 1")))
@@ -26,10 +56,7 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
     let mut pending = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
-        let mut view = ctx.broker.metadata().topic(&name).cloned();
-        if view.is_none() && refusal.is_none() && ctx.config.topics.auto_create {
-            view = super::metadata::auto_create(ctx, &name).await.ok();
-        }
+        let view = ctx.broker.metadata().topic(&name).cloned();
         for partition in topic.partition_data {
             let index = partition.index;
             let handle = view.as_ref().and_then(|v| usize::try_from(index).ok().and_then(|i| v.partitions.get(i)));
@@ -40,7 +67,10 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
                         append.acks_all = acks == -1;
                         let bytes: usize = append.batches.iter().map(|b| b.bytes.len()).sum();
                         let records: i64 = append.batches.iter().map(|b| b.record_count()).sum();
-                        Ok((handle.addr.send(append), bytes, records))
+                        // do_send queues at once (never waits on a full mailbox), so order is kept.
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        handle.addr.do_send(AppendWithReply { append, reply });
+                        Ok((answer, bytes, records))
                     }
                     Some(Err(e)) => Err((e.error_code(), e.to_string())),
                     None => Err((ResponseError::InvalidRecord.code(), "produce request carried null records".into())),
@@ -59,15 +89,32 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
 
     // acks=-1 waits for the in-sync replicas at most the request's timeout.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let metrics = ctx.metrics.clone();
+    async move { answer(pending, deadline, acks, version, &metrics).await }
+}
+
+type Pending = Vec<(
+    kafka_protocol::messages::TopicName,
+    i32,
+    Result<(tokio::sync::oneshot::Receiver<Result<AppendOutcome, PartitionError>>, usize, i64), (i16, String)>,
+)>;
+
+async fn answer(
+    pending: Pending,
+    deadline: tokio::time::Instant,
+    acks: i16,
+    version: i16,
+    metrics: &crate::metrics::Metrics,
+) -> Option<ProduceResponse> {
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     for (topic, index, outcome) in pending {
         let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
         let response = match outcome {
             Ok((append, bytes, records)) => match timed(deadline, append).await {
                 Ok(Ok(appended)) => {
-                    let label = ctx.metrics.topic(&topic);
-                    ctx.metrics.bytes_in.get_or_create(&label).inc_by(bytes as u64);
-                    ctx.metrics.records_in.get_or_create(&label).inc_by(records.max(0) as u64);
+                    let label = metrics.topic(&topic);
+                    metrics.bytes_in.get_or_create(&label).inc_by(bytes as u64);
+                    metrics.records_in.get_or_create(&label).inc_by(records.max(0) as u64);
                     let log_start = if version >= 5 { 0 } else { -1 };
                     response
                         .with_base_offset(appended.base_offset)
@@ -103,11 +150,11 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
 /// commit: the producer retries, and idempotence makes the retry harmless).
 async fn timed<T>(
     deadline: tokio::time::Instant,
-    append: impl std::future::Future<Output = Result<T, actix::MailboxError>>,
+    append: tokio::sync::oneshot::Receiver<T>,
 ) -> Result<T, (i16, String)> {
     match tokio::time::timeout_at(deadline, append).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => Err((ResponseError::NotLeaderOrFollower.code(), e.to_string())),
+        Ok(Err(_)) => Err((ResponseError::NotLeaderOrFollower.code(), "partition restarted before commit".into())),
         Err(_) => Err((ResponseError::RequestTimedOut.code(), "not replicated to the in-sync replicas in time".into())),
     }
 }

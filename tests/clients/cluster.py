@@ -12,7 +12,6 @@ import os
 import re
 import urllib.request
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from conftest import binary
+from conftest import ProcessControl, binary
 
 START_TIMEOUT_S = 30
 
@@ -82,7 +81,7 @@ class Net:
         subprocess.run(f"ip link del {self.bridge}", shell=True, stderr=subprocess.DEVNULL)
 
 
-class ClusterBroker:
+class ClusterBroker(ProcessControl):
     def __init__(self, cluster, node_id, host, kafka_port, cluster_port, data_dir, log_path):
         self.cluster, self.node_id, self.host = cluster, node_id, host
         self.kafka_port, self.cluster_port = kafka_port, cluster_port
@@ -130,24 +129,6 @@ rack = "rack{self.node_id}"
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"broker {self.node_id} did not listen within {START_TIMEOUT_S}s")
-
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.proc is None:
-            return None
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=timeout)
-        self.proc = None
-        return code
-
-    def kill9(self):
-        return self.stop(signal.SIGKILL)
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
 
     def metric(self, name, **labels):
         """A counter or gauge from this broker's /metrics, 0 if absent."""

@@ -26,7 +26,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class BrokerProcess:
+class ProcessControl:
+    """Stopping a broker process (`self.proc`) gently or with kill -9, and its log (`self.log_path`)."""
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def kill9(self):
+        return self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class BrokerProcess(ProcessControl):
     """One broker process; restartable over the same data dir and port."""
 
     def __init__(self, data_dir: Path, log_path: Path, extra_config: str = ""):
@@ -59,31 +81,12 @@ class BrokerProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"broker did not listen within {START_TIMEOUT_S}s; see {self.log_path}")
 
-    def stop(self, sig=signal.SIGTERM, timeout=20):
-        if self.proc is None:
-            return None
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(timeout=timeout)
-        self.proc = None
-        return code
-
-    def kill9(self):
-        return self.stop(signal.SIGKILL)
-
     def restart(self):
         self.stop()
         self.start()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 @pytest.fixture
 def broker(tmp_path):
