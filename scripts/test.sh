@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian packages, Python clients) and runs every test:
 # Rust unit/property/embedded tests, then the real-client integration suite
-# against real broker processes on 127.0.0.1.
+# against real broker processes on 127.0.0.1 (clusters on 127.0.0.1-3, and one
+# in network namespaces the test creates, which needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v kcat >/dev/null 2>&1; then
-    echo "== installing kcat (librdkafka's CLI client)"
+# kcat: librdkafka's CLI client; iproute2: the cluster tests' network namespaces.
+if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+    echo "== installing kcat and iproute2"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 >/dev/null
 fi
 
 echo "== installing Python test clients (tests/requirements.txt)"
