@@ -255,4 +255,36 @@ mod tests {
         assert!(BrokerConfig::load(Some("[broker]\nlisen = \"x\"\n")).is_err());
         assert!(BrokerConfig::load(Some("[storage]\ndurability = \"maybe\"\n")).is_err());
     }
+
+    #[test]
+    fn cluster_section_is_resolved_or_refused_with_a_reason() {
+        assert!(BrokerConfig::load(None).unwrap().cluster_settings().unwrap().is_none(), "no voters: one broker");
+        let key = "ab".repeat(32);
+        let ok = format!(
+            "[broker]\nnode_id = 2\n[cluster]\nvoters = [\"1@127.0.0.1:9093\", \"2@127.0.0.2:9093\", \"3@127.0.0.3:9093\"]\nkey = \"{key}\"\nrack = \"r2\"\n"
+        );
+        let settings = BrokerConfig::load(Some(&ok)).unwrap().cluster_settings().unwrap().unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.2:9093", "a voter listens at its own entry");
+        assert_eq!(settings.quorum(), 2);
+        assert_eq!(settings.key, [0xab; 32]);
+        assert_eq!(settings.rack.as_deref(), Some("r2"));
+        let refused = |overlay: &str, why: &str| {
+            let overlay = if overlay.starts_with("[broker]") {
+                overlay.to_string()
+            } else {
+                format!("[broker]\nnode_id = 1\n{overlay}")
+            };
+            let error = format!("{:#}", BrokerConfig::load(Some(&overlay)).unwrap_err());
+            assert!(error.contains(why), "{error:?} should mention {why:?}");
+        };
+        refused(&format!("[cluster]\nvoters = [\"1-127.0.0.1:9093\"]\nkey = \"{key}\""), "must look like");
+        refused(&format!("[cluster]\nvoters = [\"1@x\"]\nkey = \"{key}\""), "bad address");
+        refused("[cluster]\nvoters = [\"1@127.0.0.1:9093\"]\nkey = \"abc\"", "64 hex digits");
+        refused("[cluster]\nvoters = [\"1@127.0.0.1:9093\"]", "exactly one of cluster.key");
+        refused(
+            &format!("[broker]\nnode_id = 7\n[cluster]\nvoters = [\"1@127.0.0.1:9093\"]\nkey = \"{key}\""),
+            "cluster.listen is required",
+        );
+        refused(&format!("[cluster]\nvoters = [\"1@127.0.0.1:1\", \"1@127.0.0.2:1\"]\nkey = \"{key}\""), "twice");
+    }
 }
