@@ -118,6 +118,16 @@ impl Cluster {
         self.inner.settings.node_id
     }
 
+    /// Stops this broker's Raft (a leader hands over by timing out; followers
+    /// just stop voting). Bounded: the process exits after it either way.
+    pub async fn shutdown(&self) {
+        match tokio::time::timeout(Duration::from_secs(5), self.inner.raft.shutdown()).await {
+            Ok(Ok(())) => tracing::info!("controller quorum member stopped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown failed"),
+            Err(_) => tracing::warn!("raft did not stop within 5 s"),
+        }
+    }
+
     pub fn settings(&self) -> &ClusterSettings {
         &self.inner.settings
     }

@@ -24,6 +24,28 @@ use super::replica_actor::{FetchTarget, ReplicaActor, StopFollowing};
 use super::Cluster;
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// ISR changes this broker has proposed and not yet seen answered.
+const MAX_ISR_CHANGES_IN_FLIGHT: usize = 64;
+
+async fn propose_isr_change(cluster: &Cluster, change: IsrChange) {
+    let command = Command::AlterPartition {
+        topic: change.topic.to_string(),
+        partition: change.partition,
+        leader: change.leader,
+        leader_epoch: change.leader_epoch,
+        partition_epoch: change.partition_epoch,
+        isr: change.isr.clone(),
+    };
+    match cluster.propose(command).await {
+        Ok(answer) if answer.error_code == 0 => {
+            tracing::info!(topic = %change.topic, partition = change.partition, isr = ?change.isr, "ISR changed")
+        }
+        Ok(answer) => {
+            tracing::info!(topic = %change.topic, partition = change.partition, %answer, "ISR change refused")
+        }
+        Err(e) => tracing::warn!(topic = %change.topic, partition = change.partition, error = %e, "ISR change failed"),
+    }
+}
 
 struct Fetcher {
     leader: NodeId,
@@ -43,26 +65,15 @@ pub fn start(cluster: Cluster, broker: Broker) {
     let (isr_changes, mut requests) = mpsc::unbounded_channel::<IsrChange>();
     let forwarder = cluster.clone();
     actix::spawn(async move {
+        // Changes of different partitions are independent: commit up to this many at once.
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ISR_CHANGES_IN_FLIGHT));
         while let Some(change) = requests.recv().await {
-            let command = Command::AlterPartition {
-                topic: change.topic.to_string(),
-                partition: change.partition,
-                leader: change.leader,
-                leader_epoch: change.leader_epoch,
-                partition_epoch: change.partition_epoch,
-                isr: change.isr.clone(),
-            };
-            match forwarder.propose(command).await {
-                Ok(answer) if answer.error_code == 0 => {
-                    tracing::info!(topic = %change.topic, partition = change.partition, isr = ?change.isr, "ISR changed")
-                }
-                Ok(answer) => {
-                    tracing::info!(topic = %change.topic, partition = change.partition, %answer, "ISR change refused")
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %change.topic, partition = change.partition, error = %e, "ISR change failed")
-                }
-            }
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let forwarder = forwarder.clone();
+            actix::spawn(async move {
+                propose_isr_change(&forwarder, change).await;
+                drop(slot);
+            });
         }
     });
     let manager = ReplicaManager { cluster, broker, isr_changes, fetchers: HashMap::new() };
