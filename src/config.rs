@@ -210,7 +210,7 @@ impl BrokerConfig {
             "interval" => Durability::Interval { interval_ms: self.storage.flush_interval_ms },
             _ => Durability::Fsync,
         };
-        storage.storage_threads = self.storage.storage_threads;
+        storage.storage_threads = self.storage.storage_threads.max(1);
         storage.initial_map_bytes = self.storage.initial_map_bytes;
         storage.max_map_bytes = self.storage.max_partition_bytes;
         storage.max_partitions_per_topic = self.topics.max_partitions_per_topic;

@@ -26,7 +26,8 @@ pub enum Durability {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub durability: Durability,
-    /// Threads (actix arbiters) that partition actors are spread over.
+    /// Threads (actix arbiters) that partition actors are spread over; 0 runs
+    /// them on the caller's thread (the simulation runs everything on one).
     pub storage_threads: usize,
     /// First LMDB map size of a partition; it doubles on demand.
     pub initial_map_bytes: usize,
@@ -52,6 +53,9 @@ pub struct StorageConfig {
     /// produce only once the cluster layer makes them leader; alone, they
     /// start (and stay) standalone.
     pub replicated: bool,
+    /// After each write a partition takes no messages for this long: a slow
+    /// disk, set by the simulation (0 in a broker).
+    pub write_stall_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StorageConfig {
@@ -71,6 +75,7 @@ impl StorageConfig {
             max_producers_per_partition: 100_000,
             retention_check_interval_ms: 300_000,
             replicated: false,
+            write_stall_ms: Default::default(),
         }
     }
 

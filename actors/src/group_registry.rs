@@ -39,16 +39,17 @@ pub struct GroupRegistry {
     settings: Arc<GroupSettings>,
     store: Arc<OffsetStore>,
     groups: HashMap<String, Addr<GroupCoordinator>>,
-    arbiter: ArbiterHandle,
+    /// `None`: coordinators run on the caller's thread (simulations).
+    arbiter: Option<ArbiterHandle>,
 }
 
 impl GroupRegistry {
-    pub fn new(settings: GroupSettings, store: OffsetStore) -> GroupRegistry {
+    pub fn new(settings: GroupSettings, store: OffsetStore, own_thread: bool) -> GroupRegistry {
         GroupRegistry {
             settings: Arc::new(settings),
             store: Arc::new(store),
             groups: HashMap::new(),
-            arbiter: Arbiter::new().handle(),
+            arbiter: own_thread.then(|| Arbiter::new().handle()),
         }
     }
 
@@ -59,7 +60,11 @@ impl GroupRegistry {
 
     fn start(&mut self, group_id: &str) -> Addr<GroupCoordinator> {
         let (settings, store, id) = (self.settings.clone(), self.store.clone(), group_id.to_string());
-        let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| GroupCoordinator::new(id, settings, store));
+        let coordinator = move |_: &mut Context<GroupCoordinator>| GroupCoordinator::new(id, settings, store);
+        let addr = match &self.arbiter {
+            Some(arbiter) => Supervisor::start_in_arbiter(arbiter, coordinator),
+            None => Supervisor::start(coordinator),
+        };
         self.groups.insert(group_id.to_string(), addr.clone());
         addr
     }

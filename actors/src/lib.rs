@@ -12,6 +12,7 @@
 //!                                        each owning <data_dir>/<topic>-<partition>/ (LMDB)
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod group_coordinator;
 pub mod group_registry;
@@ -97,7 +98,7 @@ impl Broker {
         let mut registry = Some(registry);
         let registry = Supervisor::start(move |_| registry.take().expect("registry is started once"));
         let store = OffsetStore::open(&config.data_dir).map_err(|e| TopicError::Storage(e.to_string()))?;
-        let mut groups = Some(GroupRegistry::new(config.groups.clone(), store));
+        let mut groups = Some(GroupRegistry::new(config.groups.clone(), store, config.storage_threads > 0));
         let groups = Supervisor::start(move |_| groups.take().expect("group registry is started once"));
         Ok(Broker { config, registry, groups, metadata })
     }
@@ -214,5 +215,5 @@ impl Broker {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    clock::now_ms()
 }

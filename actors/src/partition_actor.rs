@@ -26,7 +26,7 @@ use crate::partition_log::{
 };
 use crate::record_batch::ValidatedBatch;
 use crate::replication::{
-    AppendReplicated, CheckIsr, FetchPosition, IsrChange, ReplicaRead, ReplicaReadOutcome, ReplicaSet, RestartAt, Role,
+    AppendReplicated, CheckIsr, DescribeRole, FetchPosition, IsrChange, ReplicaRead, ReplicaReadOutcome, ReplicaSet, RestartAt, Role,
     SetRole, TruncateDiverged,
 };
 
@@ -247,7 +247,7 @@ pub struct PartitionActor {
     flush_scheduled: bool,
     removed: bool,
     /// When idle producer ids were last forgotten (checked from `flush`, at most hourly).
-    last_producer_expiry: std::time::Instant,
+    last_producer_expiry: tokio::time::Instant,
     /// Survives restarts of the actor only through `SetRole`, which the cluster layer repeats.
     role: Role,
     /// The leader's view of its followers (leaders only).
@@ -280,7 +280,7 @@ impl PartitionActor {
             pending_batches: 0,
             flush_scheduled: false,
             removed: false,
-            last_producer_expiry: std::time::Instant::now(),
+            last_producer_expiry: tokio::time::Instant::now(),
             role: if replicated { Role::Follower { leader: None, epoch: -1 } } else { Role::Standalone },
             replica_set: None,
             high_watermark: 0,
@@ -342,7 +342,7 @@ impl PartitionActor {
             return;
         };
         let epoch_start = log.end_offset_for_epoch(role.epoch - 1).1;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         if let Some(isr) = set.wanted_isr(role, self.high_watermark, epoch_start, shrink, now) {
             tracing::info!(topic = %self.topic, partition = self.partition, from = ?role.isr, to = ?isr, "proposing ISR change");
             let change = IsrChange {
@@ -414,7 +414,7 @@ impl PartitionActor {
         if self.last_producer_expiry.elapsed() < PRODUCER_EXPIRY_CHECK {
             return;
         }
-        self.last_producer_expiry = std::time::Instant::now();
+        self.last_producer_expiry = tokio::time::Instant::now();
         let (expiration, max) = (self.config.producer_id_expiration_ms, self.config.max_producers_per_partition);
         if let Some(log) = self.log.as_mut() {
             if let Err(e) = log.expire_producers(crate::now_ms(), expiration, max) {
@@ -446,6 +446,7 @@ impl PartitionActor {
         let groups: Vec<AppendGroup> =
             pending.iter().map(|p| AppendGroup { batches: &p.batches, log_append_time: p.log_append_time }).collect();
         let result = self.guarded(ctx, |log| log.append_groups(&groups));
+        self.stall_after_write(ctx);
         match result {
             Ok(outcomes) => {
                 assert_eq!(outcomes.len(), pending.len(), "one outcome per append");
@@ -583,6 +584,16 @@ impl PartitionActor {
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(Flush);
+        }
+    }
+}
+
+impl PartitionActor {
+    /// A simulated slow disk: the mailbox waits as a busy device would.
+    fn stall_after_write(&self, ctx: &mut Context<Self>) {
+        let stall = self.config.write_stall_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if stall > 0 {
+            ctx.wait(actix::fut::wrap_future(tokio::time::sleep(std::time::Duration::from_millis(stall))));
         }
     }
 }
@@ -732,14 +743,14 @@ impl Handler<SetRole> for PartitionActor {
                     set.pending_isr = None;
                     for id in &role.replicas {
                         if *id != role.node_id && !set.followers.contains_key(id) {
-                            set.followers = ReplicaSet::new(role, end, std::time::Instant::now()).followers;
+                            set.followers = ReplicaSet::new(role, end, tokio::time::Instant::now()).followers;
                             break;
                         }
                     }
                 }
             }
             Role::Leader(role) => {
-                self.replica_set = Some(ReplicaSet::new(role, end, std::time::Instant::now()));
+                self.replica_set = Some(ReplicaSet::new(role, end, tokio::time::Instant::now()));
             }
             Role::Follower { .. } | Role::Standalone => {
                 self.replica_set = None;
@@ -806,7 +817,7 @@ impl Handler<ReplicaRead> for PartitionActor {
             }
         }
         if let Some(set) = self.replica_set.as_mut() {
-            set.on_fetch(msg.follower, msg.fetch_offset, offsets.log_end_offset, std::time::Instant::now());
+            set.on_fetch(msg.follower, msg.fetch_offset, offsets.log_end_offset, tokio::time::Instant::now());
         }
         self.advance_high_watermark();
         self.propose_isr(false);
@@ -817,6 +828,14 @@ impl Handler<ReplicaRead> for PartitionActor {
             log_start_offset: read.offsets.log_start_offset,
             log_end_offset: read.offsets.log_end_offset,
         })
+    }
+}
+
+impl Handler<DescribeRole> for PartitionActor {
+    type Result = MessageResult<DescribeRole>;
+
+    fn handle(&mut self, _: DescribeRole, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.role.clone(), self.high_watermark))
     }
 }
 
@@ -832,6 +851,7 @@ impl Handler<AppendReplicated> for PartitionActor {
             log.append_replicated(&msg.records)?;
             Ok(log.offsets().log_end_offset)
         })?;
+        self.stall_after_write(ctx);
         self.high_watermark = msg.leader_high_watermark.min(end);
         self.publish_offsets();
         Ok(end)

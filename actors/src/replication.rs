@@ -14,7 +14,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -154,6 +156,12 @@ pub struct RestartAt(pub i64);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CheckIsr;
+
+/// The partition's current role and high watermark (the simulation's checker
+/// watches that no two brokers lead one partition in one epoch).
+#[derive(Message)]
+#[rtype(result = "(Role, i64)")]
+pub struct DescribeRole;
 
 /// What the leader knows of one follower.
 #[derive(Debug, Clone, Copy)]

@@ -196,7 +196,8 @@ impl TopicRegistry {
             .map_err(|e| storage(&e))?
             .unwrap_commit();
 
-        let threads = config.storage_threads.clamp(1, 64);
+        // No threads: partitions run on the caller's thread (the simulation needs one thread).
+        let threads = config.storage_threads.min(64);
         let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(MetadataSnapshot::default()));
         let mut registry = TopicRegistry {
@@ -258,11 +259,15 @@ impl TopicRegistry {
     fn spawn_partition(&mut self, topic: &Arc<str>, index: i32) -> PartitionHandle {
         let (offsets_tx, offsets) = watch::channel(LogOffsets::default());
         let offsets_tx = Arc::new(offsets_tx);
-        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
-        self.next_arbiter += 1;
         let (config, topic) = (self.config.clone(), topic.clone());
-        let addr =
-            Supervisor::start_in_arbiter(arbiter, move |_| PartitionActor::new(topic, index, config, offsets_tx));
+        let actor = move |_: &mut Context<PartitionActor>| PartitionActor::new(topic, index, config, offsets_tx);
+        let addr = if self.arbiters.is_empty() {
+            Supervisor::start(actor)
+        } else {
+            let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+            self.next_arbiter += 1;
+            Supervisor::start_in_arbiter(arbiter, actor)
+        };
         PartitionHandle { index, addr, offsets }
     }
 

@@ -16,6 +16,7 @@
 pub mod metadata;
 mod network;
 pub mod raft;
+pub mod raft_runtime;
 pub mod replica_actor;
 pub mod replica_manager;
 pub mod transport;
@@ -23,7 +24,9 @@ pub mod transport;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::FutureExt;
 use openraft::error::{ClientWriteError, RaftError};
@@ -35,7 +38,8 @@ use tributary_actors::Broker;
 use self::metadata::{ClusterMetadata, Command, CommandResult, NodeId};
 use self::raft::{MetadataMachine, Raft, RaftStore};
 use self::transport::{
-    Inbound, MemberInfo, ReplicaFetchRequest, ReplicaFetchResponse, Request, Response, SharedMembership, Transport,
+    Inbound, MemberInfo, ReplicaFetchRequest, ReplicaFetchResponse, Request, Response, SharedMembership,
+    SimulatedNetwork, Transport,
 };
 
 /// The `[cluster]` config, resolved.
@@ -98,8 +102,10 @@ impl Cluster {
                     return;
                 }
             };
-            runtime.block_on(async move {
-                match start_on_cluster_runtime(settings, broker, &data_dir, kafka).await {
+            // Raft's tasks are spawned locally (see raft_runtime.rs), hence the LocalSet.
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                match start_here(settings, broker, &data_dir, kafka, Network::Libp2p).await {
                     Ok(cluster) => {
                         let _ = ready_tx.send(Ok(cluster));
                         // The runtime serves the swarm, Raft and controller tasks for the life of the process.
@@ -112,6 +118,18 @@ impl Cluster {
             });
         })?;
         ready_rx.await.map_err(|_| anyhow::anyhow!("cluster thread ended during start"))?
+    }
+
+    /// Starts this broker's cluster side on the current thread's `LocalSet`,
+    /// over a simulated network. Dropping that `LocalSet` is a crash.
+    pub async fn start_simulated(
+        settings: ClusterSettings,
+        broker: Broker,
+        data_dir: &std::path::Path,
+        kafka: (String, i32),
+        network: Arc<dyn SimulatedNetwork>,
+    ) -> anyhow::Result<Cluster> {
+        start_here(settings, broker, data_dir, kafka, Network::Simulated(network)).await
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -217,16 +235,23 @@ impl Cluster {
     }
 }
 
-async fn start_on_cluster_runtime(
+/// How brokers reach each other.
+enum Network {
+    Libp2p,
+    Simulated(Arc<dyn SimulatedNetwork>),
+}
+
+/// Starts the cluster side on the current thread, inside a `LocalSet`.
+async fn start_here(
     settings: ClusterSettings,
     broker: Broker,
     data_dir: &std::path::Path,
     kafka: (String, i32),
+    network: Network,
 ) -> anyhow::Result<Cluster> {
     let store = RaftStore::open(data_dir)?;
     let (machine, metadata) = MetadataMachine::open(store.clone())?;
-    let incarnation =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let incarnation = tributary_actors::now_ms().max(0) as u64;
     let me = MemberInfo {
         node_id: settings.node_id,
         kafka_host: kafka.0,
@@ -236,15 +261,21 @@ async fn start_on_cluster_runtime(
         cluster_addr: settings.listen.to_string(),
         incarnation,
     };
-    let (transport, swarm_task) = transport::channel(transport::TransportSettings {
-        node_id: settings.node_id,
-        cluster_key: settings.key,
-        listen: settings.listen,
-        peers: settings.voters.clone(),
-        seeds: settings.seeds.clone(),
-        me,
-        request_timeout: settings.request_timeout,
-    });
+    let (transport, swarm_task) = match &network {
+        Network::Libp2p => {
+            let (transport, swarm_task) = transport::channel(transport::TransportSettings {
+                node_id: settings.node_id,
+                cluster_key: settings.key,
+                listen: settings.listen,
+                peers: settings.voters.clone(),
+                seeds: settings.seeds.clone(),
+                me: me.clone(),
+                request_timeout: settings.request_timeout,
+            });
+            (transport, Some(swarm_task))
+        }
+        Network::Simulated(net) => (Transport::simulated(net.link(settings.node_id)), None),
+    };
     let config = openraft::Config {
         cluster_name: "tributary".into(),
         heartbeat_interval: 250,
@@ -253,19 +284,24 @@ async fn start_on_cluster_runtime(
         ..Default::default()
     };
     let config = Arc::new(config.validate().map_err(|e| anyhow::anyhow!("raft config: {e}"))?);
-    let network = network::RaftNetworkOverLibp2p { transport: transport.clone() };
-    let raft =
-        Raft::new(settings.node_id, config, network, store, machine).await.map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+    let raft_network = network::RaftNetworkOverTransport { transport: transport.clone() };
+    let raft = Raft::new(settings.node_id, config, raft_network, store, machine)
+        .await
+        .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
     let membership: SharedMembership = Arc::new(Mutex::new(Default::default()));
     let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker });
-    tokio::spawn({
-        let membership = membership.clone();
-        async move {
-            if let Err(e) = swarm_task.run(inbound, membership).await {
-                tracing::error!(error = %e, "cluster transport failed");
-            }
+    match (network, swarm_task) {
+        (Network::Simulated(net), _) => net.serve(me, inbound, membership.clone()),
+        (Network::Libp2p, Some(swarm_task)) => {
+            let membership = membership.clone();
+            tokio::task::spawn_local(async move {
+                if let Err(e) = swarm_task.run(inbound, membership).await {
+                    tracing::error!(error = %e, "cluster transport failed");
+                }
+            });
         }
-    });
+        (Network::Libp2p, None) => unreachable!("a libp2p network has a swarm task"),
+    }
     if settings.voters.contains_key(&settings.node_id) {
         let nodes: BTreeMap<NodeId, BasicNode> =
             settings.voters.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.to_string() })).collect();
@@ -276,7 +312,7 @@ async fn start_on_cluster_runtime(
         }
     }
     let cluster = Cluster { inner: Arc::new(ClusterInner { settings, raft, transport, metadata, membership }) };
-    tokio::spawn(controller_loop(cluster.clone()));
+    tokio::task::spawn_local(controller_loop(cluster.clone()));
     Ok(cluster)
 }
 

@@ -16,7 +16,7 @@ use super::raft::TypeConfig;
 use super::transport::{Request, Response, Transport};
 
 #[derive(Clone)]
-pub struct RaftNetworkOverLibp2p {
+pub struct RaftNetworkOverTransport {
     pub transport: Transport,
 }
 
@@ -25,7 +25,7 @@ pub struct PeerClient {
     transport: Transport,
 }
 
-impl RaftNetworkFactory<TypeConfig> for RaftNetworkOverLibp2p {
+impl RaftNetworkFactory<TypeConfig> for RaftNetworkOverTransport {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, _: &BasicNode) -> PeerClient {

@@ -33,6 +33,7 @@ openraft::declare_raft_types!(
         R = CommandResult,
         NodeId = NodeId,
         Node = BasicNode,
+        AsyncRuntime = super::raft_runtime::ClusterRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

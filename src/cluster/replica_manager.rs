@@ -9,7 +9,7 @@
 //! A broker that cannot hear a quorum of controllers leads nothing: its
 //! leaderships may already have moved, and it must not acknowledge writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ pub struct ReplicaManager {
     cluster: Cluster,
     broker: Broker,
     isr_changes: mpsc::UnboundedSender<IsrChange>,
-    fetchers: HashMap<(Arc<str>, i32), Fetcher>,
+    fetchers: BTreeMap<(Arc<str>, i32), Fetcher>,
 }
 
 /// Starts the manager (and its ISR-change forwarder) on the current actix system.
@@ -76,7 +76,7 @@ pub fn start(cluster: Cluster, broker: Broker) {
             });
         }
     });
-    let manager = ReplicaManager { cluster, broker, isr_changes, fetchers: HashMap::new() };
+    let manager = ReplicaManager { cluster, broker, isr_changes, fetchers: BTreeMap::new() };
     actix::spawn(manager.run());
 }
 

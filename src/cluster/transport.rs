@@ -10,8 +10,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use libp2p::core::upgrade::Version;
 use libp2p::futures::{AsyncReadExt, AsyncWriteExt};
@@ -250,14 +253,46 @@ enum TransportCommand {
 /// Sends requests to other brokers. Cheap to clone; usable from any runtime.
 #[derive(Clone)]
 pub struct Transport {
-    commands: mpsc::Sender<TransportCommand>,
+    link: Link,
+}
+
+#[derive(Clone)]
+enum Link {
+    /// The libp2p swarm task.
+    Swarm(mpsc::Sender<TransportCommand>),
+    /// A network the simulation controls.
+    Simulated(Arc<dyn SimulatedLink>),
+}
+
+/// One broker's way out into a simulated network: the simulation decides
+/// whether, when and how often a request arrives, and the same for its answer.
+pub trait SimulatedLink: Send + Sync + 'static {
+    fn request(&self, node: NodeId, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, String>>;
+}
+
+/// A network the simulation controls, standing in for libp2p (`simulate/net.rs`).
+pub trait SimulatedNetwork: Send + Sync + 'static {
+    /// The outbound link of broker `node`.
+    fn link(&self, node: NodeId) -> Arc<dyn SimulatedLink>;
+    /// Connects a started broker: requests to it go to `inbound`, and what it
+    /// hears of others' gossip lands in `membership`. Its tasks run on the
+    /// current `LocalSet`, so they end when the broker crashes.
+    fn serve(&self, me: MemberInfo, inbound: Arc<dyn Inbound>, membership: SharedMembership);
 }
 
 impl Transport {
+    pub fn simulated(link: Arc<dyn SimulatedLink>) -> Transport {
+        Transport { link: Link::Simulated(link) }
+    }
+
     /// Sends `request` to `node` and waits at most `timeout` for its answer.
     pub async fn request(&self, node: NodeId, request: Request, timeout: Duration) -> Result<Response, String> {
+        let commands = match &self.link {
+            Link::Swarm(commands) => commands,
+            Link::Simulated(link) => return link.request(node, request, timeout).await,
+        };
         let (reply, answer) = oneshot::channel();
-        self.commands
+        commands
             .send(TransportCommand::Request { node, request, reply })
             .await
             .map_err(|_| "cluster transport stopped".to_string())?;
@@ -288,7 +323,7 @@ pub struct SwarmTask {
 
 pub fn channel(settings: TransportSettings) -> (Transport, SwarmTask) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    (Transport { commands: tx }, SwarmTask { settings, commands: rx })
+    (Transport { link: Link::Swarm(tx) }, SwarmTask { settings, commands: rx })
 }
 
 fn build_swarm(settings: &TransportSettings) -> anyhow::Result<Swarm<Behaviour>> {
@@ -389,7 +424,7 @@ impl SwarmTask {
                         request_response::Message::Request { request, channel, .. } => {
                             let answers = answers_tx.clone();
                             let answer = inbound.handle(request);
-                            tokio::spawn(async move {
+                            tokio::task::spawn_local(async move {
                                 let _ = answers.send((channel, answer.await));
                             });
                         }
