@@ -7,6 +7,7 @@ mod connection;
 mod kafka;
 mod metrics;
 mod server;
+mod simulate;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,8 @@ enum Command {
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
     Consume(cli::ConsumeArgs),
+    /// Run a chaos scenario against a simulated cluster (see simulations/README.md).
+    Simulate(simulate::SimulateArgs),
     /// Show brokers, topics and partitions.
     Cluster {
         #[command(subcommand)]
@@ -70,11 +73,13 @@ enum ClusterCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    let parsed = Cli::parse();
+    // A simulation's brokers log every fault they live through; quiet unless asked.
+    let default_filter = if matches!(parsed.command, Command::Simulate(_)) { "off" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_env("TRIBUTARY_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)))
         .with_writer(std::io::stderr)
         .init();
-    let parsed = Cli::parse();
     let global = parsed.global;
     match parsed.command {
         Command::Topic(command) => cli::topic(&global, command),
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(args) => cli::produce(&global, args),
         Command::Consume(args) => cli::consume(&global, args),
         Command::Cluster { command: ClusterCommand::Status } => cli::cluster_status(&global),
+        Command::Simulate(args) => simulate::command(args),
         Command::DefaultConfig => {
             print!("{}", config::DEFAULT_CONFIG);
             Ok(())

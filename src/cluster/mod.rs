@@ -536,14 +536,19 @@ impl Cluster {
             .ok_or((kafka_protocol::ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' vanished")))
     }
 
-    /// The broker that coordinates `group`: a stable hash over the registered brokers' ids, alive ones only.
-    pub fn coordinator_for(&self, group: &str) -> Option<metadata::BrokerRecord> {
-        let metadata = self.metadata();
-        let live: Vec<&metadata::BrokerRecord> = metadata.live_brokers().collect();
-        if live.is_empty() {
-            return None;
-        }
+    /// The broker that coordinates `group`, if it is up: one of the controller
+    /// voters, by a stable hash of the group id. A group's offsets live on that
+    /// broker's disk only (they are not replicated yet), so the group never moves:
+    /// while its broker is down it is unavailable rather than started over
+    /// elsewhere, which would make its committed offsets go back.
+    pub fn coordinator_for(&self, group: &str) -> Result<metadata::BrokerRecord, i16> {
+        let voters: Vec<NodeId> = self.inner.settings.voters.keys().copied().collect();
+        assert!(!voters.is_empty(), "a cluster has voters");
         let hash = group.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-        Some(live[hash as usize % live.len()].clone())
+        let id = voters[hash as usize % voters.len()];
+        match self.metadata().brokers.get(&id) {
+            Some(broker) if !broker.fenced => Ok(broker.clone()),
+            _ => Err(kafka_protocol::ResponseError::CoordinatorNotAvailable.code()),
+        }
     }
 }

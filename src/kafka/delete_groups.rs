@@ -10,7 +10,7 @@ use super::RequestContext;
 pub async fn handle(ctx: &RequestContext, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(req.groups_names.len());
     for group_id in req.groups_names {
-        let code = match ctx.broker.group_request(&group_id, false, GroupRequest::Delete).await {
+        let code = match ctx.group_request(&group_id, false, GroupRequest::Delete).await {
             Ok(Some(GroupAnswer::Code(0))) => {
                 let _ = ctx.broker.groups().send(ForgetGroup(group_id.to_string())).await;
                 0

@@ -10,7 +10,7 @@ pub async fn handle(ctx: &RequestContext, req: DescribeGroupsRequest, version: i
     let mut groups = Vec::with_capacity(req.groups.len());
     for group_id in req.groups {
         let described = DescribedGroup::default().with_group_id(group_id.clone());
-        let described = match ctx.broker.group_request(&group_id, false, GroupRequest::Describe).await {
+        let described = match ctx.group_request(&group_id, false, GroupRequest::Describe).await {
             Ok(Some(GroupAnswer::Described(d))) => {
                 let members = d
                     .members

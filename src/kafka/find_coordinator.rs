@@ -1,5 +1,5 @@
-//! FindCoordinator: this broker coordinates every group (and, later, every
-//! transactional id). v4+ batches keys.
+//! FindCoordinator: a single broker coordinates every group; in a cluster, one
+//! controller voter per group (`Cluster::coordinator_for`). v4+ batches keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -17,13 +17,17 @@ pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -
     // id (v4+ batches are all answered for the first key's broker: clients send one key per group).
     let key =
         if version >= 4 { req.coordinator_keys.first().map(|k| k.to_string()) } else { Some(req.key.to_string()) };
+    let mut error = 0;
     if let (Some(cluster), Some(key)) = (&ctx.cluster, key) {
-        if let Some(b) = cluster.coordinator_for(&key) {
-            (host, port, node) = (b.host, b.port, BrokerId(b.node_id as i32));
+        match cluster.coordinator_for(&key) {
+            Ok(b) => (host, port, node) = (b.host, b.port, BrokerId(b.node_id as i32)),
+            Err(code) => (node, error) = (BrokerId(-1), code),
         }
     }
     let supported = matches!(req.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
-    let error = if supported { 0 } else { ResponseError::InvalidRequest.code() };
+    if !supported {
+        error = ResponseError::InvalidRequest.code();
+    }
     if version >= 4 {
         let coordinators = req
             .coordinator_keys

@@ -13,7 +13,7 @@ pub async fn handle(ctx: &RequestContext, req: HeartbeatRequest) -> HeartbeatRes
         member_id: req.member_id.to_string(),
         group_instance_id: req.group_instance_id.map(|s| s.to_string()),
     };
-    let code = match ctx.broker.group_request(&req.group_id, false, GroupRequest::Heartbeat(beat)).await {
+    let code = match ctx.group_request(&req.group_id, false, GroupRequest::Heartbeat(beat)).await {
         Ok(Some(GroupAnswer::Code(code))) => code,
         Ok(_) => ResponseError::UnknownMemberId.code(),
         Err(code) => code,

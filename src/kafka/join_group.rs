@@ -26,7 +26,7 @@ pub async fn handle(
         require_known_member_id: version >= 4,
     };
     let member_id = join.member_id.clone();
-    let answer = match ctx.broker.group_request(&req.group_id, true, GroupRequest::Join(join)).await {
+    let answer = match ctx.group_request(&req.group_id, true, GroupRequest::Join(join)).await {
         Ok(Some(GroupAnswer::Join(answer))) => answer,
         Ok(_) => tributary_actors::group_coordinator::JoinAnswer {
             error_code: kafka_protocol::ResponseError::UnknownServerError.code(),

@@ -20,7 +20,7 @@ pub async fn handle(ctx: &RequestContext, req: LeaveGroupRequest, version: i16) 
             .map(|(id, instance)| (id.to_string(), instance.as_ref().map(|s| s.to_string())))
             .collect(),
     };
-    let (top, codes) = match ctx.broker.group_request(&req.group_id, false, GroupRequest::Leave(leave)).await {
+    let (top, codes) = match ctx.group_request(&req.group_id, false, GroupRequest::Leave(leave)).await {
         Ok(Some(GroupAnswer::Leave(top, codes))) => (top, codes),
         Ok(_) => (ResponseError::UnknownMemberId.code(), vec![ResponseError::UnknownMemberId.code(); identities.len()]),
         Err(code) => (code, vec![code; identities.len()]),

@@ -56,6 +56,24 @@ impl RequestContext {
         self.config.broker.node_id
     }
 
+    /// Sends a group request to the local coordinator, after checking (in a
+    /// cluster) that this broker coordinates the group: NOT_COORDINATOR if
+    /// another does, so a client with a stale answer asks again.
+    pub async fn group_request(
+        &self,
+        group_id: &str,
+        create: bool,
+        request: tributary_actors::GroupRequest,
+    ) -> Result<Option<tributary_actors::GroupAnswer>, i16> {
+        if let Some(cluster) = &self.cluster {
+            let coordinator = cluster.coordinator_for(group_id)?;
+            if coordinator.node_id != cluster.node_id() {
+                return Err(kafka_protocol::ResponseError::NotCoordinator.code());
+            }
+        }
+        self.broker.group_request(group_id, create, request).await
+    }
+
     /// In a cluster: `Err(NOT_LEADER_OR_FOLLOWER)` unless this broker leads the
     /// partition (`UNKNOWN_TOPIC_OR_PARTITION` if the cluster has no such partition).
     pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), i16> {

@@ -43,7 +43,7 @@ pub async fn handle(ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCom
         offsets,
     };
     // A standalone commit (generation -1) may create the group, as in Kafka.
-    let codes = match ctx.broker.group_request(&req.group_id, true, GroupRequest::Commit(commit)).await {
+    let codes = match ctx.group_request(&req.group_id, true, GroupRequest::Commit(commit)).await {
         Ok(Some(GroupAnswer::Codes(codes))) => codes,
         Ok(_) => vec![ResponseError::UnknownServerError.code(); count],
         Err(code) => vec![code; count],

@@ -13,7 +13,7 @@ pub async fn handle(ctx: &RequestContext, req: OffsetDeleteRequest) -> OffsetDel
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
         .collect();
-    let codes = match ctx.broker.group_request(&req.group_id, false, GroupRequest::DeleteOffsets(partitions)).await {
+    let codes = match ctx.group_request(&req.group_id, false, GroupRequest::DeleteOffsets(partitions)).await {
         Ok(Some(GroupAnswer::Codes(codes))) => codes,
         Ok(_) => return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code()),
         Err(code) => return OffsetDeleteResponse::default().with_error_code(code),

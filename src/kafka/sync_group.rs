@@ -21,7 +21,7 @@ pub async fn handle(ctx: &RequestContext, req: SyncGroupRequest, version: i16) -
             .map(|a| (a.member_id.to_string(), Bytes::from(a.assignment)))
             .collect(),
     };
-    match ctx.broker.group_request(&req.group_id, false, GroupRequest::Sync(sync)).await {
+    match ctx.group_request(&req.group_id, false, GroupRequest::Sync(sync)).await {
         Ok(Some(GroupAnswer::Sync(answer))) => {
             let response =
                 SyncGroupResponse::default().with_error_code(answer.error_code).with_assignment(answer.assignment);
