@@ -1,0 +1,627 @@
+//! `tributary simulate`: seeded, replayable chaos runs against a cluster of
+//! real broker code, and a checker that proves nothing acknowledged was lost
+//! or reordered.
+//!
+//! One run is one seed. Everything runs on one thread: an actix system on a
+//! current-thread tokio runtime with paused time (timers fire in virtual
+//! time, as soon as nothing else can run) and a seeded scheduler RNG. Each
+//! broker is its own `LocalSet` there, so it can be crashed by dropping it.
+//! The brokers talk through `net::SimNet` instead of libp2p, clients reach
+//! them through the same network, and every random choice (faults, latency,
+//! loss, workload, Raft election timeouts) comes from the seed. Storage is
+//! the real LMDB, in a scratch directory per run.
+
+mod checker;
+mod cluster;
+mod faults;
+mod net;
+mod scenario;
+mod workload;
+mod world;
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::Context;
+use kafka_protocol::messages::{fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tributary_actors::replication::{DescribeRole, Role};
+
+use self::checker::{FinalLogs, Violation};
+use self::cluster::SimBroker;
+pub use self::scenario::Scenario;
+use self::world::{Shared, World};
+
+/// The virtual wall clock's reading when a run starts (2026-01-01).
+const VIRTUAL_EPOCH_MS: i64 = 1_767_225_600_000;
+/// Bound on the wait for a cluster to form at the start of a run.
+const FORMATION_LIMIT: Duration = Duration::from_secs(60);
+/// Fetch rounds per partition when reading the final logs.
+const MAX_FINAL_FETCHES: usize = 10_000;
+
+/// What one seed did.
+pub struct RunReport {
+    pub seed: u64,
+    pub violations: Vec<Violation>,
+    /// The fault events, and the events of the partitions a violation names.
+    pub trace: Vec<String>,
+    /// A hash of everything the run saw: the same seed gives the same digest.
+    pub digest: u64,
+    pub virtual_time: Duration,
+    pub real_time: Duration,
+    pub acked_records: usize,
+    pub faults: usize,
+    pub messages: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub crashes: usize,
+}
+
+/// Runs `scenario` with `seed` in a scratch directory under `work_dir`.
+pub fn run_one(scenario: &Scenario, seed: u64, work_dir: &Path) -> anyhow::Result<RunReport> {
+    let dir = work_dir.join(format!("{}-seed-{seed}", scenario.name));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let real_start = std::time::Instant::now();
+    let run_scenario = scenario.clone();
+    let run_dir = dir.clone();
+    let report = actix::System::with_tokio_rt(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+            .build()
+            .expect("a current-thread runtime builds")
+    })
+    .block_on(simulate(run_scenario, seed, run_dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = report?;
+    report.real_time = real_start.elapsed();
+    Ok(report)
+}
+
+async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result<RunReport> {
+    tributary_actors::clock::use_virtual_wall_clock(VIRTUAL_EPOCH_MS);
+    tributary_actors::clock::set_skew_ms(0);
+    crate::cluster::raft_runtime::seed_thread_rng(seed ^ 0x5eed_5eed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plan = scenario.plan(&mut rng);
+    let net = net::SimNet::new(rng.gen(), scenario.network.latency_ms);
+    let n = scenario.brokers;
+    let brokers = (1..=n as u64)
+        .map(|id| SimBroker::new(id, n, dir.join(format!("broker{id}")), &scenario.durability))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let world = World::new(scenario.clone(), net, brokers, StdRng::seed_from_u64(rng.gen()));
+    for id in world.broker_ids() {
+        faults::restart(&world, id);
+    }
+    let formed = form(&world).await;
+    if let Err(e) = formed {
+        world.event(format!("cluster did not form: {e}"));
+        let violation =
+            Violation { invariant: "cluster formation", detail: e, partition: None };
+        return Ok(finish(&world, seed, plan.len(), vec![violation], &FinalLogs::new()).await);
+    }
+    world.event("cluster formed; workload and faults start");
+    let start = tokio::time::Instant::now();
+    let (stop, give_up) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+    let mut producers = Vec::new();
+    let w = &scenario.workload;
+    for i in 0..(w.idempotent_producers + w.plain_producers) {
+        let idempotent = i < w.idempotent_producers;
+        let task = workload::producer(world.clone(), i as u32 + 1, idempotent, stop.clone(), give_up.clone());
+        producers.push(tokio::task::spawn_local(task));
+    }
+    let mut consumers = Vec::new();
+    for g in 0..w.consumer_groups {
+        consumers.push(tokio::task::spawn_local(workload::consumer(world.clone(), format!("group-{g}"), stop.clone())));
+    }
+    let observer = tokio::task::spawn_local(workload::observe_leaders(world.clone(), stop.clone()));
+    for i in 0..w.topics_created {
+        let at = Duration::from_millis(world.random(0..=scenario.duration().as_millis() as u64));
+        let (world, rf) = (world.clone(), scenario.brokers.min(3) as i16);
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(at).await;
+            workload::create_topic(world, format!("created-{i}"), rf).await;
+        });
+    }
+    let injector = tokio::task::spawn_local(faults::inject(world.clone(), plan.clone()));
+
+    tokio::time::sleep_until(start + scenario.duration()).await;
+    stop.set(true);
+    injector.abort();
+    let _ = injector.await;
+    heal(&world).await;
+    world.event("every fault healed; settling");
+    let settle_deadline = tokio::time::Instant::now() + Duration::from_secs(scenario.settle_s);
+    let mut violations = Vec::new();
+    let healthy = loop {
+        let done = producers.iter().all(|p| p.is_finished());
+        match health(&world).await {
+            Ok(()) if done => break Ok(()),
+            Ok(()) => {}
+            Err(e) if tokio::time::Instant::now() >= settle_deadline => break Err(e),
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= settle_deadline {
+            break Err("producers still retrying".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    give_up.set(true);
+    for task in producers.into_iter().chain(consumers).chain([observer]) {
+        let _ = task.await;
+    }
+    if let Err(e) = healthy {
+        violations.push(Violation {
+            invariant: "cluster recovers after healing",
+            detail: format!("not recovered {} s after healing: {e}", scenario.settle_s),
+            partition: None,
+        });
+    }
+    let (logs, existing) = read_final_logs(&world, &mut violations).await;
+    for g in 0..w.consumer_groups {
+        let topic = &scenario.topics[0];
+        let mut read = false;
+        for _ in 0..20 {
+            if workload::read_commits(&world, &format!("group-{g}"), &topic.name, topic.partitions).await {
+                read = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if !read && !world.history.borrow().commits.is_empty() {
+            violations.push(Violation {
+                invariant: "committed offsets readable after healing",
+                detail: format!("group-{g}'s committed offsets could not be read"),
+                partition: None,
+            });
+        }
+    }
+    violations.extend(checker::check(&world.history.borrow(), &logs, &existing));
+    Ok(finish(&world, seed, plan.len(), violations, &logs).await)
+}
+
+/// Waits until every broker is registered and the scenario's topics exist.
+async fn form(world: &Shared) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + FORMATION_LIMIT;
+    let n = world.scenario.brokers;
+    loop {
+        let registered = world
+            .brokers
+            .borrow()
+            .iter()
+            .filter_map(|b| b.context())
+            .map(|c| c.cluster.as_ref().map_or(0, |c| c.metadata().live_brokers().count()))
+            .max()
+            .unwrap_or(0);
+        if registered == n {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{registered} of {n} brokers registered after {FORMATION_LIMIT:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for topic in &world.scenario.topics {
+        let mut created = false;
+        for _ in 0..50 {
+            let Some(node) = world.any_running() else { break };
+            let request = kafka_protocol::messages::CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+                kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
+                    .with_num_partitions(topic.partitions)
+                    .with_replication_factor(topic.replication_factor)
+                    .with_configs(vec![kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_static_str("min.insync.replicas"))
+                        .with_value(Some(StrBytes::from_string(topic.min_insync_replicas.to_string())))]),
+            ]);
+            let answer: Result<kafka_protocol::messages::CreateTopicsResponse, String> =
+                world.call(node, ApiKey::CreateTopics, 5, &request).await;
+            let code = answer.map(|r| r.topics.first().map_or(-1, |t| t.error_code));
+            if matches!(code, Ok(0) | Ok(36)) {
+                created = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !created {
+            return Err(format!("topic {} could not be created", topic.name));
+        }
+    }
+    while health(world).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err("the scenario's topics did not get leaders and full ISRs".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Heals every fault: network rules off, disks and clocks back, crashed brokers restarted.
+async fn heal(world: &Shared) {
+    world.net.set_rules(net::Rules::default());
+    for broker in world.brokers.borrow().iter() {
+        broker.set_write_stall(0);
+        broker.skew_ms.set(0);
+    }
+    for id in world.broker_ids() {
+        faults::restart(world, id);
+    }
+}
+
+/// Healthy: every broker live and registered, and every partition led by a
+/// broker whose partition actor agrees, with every replica in sync.
+async fn health(world: &Shared) -> Result<(), String> {
+    let contexts: Vec<_> = world.brokers.borrow().iter().map(|b| (b.id, b.context())).collect();
+    let mut metadata = None;
+    for (id, context) in &contexts {
+        let Some(context) = context else { return Err(format!("broker {id} is not up")) };
+        let cluster = context.cluster.as_ref().ok_or("no cluster")?;
+        if cluster.controller_id().is_none() {
+            return Err(format!("broker {id} knows no controller"));
+        }
+        metadata = Some(cluster.metadata());
+    }
+    let metadata = metadata.ok_or("no broker")?;
+    if metadata.live_brokers().count() != world.scenario.brokers {
+        return Err(format!("{} live brokers registered", metadata.live_brokers().count()));
+    }
+    for (name, topic) in &metadata.topics {
+        for (index, p) in topic.partitions.iter().enumerate() {
+            let Some(leader) = p.leader else { return Err(format!("{name}-{index} has no leader")) };
+            if p.isr.len() != p.replicas.len() {
+                return Err(format!("{name}-{index}: ISR {:?} of replicas {:?}", p.isr, p.replicas));
+            }
+            let Some(Some(context)) = contexts.iter().find(|(id, _)| *id == leader).map(|(_, c)| c) else {
+                return Err(format!("leader {leader} of {name}-{index} is down"));
+            };
+            let Some(handle) = context.broker.metadata().partition(name, index as i32).cloned() else {
+                return Err(format!("{name}-{index} is not on its leader {leader} yet"));
+            };
+            match handle.addr.send(DescribeRole).await {
+                Ok((Role::Leader(role), _)) if role.epoch == p.leader_epoch => {}
+                _ => return Err(format!("{name}-{index}: broker {leader} does not lead it yet")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads every partition from its leader, from offset 0 to the high watermark.
+async fn read_final_logs(world: &Shared, violations: &mut Vec<Violation>) -> (FinalLogs, BTreeSet<String>) {
+    let mut logs = FinalLogs::new();
+    let mut existing = BTreeSet::new();
+    let Some(node) = world.any_running() else { return (logs, existing) };
+    let Ok(metadata) = world.metadata(node, None).await else {
+        violations.push(Violation { invariant: "final read", detail: "metadata unavailable".into(), partition: None });
+        return (logs, existing);
+    };
+    for topic in &metadata.topics {
+        let Some(name) = topic.name.as_ref().map(|n| n.0.to_string()) else { continue };
+        existing.insert(name.clone());
+        for p in &topic.partitions {
+            let key = (name.clone(), p.partition_index);
+            let leader = p.leader_id.0;
+            let read = if leader < 0 {
+                Err("no leader".to_string())
+            } else {
+                read_partition(world, &name, p.partition_index, leader as u64).await
+            };
+            match read {
+                Ok(log) => {
+                    logs.insert(key, log);
+                }
+                Err(e) => violations.push(Violation {
+                    invariant: "final read",
+                    detail: format!("{name}-{}: {e}", p.partition_index),
+                    partition: Some(key),
+                }),
+            }
+        }
+    }
+    (logs, existing)
+}
+
+async fn read_partition(
+    world: &Shared,
+    topic: &str,
+    partition: i32,
+    leader: u64,
+) -> Result<std::collections::BTreeMap<i64, Option<checker::RecordId>>, String> {
+    let mut log = std::collections::BTreeMap::new();
+    let mut next = 0i64;
+    for _ in 0..MAX_FINAL_FETCHES {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(4 << 20)
+            .with_topics(vec![fetch_request::FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![fetch_request::FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(next)
+                    .with_partition_max_bytes(4 << 20)])]);
+        let response: FetchResponse = match world.call(leader, ApiKey::Fetch, 11, &request).await {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let Some(p) = response.responses.first().and_then(|t| t.partitions.first()) else {
+            return Err("empty fetch response".into());
+        };
+        if p.error_code != 0 {
+            return Err(format!("fetch error {}", p.error_code));
+        }
+        let read = match &p.records {
+            Some(records) => workload::decode(records)?,
+            None => Vec::new(),
+        };
+        for (offset, record) in read {
+            if offset >= next {
+                log.insert(offset, record);
+                next = offset + 1;
+            }
+        }
+        if next >= p.high_watermark {
+            return Ok(log);
+        }
+    }
+    Err(format!("not read to its end in {MAX_FINAL_FETCHES} fetches"))
+}
+
+/// Stops every broker and sums the run up.
+async fn finish(world: &Shared, seed: u64, faults: usize, violations: Vec<Violation>, logs: &FinalLogs) -> RunReport {
+    let crashes = world.history.borrow().events.iter().filter(|(_, e)| e.ends_with(" crashed")).count();
+    for id in world.broker_ids() {
+        faults::stop(world, id).await;
+    }
+    let history = world.history.borrow();
+    let mut hasher = Fnv64::default();
+    for (at, event) in &history.events {
+        hasher.write_u128(at.as_nanos());
+        hasher.write(event.as_bytes());
+    }
+    for ack in &history.acks {
+        hasher.write(ack.partition.0.as_bytes());
+        hasher.write_i32(ack.partition.1);
+        hasher.write_i64(ack.base_offset);
+        for r in &ack.records {
+            hasher.write_u32(r.producer);
+            hasher.write_u64(r.seq);
+        }
+    }
+    for ((topic, partition), log) in logs {
+        hasher.write(topic.as_bytes());
+        hasher.write_i32(*partition);
+        hasher.write_usize(log.len());
+    }
+    let named: BTreeSet<String> =
+        violations.iter().filter_map(|v| v.partition.as_ref()).map(|(t, p)| format!("{t}-{p}")).collect();
+    let trace: Vec<String> = history
+        .events
+        .iter()
+        .filter(|(_, e)| !e.starts_with("producer") || named.iter().any(|n| e.contains(n.as_str())))
+        .filter(|(_, e)| !e.contains(" leads ") || named.iter().any(|n| e.contains(n.as_str())))
+        .map(|(at, e)| format!("{:>9.3}s  {e}", at.as_secs_f64()))
+        .collect();
+    let stats = world.net.stats();
+    RunReport {
+        seed,
+        violations,
+        trace,
+        digest: hasher.finish(),
+        virtual_time: world.now(),
+        real_time: Duration::ZERO,
+        acked_records: history.acks.iter().map(|a| a.records.len()).sum(),
+        faults,
+        messages: stats.messages,
+        lost: stats.lost,
+        duplicated: stats.duplicated,
+        crashes,
+    }
+}
+
+/// FNV-1a: a stable hash (std's is seeded per process).
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// `tributary simulate` arguments.
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// A scenario file, or the name of one in simulations/ (e.g. leader-partition).
+    pub scenario: String,
+    /// Run this one seed (and print its trace).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run this many seeds, starting at --first-seed.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    #[arg(long, default_value_t = 1)]
+    pub first_seed: u64,
+    /// Seeds run at once, each on its own thread (default: the number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Scratch directory for the brokers' storage (default: /dev/shm if present).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Print each run's full event trace.
+    #[arg(long)]
+    pub trace: bool,
+}
+
+fn resolve(scenario: &str) -> anyhow::Result<PathBuf> {
+    let direct = PathBuf::from(scenario);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let named = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulations").join(format!("{scenario}.toml"));
+    if named.is_file() {
+        return Ok(named);
+    }
+    let local = Path::new("simulations").join(format!("{scenario}.toml"));
+    if local.is_file() {
+        return Ok(local);
+    }
+    anyhow::bail!("no scenario {scenario:?}: not a file, and no simulations/{scenario}.toml")
+}
+
+fn print_failure(report: &RunReport, name: &str) -> String {
+    let mut out = format!("\nFAILED: scenario {name}, seed {} (replay: tributary simulate {name} --seed {})\n", report.seed, report.seed);
+    for v in &report.violations {
+        out.push_str(&format!("  violated: {} -- {}\n", v.invariant, v.detail));
+    }
+    out.push_str("  trace (faults, and events of the partitions named):\n");
+    let skip = report.trace.len().saturating_sub(80);
+    if skip > 0 {
+        out.push_str(&format!("    ... {skip} earlier events\n"));
+    }
+    for line in report.trace.iter().skip(skip) {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
+}
+
+/// Runs the command: one seed with its trace, or many with a progress bar and a summary.
+pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
+    let path = resolve(&args.scenario)?;
+    let scenario = Scenario::load(&path)?;
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() { shm.join("tributary-sim") } else { std::env::temp_dir().join("tributary-sim") }
+    });
+    let work_dir = work_dir.join(format!("pid-{}", std::process::id()));
+    let (first, count) = match args.seed {
+        Some(seed) => (seed, 1),
+        None => (args.first_seed, args.seeds.clamp(1, 1_000_000)),
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, 64);
+    let jobs = jobs.min(count as usize);
+    let bar = indicatif::ProgressBar::new(count);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} seeds  {msg}  ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(scenario.name.clone());
+    if !scenario.description.is_empty() {
+        eprintln!("{}: {}", scenario.name, scenario.description.trim());
+    }
+    if count == 1 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    // Not bar.println: it prints nothing when the bar is hidden (no terminal, as in CI).
+    let say = |text: String| bar.suspend(|| println!("{text}"));
+    let next = Arc::new(AtomicU64::new(first));
+    let (results_tx, results_rx) = mpsc::channel::<(u64, anyhow::Result<RunReport>)>();
+    let mut workers = Vec::new();
+    for _ in 0..jobs {
+        let (next, results, scenario, work_dir) = (next.clone(), results_tx.clone(), scenario.clone(), work_dir.clone());
+        workers.push(std::thread::Builder::new().name("simulation".into()).spawn(move || loop {
+            let seed = next.fetch_add(1, Ordering::Relaxed);
+            if seed >= first + count {
+                return;
+            }
+            if results.send((seed, run_one(&scenario, seed, &work_dir))).is_err() {
+                return;
+            }
+        })?);
+    }
+    drop(results_tx);
+    let (mut passed, mut failed, mut errors) = (0u64, Vec::new(), 0u64);
+    let (mut virtual_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut acked, mut faults, mut crashes, mut messages, mut lost, mut duplicated) = (0usize, 0usize, 0usize, 0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
+    for (seed, result) in results_rx {
+        match result {
+            Ok(report) => {
+                virtual_time += report.virtual_time;
+                real_time += report.real_time;
+                acked += report.acked_records;
+                faults += report.faults;
+                crashes += report.crashes;
+                messages += report.messages;
+                lost += report.lost;
+                duplicated += report.duplicated;
+                if count == 1 {
+                    println!("scenario {}, seed {seed}: digest {:016x}", scenario.name, report.digest);
+                    if args.trace {
+                        for line in &report.trace {
+                            println!("  {line}");
+                        }
+                    }
+                } else if args.trace {
+                    say(format!("seed {seed}: digest {:016x}", report.digest));
+                }
+                if report.violations.is_empty() {
+                    passed += 1;
+                } else {
+                    say(print_failure(&report, &scenario.name));
+                    failed.push(seed);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                say(format!("seed {seed}: the harness failed: {e:#}"));
+                failed.push(seed);
+            }
+        }
+        bar.set_message(format!("{} failed", failed.len()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let _ = std::fs::remove_dir_all(&work_dir);
+    let wall = started.elapsed();
+    let speed = virtual_time.as_secs_f64() / real_time.as_secs_f64().max(1e-9);
+    println!();
+    println!("{:<34} {:>12}", "scenario", scenario.name);
+    println!("{:<34} {:>12}", "seeds run", count);
+    println!("{:<34} {:>12}", "passed", passed);
+    println!("{:<34} {:>12}", "failed", failed.len());
+    if errors > 0 {
+        println!("{:<34} {:>12}", "of which the harness failed", errors);
+    }
+    println!("{:<34} {:>12.0}", "virtual seconds simulated", virtual_time.as_secs_f64());
+    println!("{:<34} {:>12.1}", "wall seconds", wall.as_secs_f64());
+    println!("{:<34} {:>12.1}", "virtual s per real s (one thread)", speed);
+    println!("{:<34} {:>12}", "faults injected", faults);
+    println!("{:<34} {:>12}", "broker crashes", crashes);
+    println!("{:<34} {:>12}", "records acknowledged and checked", acked);
+    println!("{:<34} {:>12}", "messages (lost, duplicated)", format!("{messages} ({lost}, {duplicated})"));
+    if !failed.is_empty() {
+        let shown: Vec<String> = failed.iter().take(20).map(|s| s.to_string()).collect();
+        eprintln!("{} of {count} seeds failed: {}", failed.len(), shown.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
+}
