@@ -33,6 +33,8 @@ type OffsetKey = U64<BigEndian>;
 /// Databases outlive the transaction that created them once it commits.
 type Db<K, V> = Database<'static, K, V>;
 
+/// Batches read back at most when a truncation rebuilds producer states.
+const MAX_PRODUCER_SCAN: usize = 1_000_000;
 const LOG_START_KEY: &str = "log_start_offset";
 const LOG_BYTES_KEY: &str = "log_bytes";
 /// Batches one retention or deletion transaction removes at most, so it never
@@ -799,14 +801,29 @@ impl PartitionLog {
             self.time_index.delete(&mut wtxn, ts_key)?;
         }
         self.epochs_delete_from(&mut wtxn, cut as i64)?;
+        // Producers whose remembered batches were cut: their state is rebuilt
+        // from what the log keeps (else one that lost all five would be
+        // expected to start again at sequence 0, and its retries refused).
+        let affected: Vec<i64> = self
+            .producer_states
+            .iter()
+            .filter(|(_, state)| state.batches.iter().any(|b| b.last_offset >= cut as i64))
+            .map(|(id, _)| *id)
+            .collect();
+        let rebuilt = self.producer_states_before(&wtxn, cut, &affected)?;
         let mut touched = Vec::new();
-        for (producer_id, state) in self.producer_states.iter() {
-            if state.batches.iter().any(|b| b.last_offset >= cut as i64) {
-                let mut state = state.clone();
-                state.batches.retain(|b| b.last_offset < cut as i64);
-                let value = postcard::to_stdvec(&state).map_err(|e| LogError::Corrupt(e.to_string()))?;
-                self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
-                touched.push((*producer_id, state));
+        let mut forgotten = Vec::new();
+        for producer_id in affected {
+            match rebuilt.get(&producer_id) {
+                Some(state) => {
+                    let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
+                    self.producers.put(&mut wtxn, &(producer_id as u64), &value)?;
+                    touched.push((producer_id, state.clone()));
+                }
+                None => {
+                    self.producers.delete(&mut wtxn, &(producer_id as u64))?;
+                    forgotten.push(producer_id);
+                }
             }
         }
         let log_bytes = self.log_bytes.saturating_sub(freed);
@@ -815,6 +832,9 @@ impl PartitionLog {
         self.meta.put(&mut wtxn, LOG_START_KEY, &(start as u64))?;
         wtxn.commit()?;
         self.producer_states.extend(touched);
+        for producer_id in forgotten {
+            self.producer_states.remove(&producer_id);
+        }
         self.epoch_starts.retain(|(_, s)| *s < cut as i64);
         self.log_bytes = log_bytes;
         let rtxn = self.env.read_txn()?;
@@ -823,6 +843,56 @@ impl PartitionLog {
         self.offsets = LogOffsets { log_start_offset: start, log_end_offset: end, high_watermark: end };
         tracing::info!(dir = %self.dir.display(), log_start = start, log_end = end, "truncated log");
         Ok(())
+    }
+
+    /// The state of each of `producers` as of the batches below `cut`: up to
+    /// `BATCHES_KEPT` of its latest batches there, found by reading the log
+    /// backwards (at most `MAX_PRODUCER_SCAN` batches). A producer with none
+    /// in that reach is left out: to this log it is unknown.
+    fn producer_states_before(
+        &self,
+        txn: &heed::RoTxn<WithoutTls>,
+        cut: u64,
+        producers: &[i64],
+    ) -> Result<HashMap<i64, ProducerState>, LogError> {
+        let mut found: HashMap<i64, ProducerState> = HashMap::new();
+        if producers.is_empty() {
+            return Ok(found);
+        }
+        let mut complete = 0;
+        for entry in self.batches.rev_range(txn, &(..cut))?.take(MAX_PRODUCER_SCAN) {
+            let (_, bytes) = entry?;
+            let header = BatchHeader::parse(bytes).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            if !producers.contains(&header.producer_id) {
+                continue;
+            }
+            let previous = self.producer_states.get(&header.producer_id);
+            let state = found.entry(header.producer_id).or_insert_with(|| ProducerState {
+                epoch: header.producer_epoch,
+                batches: Vec::new(),
+                last_append_ms: previous.map_or(0, |p| p.last_append_ms),
+            });
+            if state.batches.len() >= producer_state::BATCHES_KEPT || header.producer_epoch != state.epoch {
+                continue;
+            }
+            let count = i64::from(header.last_offset_delta) + 1;
+            state.batches.insert(
+                0,
+                SeqEntry {
+                    first_seq: header.base_sequence,
+                    last_seq: producer_state::last_seq(header.base_sequence, count),
+                    base_offset: header.base_offset,
+                    last_offset: header.last_offset(),
+                },
+            );
+            if state.batches.len() == producer_state::BATCHES_KEPT {
+                complete += 1;
+                if complete == producers.len() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn epochs_delete_from(&self, wtxn: &mut heed::RwTxn, offset: i64) -> Result<(), LogError> {
@@ -1026,6 +1096,41 @@ mod tests {
         let out = follower.append_groups(&[AppendGroup::new(&first)]).unwrap();
         assert_eq!(out[0].as_ref().unwrap().base_offset, 0, "answered with the original offsets");
         assert_eq!(follower.offsets().log_end_offset, 3, "not written twice");
+    }
+
+    #[test]
+    fn truncating_a_producers_last_batches_rebuilds_its_state_from_the_log() {
+        // Found by the Jepsen-style test: a replica that truncated more than the
+        // five batches it remembers of a producer expected sequence 0 next, and
+        // refused that producer's retries once it led (OUT_OF_ORDER_SEQUENCE_NUMBER).
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        for (i, other) in (0..4).zip([8, 9, 8, 9]) {
+            log.append_groups(&[AppendGroup::new(&idempotent_batch(7, 0, i * 2, 2))]).unwrap();
+            log.append_groups(&[AppendGroup::new(&idempotent_batch(other, 0, i / 2, 1))]).unwrap();
+        }
+        let kept = log.offsets().log_end_offset;
+        for i in 4..10 {
+            log.append_groups(&[AppendGroup::new(&idempotent_batch(7, 0, i * 2, 2))]).unwrap();
+        }
+        log.truncate_to(kept).unwrap();
+        let retry = idempotent_batch(7, 0, 8, 2);
+        let out = log.append_groups(&[AppendGroup::new(&retry)]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, kept, "the next sequence after the cut is taken");
+        let duplicate = idempotent_batch(7, 0, 6, 2);
+        let out = log.append_groups(&[AppendGroup::new(&duplicate)]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, 9, "an older batch is still known as a duplicate");
+        // The rebuilt state is what a reopen sees.
+        drop(log);
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        let out = log.append_groups(&[AppendGroup::new(&idempotent_batch(7, 0, 10, 1))]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, kept + 2);
+        // A producer with nothing left below the cut is unknown again.
+        log.truncate_to(0).unwrap();
+        let out = log.append_groups(&[AppendGroup::new(&idempotent_batch(9, 0, 0, 1))]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().base_offset, 0);
     }
 
     #[test]

@@ -75,6 +75,49 @@ class Net:
                            stderr=subprocess.DEVNULL)
         self.blackholes = []
 
+    # Faults for the Jepsen-style test. Each lives inside one broker's namespace.
+
+    def netem_available(self):
+        """Whether the kernel has tc netem (some VM kernels ship without it)."""
+        probe = subprocess.run(f"ip netns exec {self.ns(1)} tc qdisc add dev eth0 root netem delay 1ms",
+                               shell=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        subprocess.run(f"ip netns exec {self.ns(1)} tc qdisc del dev eth0 root", shell=True,
+                       stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return probe.returncode == 0
+
+    def netem(self, i, delay_ms, jitter_ms, loss_pct):
+        """Delay, jitter (which reorders) and loss on everything broker i sends."""
+        sh(f"ip netns exec {self.ns(i)} tc qdisc replace dev eth0 root netem "
+           f"delay {delay_ms}ms {jitter_ms}ms loss {loss_pct}%")
+
+    def slow_link(self, i, rate="2mbit", latency_ms=300):
+        """A narrow link (token bucket): what broker i sends queues up, which delays it."""
+        sh(f"ip netns exec {self.ns(i)} tc qdisc replace dev eth0 root tbf rate {rate} burst 32kbit "
+           f"latency {latency_ms}ms")
+
+    def loss(self, i, percent):
+        """Random loss of what broker i receives from the other brokers (iptables statistic)."""
+        for j in range(1, self.n + 1):
+            if j != i:
+                sh(f"ip netns exec {self.ns(i)} iptables -A INPUT -s {self.host(j)} -m statistic "
+                   f"--mode random --probability {percent / 100:.3f} -j DROP")
+
+    def one_way(self, i, j):
+        """Broker i's packets to broker j are dropped; j still reaches i."""
+        sh(f"ip netns exec {self.ns(i)} iptables -A OUTPUT -d {self.host(j)} -j DROP")
+
+    def link(self, i, up):
+        sh(f"ip netns exec {self.ns(i)} ip link set eth0 {'up' if up else 'down'}")
+
+    def heal_all(self):
+        """Every fault above off, and every blackhole gone."""
+        self.heal()
+        for i in range(1, self.n + 1):
+            quiet = dict(shell=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            subprocess.run(f"ip netns exec {self.ns(i)} ip link set eth0 up", **quiet)
+            subprocess.run(f"ip netns exec {self.ns(i)} tc qdisc del dev eth0 root", **quiet)
+            subprocess.run(f"ip netns exec {self.ns(i)} iptables -F", **quiet)
+
     def destroy(self):
         for i in range(1, self.n + 1):
             subprocess.run(f"ip netns del {self.ns(i)}", shell=True, stderr=subprocess.DEVNULL)
@@ -209,5 +252,5 @@ class Cluster:
         for b in self.brokers:
             b.stop()
         if self.net:
-            self.net.heal()
+            self.net.heal_all()
             self.net.destroy()
