@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# kcat: librdkafka's CLI client; iproute2: the cluster tests' network namespaces.
-if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
-    echo "== installing kcat and iproute2"
+# kcat: librdkafka's CLI client; iproute2 (ip, tc) and iptables: the cluster
+# and Jepsen-style tests' network namespaces and faults.
+if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 \
+    || ! command -v iptables >/dev/null 2>&1; then
+    echo "== installing kcat, iproute2 and iptables"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 iptables >/dev/null
 fi
 
 echo "== installing Python test clients (tests/requirements.txt)"
@@ -26,6 +28,11 @@ cargo build --release --workspace --locked
 
 echo "== Rust tests"
 cargo test --release --workspace --locked
+
+echo "== simulations: ${SIM_SEEDS:=200} seeds of every scenario (a longer sweep: scripts/simulate-sweep.sh)"
+for scenario in simulations/*.toml; do
+    ./target/release/tributary simulate "$scenario" --seeds "$SIM_SEEDS"
+done
 
 echo "== integration tests with real clients"
 TRIBUTARY_BIN="$PWD/target/release/tributary" python3 -m pytest -q -p no:cacheprovider tests/clients
