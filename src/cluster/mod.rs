@@ -73,6 +73,18 @@ struct ClusterInner {
     transport: Transport,
     metadata: watch::Receiver<Arc<ClusterMetadata>>,
     membership: SharedMembership,
+    leader_contact: Arc<LeaderContact>,
+}
+
+/// When this broker last heard the Raft leader (an AppendEntries), and the
+/// commit index that leader had then.
+#[derive(Default)]
+struct LeaderContact(Mutex<Option<(Instant, u64)>>);
+
+impl LeaderContact {
+    fn heard(&self, leader_commit: u64) {
+        *self.0.lock().expect("leader contact lock") = Some((Instant::now(), leader_commit));
+    }
 }
 
 /// A handle on this broker's part of the cluster. Cheap to clone, usable from any thread.
@@ -169,6 +181,37 @@ impl Cluster {
         let metrics = self.inner.raft.metrics().borrow().clone();
         let applied = metrics.last_applied.map(|l| l.index);
         metrics.current_leader.is_some() && applied.is_some() && applied >= metrics.last_log_index
+    }
+
+    /// Whether this broker may lead partitions: it hears a majority of the
+    /// controller quorum, and its metadata is current. Current means: as the
+    /// Raft leader, a quorum acknowledged it within the session timeout; as a
+    /// follower, it heard the leader within the session timeout and has
+    /// applied everything that leader had committed then. Without the second
+    /// rule a broker coming back from a partition would lead again, for a
+    /// moment, by the metadata it had before it was cut off (found by the
+    /// simulation: such a zombie leader refused an idempotent producer's next
+    /// batch as out of order).
+    pub fn may_lead(&self) -> bool {
+        if !self.has_quorum() {
+            return false;
+        }
+        let settings = &self.inner.settings;
+        if settings.voters.len() == 1 {
+            return true;
+        }
+        let session_ms = settings.session_timeout.as_millis() as u64;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(settings.node_id) {
+            return metrics.millis_since_quorum_ack.is_some_and(|ms| ms < session_ms);
+        }
+        let contact = *self.inner.leader_contact.0.lock().expect("leader contact lock");
+        match contact {
+            Some((at, leader_commit)) if at.elapsed() < settings.session_timeout => {
+                metrics.last_applied.is_some_and(|applied| applied.index >= leader_commit)
+            }
+            _ => false,
+        }
     }
 
     /// Whether this broker hears a majority of the controller quorum (itself included).
@@ -289,7 +332,8 @@ async fn start_here(
         .await
         .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
     let membership: SharedMembership = Arc::new(Mutex::new(Default::default()));
-    let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker });
+    let leader_contact = Arc::new(LeaderContact::default());
+    let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker, leader_contact: leader_contact.clone() });
     match (network, swarm_task) {
         (Network::Simulated(net), _) => net.serve(me, inbound, membership.clone()),
         (Network::Libp2p, Some(swarm_task)) => {
@@ -311,7 +355,8 @@ async fn start_here(
             tracing::debug!(error = %e, "raft already initialized");
         }
     }
-    let cluster = Cluster { inner: Arc::new(ClusterInner { settings, raft, transport, metadata, membership }) };
+    let cluster =
+        Cluster { inner: Arc::new(ClusterInner { settings, raft, transport, metadata, membership, leader_contact }) };
     tokio::task::spawn_local(controller_loop(cluster.clone()));
     Ok(cluster)
 }
@@ -383,15 +428,25 @@ async fn controller_loop(cluster: Cluster) {
 struct Dispatcher {
     raft: Raft,
     broker: Broker,
+    leader_contact: Arc<LeaderContact>,
 }
 
 impl Inbound for Dispatcher {
     fn handle(&self, request: Request) -> futures::future::BoxFuture<'static, Response> {
         let raft = self.raft.clone();
         let broker = self.broker.clone();
+        let contact = self.leader_contact.clone();
         async move {
             match request {
-                Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
+                Request::AppendEntries(rpc) => {
+                    let leader_commit = rpc.leader_commit.map_or(0, |c| c.index);
+                    let answer = raft.append_entries(rpc).await;
+                    // Only an accepted AppendEntries is the current leader speaking.
+                    if answer.as_ref().is_ok_and(|a| a.is_success()) {
+                        contact.heard(leader_commit);
+                    }
+                    Response::AppendEntries(answer)
+                }
                 Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
                 Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
                 Request::ControllerWrite(command) => {

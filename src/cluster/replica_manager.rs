@@ -98,7 +98,7 @@ impl ReplicaManager {
     async fn reconcile(&mut self, metadata: &ClusterMetadata) {
         self.sync_topics(metadata).await;
         let me = self.cluster.node_id();
-        let quorum = self.cluster.has_quorum();
+        let quorum = self.cluster.may_lead();
         let local = self.broker.metadata();
         let mut wanted_fetchers: BTreeMap<(Arc<str>, i32), (NodeId, i32)> = BTreeMap::new();
         for (name, topic) in &metadata.topics {

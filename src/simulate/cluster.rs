@@ -7,6 +7,7 @@
 //! and what it committed to LMDB stays on disk for the restart.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -26,7 +27,9 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::kafka::RequestContext;
 
-type KafkaCall = (Bytes, oneshot::Sender<Result<Option<Bytes>, String>>);
+type Reply = oneshot::Sender<Result<Option<Bytes>, String>>;
+/// A request on client connection `.0` (`None`: a connection of its own).
+type KafkaCall = (Option<u64>, Bytes, Reply);
 
 /// The shared key of simulated clusters (the network is simulated; it only has to match).
 const SIM_KEY: &str = "51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab";
@@ -116,12 +119,23 @@ impl SimBroker {
                 }
             };
             *published.borrow_mut() = Some(context.clone());
-            while let Some((frame, reply)) = calls.recv().await {
-                let context = context.clone();
-                tokio::task::spawn_local(async move {
-                    let answer = crate::kafka::handle_frame(&context, frame, "10.0.0.100").await;
-                    let _ = reply.send(answer.map_err(|e| e.to_string()));
+            // One task per client connection, as connection.rs runs one per socket.
+            let mut connections: BTreeMap<u64, mpsc::UnboundedSender<(Bytes, Reply)>> = BTreeMap::new();
+            while let Some((connection, frame, reply)) = calls.recv().await {
+                let Some(connection) = connection else {
+                    let context = context.clone();
+                    tokio::task::spawn_local(async move {
+                        let answer = crate::kafka::handle_frame(&context, frame, "10.0.0.100").await;
+                        let _ = reply.send(answer.map_err(|e| e.to_string()));
+                    });
+                    continue;
+                };
+                let frames = connections.entry(connection).or_insert_with(|| {
+                    let (frames, requests) = mpsc::unbounded_channel();
+                    tokio::task::spawn_local(serve_connection(context.clone(), requests));
+                    frames
                 });
+                let _ = frames.send((frame, reply));
             }
         });
         let task = tokio::task::spawn_local(Skewed { local: Box::pin(local), skew_ms: self.skew_ms.clone() });
@@ -142,13 +156,38 @@ impl SimBroker {
         self.write_stall_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Hands a Kafka request frame (without its length prefix) to the broker.
-    pub fn send_kafka(&self, frame: Bytes) -> Option<oneshot::Receiver<Result<Option<Bytes>, String>>> {
+    /// Hands a Kafka request frame (without its length prefix), sent on client
+    /// connection `connection`, to the broker.
+    pub fn send_kafka(
+        &self,
+        connection: Option<u64>,
+        frame: Bytes,
+    ) -> Option<oneshot::Receiver<Result<Option<Bytes>, String>>> {
         let running = self.running.as_ref()?;
         running.ready.borrow().as_ref()?;
         let (tx, rx) = oneshot::channel();
-        running.kafka.send((frame, tx)).ok()?;
+        running.kafka.send((connection, frame, tx)).ok()?;
         Some(rx)
+    }
+}
+
+/// Serves one client connection's requests in arrival order, as
+/// `connection.rs` does: a produce request's appends are queued before the
+/// next request is read (so pipelined batches stay in order), and its answer
+/// follows when committed.
+async fn serve_connection(context: Arc<RequestContext>, mut requests: mpsc::UnboundedReceiver<(Bytes, Reply)>) {
+    while let Some((frame, reply)) = requests.recv().await {
+        match crate::kafka::dispatch(&context, frame) {
+            crate::kafka::Dispatch::Started(answer) => {
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(answer.await.map_err(|e| e.to_string()));
+                });
+            }
+            crate::kafka::Dispatch::Serial(frame) => {
+                let answer = crate::kafka::handle_frame(&context, frame, "10.0.0.100").await;
+                let _ = reply.send(answer.map_err(|e| e.to_string()));
+            }
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct RunReport {
     pub violations: Vec<Violation>,
     /// The fault events, and the events of the partitions a violation names.
     pub trace: Vec<String>,
+    /// Every event of the run.
+    pub events: Vec<String>,
     /// A hash of everything the run saw: the same seed gives the same digest.
     pub digest: u64,
     pub virtual_time: Duration,
@@ -189,6 +191,18 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
         }
     }
     violations.extend(checker::check(&world.history.borrow(), &logs, &existing));
+    // A producer that never got an acknowledgement means the run tested nothing of it.
+    let producers = (w.idempotent_producers + w.plain_producers) as u32;
+    for id in 1..=producers {
+        let acked = world.history.borrow().acks.iter().any(|a| a.records.first().is_some_and(|r| r.producer == id));
+        if !acked {
+            violations.push(Violation {
+                invariant: "every producer makes progress",
+                detail: format!("producer {id} had nothing acknowledged in {} s", scenario.duration_s),
+                partition: None,
+            });
+        }
+    }
     Ok(finish(&world, seed, plan.len(), violations, &logs).await)
 }
 
@@ -416,7 +430,9 @@ async fn finish(world: &Shared, seed: u64, faults: usize, violations: Vec<Violat
         .map(|(at, e)| format!("{:>9.3}s  {e}", at.as_secs_f64()))
         .collect();
     let stats = world.net.stats();
+    let events = history.events.iter().map(|(at, e)| format!("{:>9.3}s  {e}", at.as_secs_f64())).collect();
     RunReport {
+        events,
         seed,
         violations,
         trace,
@@ -472,7 +488,7 @@ pub struct SimulateArgs {
     /// Scratch directory for the brokers' storage (default: /dev/shm if present).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// Print each run's full event trace.
+    /// Print every event of a single seed's run (a sweep prints each seed's digest).
     #[arg(long)]
     pub trace: bool,
 }
@@ -573,7 +589,7 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
                 if count == 1 {
                     println!("scenario {}, seed {seed}: digest {:016x}", scenario.name, report.digest);
                     if args.trace {
-                        for line in &report.trace {
+                        for line in &report.events {
                             println!("  {line}");
                         }
                     }

@@ -129,13 +129,23 @@ impl SimNet {
         Route::Deliver { delay: Duration::from_millis(delay), copy_after }
     }
 
-    /// One message's one-way trip for a client: `None` if it is lost.
-    pub fn client_trip(&self, to: NodeId, back: bool) -> Option<Duration> {
-        let (from, to) = if back { (to, CLIENT) } else { (CLIENT, to) };
+    /// One message's one-way trip between a client and broker `broker`:
+    /// `None` if it is lost.
+    pub fn client_trip(&self, broker: NodeId, back: bool) -> Option<Duration> {
+        let (from, to) = if back { (broker, CLIENT) } else { (CLIENT, broker) };
         match self.route(from, to, false) {
             Route::Lost => None,
             Route::Deliver { delay, .. } => Some(delay),
         }
+    }
+
+    /// A request's trip on an ordered client connection (TCP): never lost,
+    /// and never before the connection's previous request.
+    pub fn ordered_trip(&self) -> Duration {
+        let mut s = self.lock();
+        s.stats.messages += 1;
+        let [min, max] = s.latency_ms;
+        Duration::from_millis(s.rng.gen_range(min..=max))
     }
 
     fn inbox(&self, node: NodeId) -> Option<mpsc::UnboundedSender<Delivery>> {

@@ -61,6 +61,10 @@ pub struct WorkloadSpec {
     /// acks=-1 producers without idempotence: retries may duplicate.
     pub plain_producers: usize,
     pub records_per_batch: usize,
+    /// Batches an idempotent producer keeps in flight to one partition, on one
+    /// ordered connection (librdkafka's max.in.flight, at most 5). Plain producers keep one,
+    /// as Kafka needs for ordering without idempotence.
+    pub max_in_flight: usize,
     /// Pause between one producer's batches (after the previous one is answered).
     pub produce_every_ms: u64,
     /// Consumer groups, each reading every partition of the first topic and committing.
@@ -76,6 +80,7 @@ impl Default for WorkloadSpec {
             idempotent_producers: 2,
             plain_producers: 1,
             records_per_batch: 4,
+            max_in_flight: 5,
             produce_every_ms: 20,
             consumer_groups: 1,
             commit_every_ms: 250,
@@ -228,6 +233,9 @@ impl Scenario {
         }
         if !(1..=100).contains(&w.records_per_batch) {
             bail!("records_per_batch must be within 1..=100");
+        }
+        if !(1..=5).contains(&w.max_in_flight) {
+            bail!("max_in_flight must be within 1..=5 (the batches a broker remembers per producer)");
         }
         if w.consumer_groups > 8 || w.topics_created > 16 {
             bail!("at most 8 consumer groups and 16 created topics");

@@ -89,14 +89,16 @@ async fn init_producer_id(world: &Shared, stop: &Cell<bool>) -> Option<(i64, i16
             return None;
         }
         if let Some(node) = world.any_running() {
+            // The default transactional id is Some(""), which asks for a transaction.
             let request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
                 .with_transaction_timeout_ms(60_000)
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1);
-            if let Ok(r) = world.call::<_, InitProducerIdResponse>(node, ApiKey::InitProducerId, 4, &request).await {
-                if r.error_code == 0 {
-                    return Some((r.producer_id.0, r.producer_epoch));
-                }
+            match world.call::<_, InitProducerIdResponse>(node, ApiKey::InitProducerId, 4, &request).await {
+                Ok(r) if r.error_code == 0 => return Some((r.producer_id.0, r.producer_epoch)),
+                Ok(r) => world.event(format!("InitProducerId through broker {node}: error {}", r.error_code)),
+                Err(e) => world.event(format!("InitProducerId: {e}")),
             }
         }
         backoff(world).await;
@@ -104,19 +106,35 @@ async fn init_producer_id(world: &Shared, stop: &Cell<bool>) -> Option<(i64, i16
     None
 }
 
-/// One producer: batches of its own numbered records to random partitions,
-/// each sent to the partition's leader until acknowledged. `stop` ends new
-/// batches; `give_up` ends retries of the last one.
+/// One batch of a producer, sent until acknowledged.
+struct InFlight {
+    records: Vec<RecordId>,
+    base_sequence: i32,
+    request: ProduceRequest,
+    acked: Option<i64>,
+}
+
+/// One producer: windows of batches of its own numbered records to random
+/// partitions, sent to the partition's leader until each is acknowledged.
+/// An idempotent producer keeps up to `max_in_flight` batches in flight on one
+/// ordered connection, as librdkafka does; its retries resend every batch
+/// not yet acknowledged, in order, with the same sequences. `stop` ends new
+/// windows; `give_up` ends retries.
 pub async fn producer(world: Shared, id: u32, idempotent: bool, stop: Rc<Cell<bool>>, give_up: Rc<Cell<bool>>) {
     let scenario = world.scenario.clone();
     let producer = if idempotent {
         match init_producer_id(&world, &stop).await {
             Some(p) => Some(p),
-            None => return,
+            None => {
+                world.event(format!("producer {id} got no producer id; it stops"));
+                return;
+            }
         }
     } else {
         None
     };
+    let window = if idempotent { scenario.workload.max_in_flight } else { 1 };
+    let connection = id as u64;
     let mut sequences: BTreeMap<PartitionKey, i32> = BTreeMap::new();
     let mut leaders: BTreeMap<PartitionKey, NodeId> = BTreeMap::new();
     let mut next_seq = 0u64;
@@ -124,27 +142,32 @@ pub async fn producer(world: Shared, id: u32, idempotent: bool, stop: Rc<Cell<bo
         let topic = &scenario.topics[world.random(0..=scenario.topics.len() as u64 - 1) as usize];
         let partition = world.random(0..=topic.partitions as u64 - 1) as i32;
         let key: PartitionKey = (topic.name.clone(), partition);
-        let records: Vec<RecordId> = (0..scenario.workload.records_per_batch as u64)
-            .map(|i| RecordId { producer: id, seq: next_seq + i })
-            .collect();
-        next_seq += records.len() as u64;
-        let base_sequence = *sequences.get(&key).unwrap_or(&0);
-        let ids = producer.map(|(pid, epoch)| (pid, epoch, base_sequence));
-        let batch = match encode(&records, ids, tributary_actors::now_ms()) {
-            Ok(batch) => batch,
-            Err(e) => {
-                world.history.borrow_mut().fatal.push(format!("producer {id} cannot encode a batch: {e}"));
-                return;
-            }
-        };
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-            produce_request::TopicProduceData::default().with_name(topic_name(&topic.name)).with_partition_data(vec![
-                produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch)),
-            ]),
-        ]);
-        let mut acked = false;
+        let mut batches = Vec::new();
+        let mut base_sequence = *sequences.get(&key).unwrap_or(&0);
+        // A full window, as a client under load keeps it.
+        for _ in 0..window {
+            let records: Vec<RecordId> = (0..scenario.workload.records_per_batch as u64)
+                .map(|i| RecordId { producer: id, seq: next_seq + i })
+                .collect();
+            next_seq += records.len() as u64;
+            let ids = producer.map(|(pid, epoch)| (pid, epoch, base_sequence));
+            let batch = match encode(&records, ids, tributary_actors::now_ms()) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    world.history.borrow_mut().fatal.push(format!("producer {id} cannot encode a batch: {e}"));
+                    return;
+                }
+            };
+            let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+                produce_request::TopicProduceData::default().with_name(topic_name(&topic.name)).with_partition_data(
+                    vec![produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch))],
+                ),
+            ]);
+            batches.push(InFlight { records: records.clone(), base_sequence, request, acked: None });
+            base_sequence += records.len() as i32;
+        }
         for _ in 0..MAX_SENDS_PER_BATCH {
-            if give_up.get() {
+            if give_up.get() || batches.iter().all(|b| b.acked.is_some()) {
                 break;
             }
             let leader = match leaders.get(&key) {
@@ -157,56 +180,82 @@ pub async fn producer(world: Shared, id: u32, idempotent: bool, stop: Rc<Cell<bo
                     }
                 },
             };
-            world.history.borrow_mut().produce_attempts += 1;
-            let answer = world.call::<_, ProduceResponse>(leader, ApiKey::Produce, 8, &request).await;
-            let part = answer.as_ref().ok().and_then(|r| r.responses.first()?.partition_responses.first().cloned());
-            match (answer, part) {
-                (Ok(_), Some(p)) if p.error_code == 0 => {
-                    let ack = Ack {
-                        at: world.now(),
-                        partition: key.clone(),
-                        base_offset: p.base_offset,
-                        records: records.clone(),
-                        idempotent,
-                    };
-                    world.history.borrow_mut().acks.push(ack);
-                    acked = true;
-                    break;
-                }
-                (Ok(_), Some(p))
-                    if p.error_code == ResponseError::OutOfOrderSequenceNumber.code()
-                        || p.error_code == ResponseError::UnknownProducerId.code() =>
-                {
-                    let what = format!(
-                        "{:?}: producer {id} got error {} for {}-{} at sequence {base_sequence} from broker {leader}",
-                        world.now(),
-                        p.error_code,
-                        key.0,
-                        key.1
-                    );
-                    world.history.borrow_mut().fatal.push(what);
-                    return;
-                }
-                (Ok(_), Some(p)) => {
-                    leaders.remove(&key);
-                    world.event(format!("producer {id}: error {} from broker {leader} for {}-{}", p.error_code, key.0, key.1));
-                }
-                (Ok(_), None) => {
-                    leaders.remove(&key);
-                }
-                (Err(e), _) => {
-                    leaders.remove(&key);
-                    world.event(format!("producer {id}: {e}"));
+            // Every unacknowledged batch, in order, on the one connection.
+            let unacked: Vec<usize> = (0..batches.len()).filter(|i| batches[*i].acked.is_none()).collect();
+            world.history.borrow_mut().produce_attempts += unacked.len() as u64;
+            let sends = unacked.iter().map(|i| {
+                world.call_on::<_, ProduceResponse>(Some(connection), leader, ApiKey::Produce, 8, &batches[*i].request)
+            });
+            let answers = futures::future::join_all(sends).await;
+            let mut failed = false;
+            for (i, answer) in unacked.into_iter().zip(answers) {
+                let part = answer.as_ref().ok().and_then(|r| r.responses.first()?.partition_responses.first().cloned());
+                let sequence = batches[i].base_sequence;
+                match (answer, part) {
+                    (Ok(_), Some(p)) if p.error_code == 0 => batches[i].acked = Some(p.base_offset),
+                    (Ok(_), Some(p))
+                        if (p.error_code == ResponseError::OutOfOrderSequenceNumber.code()
+                            || p.error_code == ResponseError::UnknownProducerId.code())
+                            && !failed
+                            && batches[..i].iter().all(|b| b.acked.is_some()) =>
+                    {
+                        // Everything before this batch was acknowledged (so committed):
+                        // the leader should know the sequence that precedes it.
+                        let what = format!(
+                            "{:?}: producer {id} got error {} for {}-{} at sequence {sequence}, every earlier batch acknowledged, from broker {leader}",
+                            world.now(),
+                            p.error_code,
+                            key.0,
+                            key.1
+                        );
+                        world.history.borrow_mut().fatal.push(what);
+                        return;
+                    }
+                    (Ok(_), Some(p)) => {
+                        failed = true;
+                        leaders.remove(&key);
+                        world.event(format!(
+                            "producer {id}: error {} from broker {leader} for {}-{} at sequence {sequence}",
+                            p.error_code, key.0, key.1
+                        ));
+                    }
+                    (Ok(_), None) => {
+                        failed = true;
+                        leaders.remove(&key);
+                    }
+                    (Err(e), _) => {
+                        failed = true;
+                        leaders.remove(&key);
+                        world.event(format!("producer {id}: {e}"));
+                    }
                 }
             }
-            backoff(&world).await;
+            if failed {
+                backoff(&world).await;
+            }
         }
-        if acked {
-            sequences.insert(key, base_sequence + records.len() as i32);
-        } else if idempotent {
-            // The batch may or may not be written; a new sequence after it would be out of order.
-            world.event(format!("producer {id} gave up on a batch; it stops"));
-            return;
+        // Acknowledgements are delivered in batch order, as a client delivers them.
+        let mut acked_batches = 0;
+        for batch in &batches {
+            let Some(base_offset) = batch.acked else { break };
+            let ack = Ack {
+                at: world.now(),
+                partition: key.clone(),
+                base_offset,
+                records: batch.records.clone(),
+                idempotent,
+            };
+            world.history.borrow_mut().acks.push(ack);
+            acked_batches += 1;
+        }
+        if acked_batches < batches.len() {
+            if idempotent {
+                // A batch may or may not be written; a new sequence after it would be out of order.
+                world.event(format!("producer {id} gave up on a batch; it stops"));
+                return;
+            }
+        } else {
+            sequences.insert(key, base_sequence);
         }
         tokio::time::sleep(Duration::from_millis(scenario.workload.produce_every_ms)).await;
     }

@@ -30,6 +30,8 @@ pub struct World {
     pub rng: RefCell<StdRng>,
     pub start: Instant,
     correlation: std::cell::Cell<i32>,
+    /// Ordered client connections: (connection, broker) -> when its last request arrives.
+    connections: RefCell<std::collections::BTreeMap<(u64, NodeId), Instant>>,
 }
 
 pub type Shared = Rc<World>;
@@ -44,6 +46,7 @@ impl World {
             rng: RefCell::new(rng),
             start: Instant::now(),
             correlation: std::cell::Cell::new(0),
+            connections: RefCell::new(std::collections::BTreeMap::new()),
         })
     }
 
@@ -91,6 +94,20 @@ impl World {
         version: i16,
         request: &Req,
     ) -> Result<Resp, String> {
+        self.call_on(None, node, api, version, request).await
+    }
+
+    /// `call` on a client connection: `Some(id)` keeps requests in order (as TCP
+    /// does) and never loses them; their answers may still be lost. `None`: a
+    /// fresh connection per request, either direction may be lost.
+    pub async fn call_on<Req: Encodable, Resp: Decodable>(
+        &self,
+        connection: Option<u64>,
+        node: NodeId,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Resp, String> {
         let correlation = self.correlation.get().wrapping_add(1);
         self.correlation.set(correlation);
         let header = RequestHeader::default()
@@ -103,15 +120,27 @@ impl World {
         request.encode(&mut frame, version).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + CLIENT_TIMEOUT;
         let timed_out = || format!("{api:?} to broker {node}: no answer within {CLIENT_TIMEOUT:?}");
-        let Some(trip) = self.net.client_trip(node, false) else {
-            tokio::time::sleep_until(deadline).await;
-            return Err(timed_out());
+        let arrival = match connection {
+            Some(id) => {
+                let trip = Instant::now() + self.net.ordered_trip();
+                let mut connections = self.connections.borrow_mut();
+                let last = connections.entry((id, node)).or_insert(trip);
+                *last = (*last).max(trip);
+                *last
+            }
+            None => match self.net.client_trip(node, false) {
+                Some(trip) => Instant::now() + trip,
+                None => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(timed_out());
+                }
+            },
         };
-        tokio::time::sleep(trip).await;
+        tokio::time::sleep_until(arrival).await;
         let answer = {
             let brokers = self.brokers.borrow();
             let broker = brokers.get(node as usize - 1).ok_or_else(|| format!("no broker {node}"))?;
-            broker.send_kafka(frame.freeze())
+            broker.send_kafka(connection, frame.freeze())
         };
         let Some(answer) = answer else { return Err(format!("{api:?} to broker {node}: connection refused")) };
         let bytes = match tokio::time::timeout_at(deadline, answer).await {
