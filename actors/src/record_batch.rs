@@ -362,6 +362,18 @@ impl NewRecord {
 
 /// Encodes `records` as one v2 batch (no producer id, base sequence -1).
 pub fn encode_batch(records: &[NewRecord], compression: Compression, default_timestamp: i64) -> Result<Bytes, String> {
+    encode_idempotent_batch(records, compression, default_timestamp, None)
+}
+
+/// Encodes `records` as one v2 batch; with `producer` = (id, epoch, base
+/// sequence) it is an idempotent producer's batch.
+pub fn encode_idempotent_batch(
+    records: &[NewRecord],
+    compression: Compression,
+    default_timestamp: i64,
+    producer: Option<(i64, i16, i32)>,
+) -> Result<Bytes, String> {
+    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
     let encoded: Vec<Record> = records
         .iter()
         .enumerate()
@@ -370,13 +382,13 @@ pub fn encode_batch(records: &[NewRecord], compression: Compression, default_tim
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch wherever offset - sequence changes;
-            // this keeps it constant and makes the base sequence -1.
-            sequence: i as i32 - 1,
+            // this keeps it constant (base sequence -1 without a producer).
+            sequence: base_sequence + i as i32,
             timestamp: r.timestamp.unwrap_or(default_timestamp),
             key: r.key.clone(),
             value: r.value.clone(),

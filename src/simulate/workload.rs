@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{
     create_topics_request, fetch_request, offset_commit_request, offset_fetch_request, produce_request, ApiKey,
     BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, FindCoordinatorRequest,
@@ -16,11 +16,10 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use kafka_protocol::ResponseError;
 use tributary_actors::replication::{DescribeRole, Role};
+use tributary_actors::{encode_idempotent_batch, NewRecord};
 
 use super::checker::{Ack, PartitionKey, RecordId};
 use super::world::Shared;
@@ -36,33 +35,12 @@ fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-/// Encodes one v2 batch; idempotent batches carry the producer id, epoch and base sequence.
+/// Encodes one v2 batch of workload records; idempotent batches carry the
+/// producer id, epoch and base sequence.
 fn encode(records: &[RecordId], producer: Option<(i64, i16, i32)>, timestamp: i64) -> Result<Bytes, String> {
-    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
-    let encoded: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // offset - sequence must stay constant for the encoder to make one batch.
-            sequence: if base_sequence < 0 { i as i32 - 1 } else { base_sequence + i as i32 },
-            timestamp,
-            key: Some(Bytes::from(format!("p{}", r.producer))),
-            value: Some(Bytes::from(r.value())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut buf, encoded.iter(), &options).map_err(|e| e.to_string())?;
-    Ok(buf.freeze())
+    let records: Vec<NewRecord> =
+        records.iter().map(|r| NewRecord::new(format!("p{}", r.producer), r.value())).collect();
+    encode_idempotent_batch(&records, Compression::None, timestamp, producer)
 }
 
 /// Decodes fetched batches into (offset, record id) pairs.
