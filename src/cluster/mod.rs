@@ -2,7 +2,7 @@
 //! controllers that decides the metadata, and replicated partitions.
 //!
 //! ```text
-//! cluster thread (own tokio runtime)          actix system (the broker)
+//! cluster thread (tokio runtime + LocalSet)   actix system (the broker)
 //!   SwarmTask: gossip, Raft RPC, fetch  <---   ReplicaManager: metadata -> roles,
 //!   openraft: log + state machine              local topics, ReplicaActors
 //!   controller loop: register/fence     --->   (metadata watch)
