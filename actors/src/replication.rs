@@ -179,6 +179,12 @@ pub struct ReplicaSet {
     pub followers: BTreeMap<BrokerId, FollowerState>,
     /// An ISR change sent to the controller and not yet seen committed.
     pub pending_isr: Option<(Vec<BrokerId>, Instant)>,
+    /// The leader's log end when it took up this leadership. A follower joins
+    /// the ISR only from here on: a leader restarted within its epoch starts
+    /// with a high watermark of 0, so "at the high watermark" alone would let
+    /// a follower that lacks acknowledged records in (found by the simulation,
+    /// rolling-restart seed 239).
+    lead_start_end: i64,
 }
 
 /// How long a proposed ISR change may stay unanswered before it is proposed again.
@@ -201,7 +207,7 @@ impl ReplicaSet {
                 (*id, state)
             })
             .collect();
-        ReplicaSet { followers, pending_isr: None }
+        ReplicaSet { followers, pending_isr: None, lead_start_end: leader_end }
     }
 
     /// Records a follower's fetch from `fetch_offset` while the leader's log ends at `leader_end`.
@@ -274,7 +280,9 @@ impl ReplicaSet {
             })
             .collect();
         for (id, f) in &self.followers {
-            let caught_up = f.log_end_offset >= high_watermark && f.log_end_offset >= epoch_start;
+            let caught_up = f.log_end_offset >= high_watermark
+                && f.log_end_offset >= epoch_start
+                && f.log_end_offset >= self.lead_start_end;
             if !wanted.contains(id) && caught_up {
                 wanted.push(*id);
             }
@@ -339,5 +347,18 @@ mod tests {
         // While the addition is in flight the high watermark already waits for 3.
         set.on_fetch(3, 100, 150, later);
         assert_eq!(set.high_watermark(&role, 150), 100);
+    }
+
+    #[test]
+    fn a_restarted_leader_admits_only_followers_at_its_log_end() {
+        // Restarted within epoch 3 with 100 records, high watermark back at 0.
+        let role = leader(vec![1, 3]);
+        let now = Instant::now();
+        let mut set = ReplicaSet::new(&role, 100, now);
+        set.on_fetch(3, 100, 100, now);
+        set.on_fetch(2, 80, 100, now);
+        assert_eq!(set.wanted_isr(&role, 0, 0, false, now), None, "2 lacks offsets 80..100");
+        set.on_fetch(2, 100, 100, now);
+        assert_eq!(set.wanted_isr(&role, 0, 0, false, now), Some(vec![1, 2, 3]));
     }
 }

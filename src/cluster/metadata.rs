@@ -25,6 +25,11 @@ pub struct BrokerRecord {
     pub region: Option<String>,
     /// Fenced brokers lead nothing and are left out of Metadata responses.
     pub fenced: bool,
+    /// Which start of the broker process registered (its start time in ms).
+    /// A new one means the broker restarted and is fenced once first, as
+    /// KRaft does: its leaderships move, and whatever it leads again starts
+    /// a new epoch from the log it has now.
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +68,7 @@ pub enum Command {
         port: i32,
         rack: Option<String>,
         region: Option<String>,
+        incarnation: u64,
     },
     /// The controller lost a broker: move its leaderships to in-sync replicas.
     FenceBroker {
@@ -132,7 +138,7 @@ impl ClusterMetadata {
 
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
-            Command::RegisterBroker { node_id, host, port, rack, region } => {
+            Command::RegisterBroker { node_id, host, port, rack, region, incarnation } => {
                 let record = BrokerRecord {
                     node_id: *node_id,
                     host: host.clone(),
@@ -140,6 +146,7 @@ impl ClusterMetadata {
                     rack: rack.clone(),
                     region: region.clone(),
                     fenced: false,
+                    incarnation: *incarnation,
                 };
                 self.brokers.insert(*node_id, record);
                 self.unfence(*node_id);
@@ -355,6 +362,7 @@ mod tests {
                 port: 9092,
                 rack: rack.map(String::from),
                 region: None,
+                incarnation: 1,
             });
         }
         m
@@ -396,6 +404,7 @@ mod tests {
                 port: 1,
                 rack: Some(rack.to_string()),
                 region: Some(region.to_string()),
+                incarnation: 1,
             });
         }
         assert_eq!(create(&mut m, "t", 12, 2).error_code, 0);
@@ -437,10 +446,10 @@ mod tests {
             assert_eq!(p.isr.len(), 1);
         }
         // Broker 1 is not in any ISR: its return elects nothing (no unclean election).
-        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None, region: None });
+        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None, region: None, incarnation: 1 });
         assert!(m.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
         let last = m.topics["t"].partitions[0].isr[0];
-        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None, region: None });
+        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None, region: None, incarnation: 1 });
         assert_eq!(m.topics["t"].partitions[0].leader, Some(last));
     }
 

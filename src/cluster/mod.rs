@@ -388,12 +388,22 @@ async fn controller_loop(cluster: Cluster) {
                 continue;
             }
             let registered = metadata.brokers.get(id);
+            // A restarted broker is fenced first (its leaderships move, as in
+            // KRaft) and registered on the next tick. The controller itself just
+            // registers again; the partition leader's ISR guard covers what it leads.
+            if registered.is_some_and(|b| !b.fenced && b.incarnation != info.incarnation) && *id != cluster.node_id()
+            {
+                tracing::warn!(node_id = id, "broker restarted; fencing it before it registers again");
+                commands.push(Command::FenceBroker { node_id: *id });
+                continue;
+            }
             let current = registered.is_some_and(|b| {
                 !b.fenced
                     && b.host == info.kafka_host
                     && b.port == info.kafka_port
                     && b.rack == info.rack
                     && b.region == info.region
+                    && b.incarnation == info.incarnation
             });
             if !current {
                 commands.push(Command::RegisterBroker {
@@ -402,6 +412,7 @@ async fn controller_loop(cluster: Cluster) {
                     port: info.kafka_port,
                     rack: info.rack.clone(),
                     region: info.region.clone(),
+                    incarnation: info.incarnation,
                 });
             }
         }

@@ -139,8 +139,9 @@ pub fn check(history: &History, logs: &FinalLogs, existing_topics: &BTreeSet<Str
                 Some(Some(found)) => push(
                     "acknowledged offset holds another record",
                     format!(
-                        "{} was acknowledged at offset {offset} of {}-{}, which now holds {}",
+                        "{} was acknowledged at {:?} at offset {offset} of {}-{}, which now holds {}",
                         record.value(),
+                        ack.at,
                         ack.partition.0,
                         ack.partition.1,
                         found.value()

@@ -78,12 +78,12 @@ pub fn run_one(scenario: &Scenario, seed: u64, work_dir: &Path) -> anyhow::Resul
     let run_scenario = scenario.clone();
     let run_dir = dir.clone();
     let report = actix::System::with_tokio_rt(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
-            .build()
-            .expect("a current-thread runtime builds")
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.enable_all().start_paused(true);
+        // tokio's own random choices (select! fairness) follow the seed too.
+        #[cfg(tokio_unstable)]
+        builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+        builder.build().expect("a current-thread runtime builds")
     })
     .block_on(simulate(run_scenario, seed, run_dir));
     let _ = std::fs::remove_dir_all(&dir);
@@ -275,7 +275,8 @@ async fn heal(world: &Shared) {
 }
 
 /// Healthy: every broker live and registered, and every partition led by a
-/// broker whose partition actor agrees, with every replica in sync.
+/// broker whose partition actor agrees, with every replica in sync and the
+/// high watermark at the log end.
 async fn health(world: &Shared) -> Result<(), String> {
     let contexts: Vec<_> = world.brokers.borrow().iter().map(|b| (b.id, b.context())).collect();
     let mut metadata = None;
@@ -303,8 +304,14 @@ async fn health(world: &Shared) -> Result<(), String> {
             let Some(handle) = context.broker.metadata().partition(name, index as i32).cloned() else {
                 return Err(format!("{name}-{index} is not on its leader {leader} yet"));
             };
+            // Recovered means the high watermark has caught up with the log end too: a
+            // leader that just restarted starts from 0 until its followers fetch again.
+            let end = handle.offsets.borrow().log_end_offset;
             match handle.addr.send(DescribeRole).await {
-                Ok((Role::Leader(role), _)) if role.epoch == p.leader_epoch => {}
+                Ok((Role::Leader(role), hw)) if role.epoch == p.leader_epoch && hw == end => {}
+                Ok((Role::Leader(role), hw)) if role.epoch == p.leader_epoch => {
+                    return Err(format!("{name}-{index}: high watermark {hw} below the log end {end}"))
+                }
                 _ => return Err(format!("{name}-{index}: broker {leader} does not lead it yet")),
             }
         }
@@ -388,6 +395,12 @@ async fn read_partition(
             }
         }
         if next >= p.high_watermark {
+            world.event(format!(
+                "final read of {topic}-{partition} from broker {leader}: {} records, high watermark {}, log start {}",
+                log.len(),
+                p.high_watermark,
+                p.log_start_offset
+            ));
             return Ok(log);
         }
     }
@@ -527,6 +540,12 @@ fn print_failure(report: &RunReport, name: &str) -> String {
 
 /// Runs the command: one seed with its trace, or many with a progress bar and a summary.
 pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
+    if !cfg!(tokio_unstable) {
+        eprintln!(
+            "warning: built without --cfg tokio_unstable (RUSTFLAGS replaces .cargo/config.toml's): \
+             tokio's select! fairness is not seeded, so a seed may not replay its run exactly"
+        );
+    }
     let path = resolve(&args.scenario)?;
     let scenario = Scenario::load(&path)?;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
