@@ -73,18 +73,11 @@ struct ClusterInner {
     transport: Transport,
     metadata: watch::Receiver<Arc<ClusterMetadata>>,
     membership: SharedMembership,
-    leader_contact: Arc<LeaderContact>,
-}
-
-/// When this broker last heard the Raft leader (an AppendEntries), and the
-/// commit index that leader had then.
-#[derive(Default)]
-struct LeaderContact(Mutex<Option<(Instant, u64)>>);
-
-impl LeaderContact {
-    fn heard(&self, leader_commit: u64) {
-        *self.0.lock().expect("leader contact lock") = Some((Instant::now(), leader_commit));
-    }
+    /// This broker's leadership lease: when it sent the last heartbeat the
+    /// controller confirmed, and the controller's commit index then.
+    lease: Mutex<Option<(Instant, u64)>>,
+    /// As the controller: each broker's last heartbeat (what it said, when it arrived).
+    heartbeats: Mutex<BTreeMap<NodeId, (MemberInfo, Instant)>>,
 }
 
 /// A handle on this broker's part of the cluster. Cheap to clone, usable from any thread.
@@ -184,34 +177,53 @@ impl Cluster {
     }
 
     /// Whether this broker may lead partitions: it hears a majority of the
-    /// controller quorum, and its metadata is current. Current means: as the
-    /// Raft leader, a quorum acknowledged it within the session timeout; as a
-    /// follower, it heard the leader within the session timeout and has
-    /// applied everything that leader had committed then. Without the second
-    /// rule a broker coming back from a partition would lead again, for a
-    /// moment, by the metadata it had before it was cut off (found by the
-    /// simulation: such a zombie leader refused an idempotent producer's next
-    /// batch as out of order).
+    /// controller quorum and holds a lease. A lease is a heartbeat the
+    /// controller confirmed (as still the Raft leader, by a quorum round)
+    /// within `lease_duration` of when it was sent, and it holds only once
+    /// this broker has applied the metadata the controller had committed then.
+    /// The controller fences a broker only a session timeout after the last
+    /// heartbeat *arrived*, which is later than it was sent, so a lease ends
+    /// before the broker's leaderships can move (found by the simulation: a
+    /// broker whose gossip was cut one way was fenced while it still believed
+    /// it led, and refused an idempotent producer's batch as out of order; and
+    /// a broker back from a partition led for a moment by stale metadata).
     pub fn may_lead(&self) -> bool {
         if !self.has_quorum() {
             return false;
         }
-        let settings = &self.inner.settings;
-        if settings.voters.len() == 1 {
+        if self.inner.settings.voters.len() == 1 {
             return true;
         }
-        let session_ms = settings.session_timeout.as_millis() as u64;
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        if metrics.current_leader == Some(settings.node_id) {
-            return metrics.millis_since_quorum_ack.is_some_and(|ms| ms < session_ms);
+        let lease = *self.inner.lease.lock().expect("lease lock");
+        let Some((sent, committed)) = lease else { return false };
+        if sent.elapsed() >= lease_duration(&self.inner.settings) {
+            return false;
         }
-        let contact = *self.inner.leader_contact.0.lock().expect("leader contact lock");
-        match contact {
-            Some((at, leader_commit)) if at.elapsed() < settings.session_timeout => {
-                metrics.last_applied.is_some_and(|applied| applied.index >= leader_commit)
-            }
-            _ => false,
+        let applied = self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        applied >= committed
+    }
+
+    /// As the controller: records a broker's heartbeat and confirms, by a
+    /// quorum round, that this broker still leads the controller quorum.
+    /// Answers the commit index the broker must apply before it leads.
+    async fn confirm_heartbeat(&self, info: MemberInfo) -> Result<u64, String> {
+        if self.controller_id() != Some(self.node_id()) {
+            return Err("not the controller".into());
         }
+        let arrived = Instant::now();
+        let node_id = info.node_id;
+        let confirm = self.inner.raft.get_read_log_id();
+        let read = match tokio::time::timeout(self.heartbeat_timeout(), confirm).await {
+            Ok(Ok((read, _applied))) => read.map_or(0, |l| l.index),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the controller quorum did not confirm in time".into()),
+        };
+        self.inner.heartbeats.lock().expect("heartbeats lock").insert(node_id, (info, arrived));
+        Ok(read)
+    }
+
+    fn heartbeat_timeout(&self) -> Duration {
+        heartbeat_every(&self.inner.settings).max(self.inner.settings.request_timeout.min(lease_duration(&self.inner.settings) / 2))
     }
 
     /// Whether this broker hears a majority of the controller quorum (itself included).
@@ -332,10 +344,10 @@ async fn start_here(
         .await
         .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
     let membership: SharedMembership = Arc::new(Mutex::new(Default::default()));
-    let leader_contact = Arc::new(LeaderContact::default());
-    let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker, leader_contact: leader_contact.clone() });
+    let cell: Arc<std::sync::OnceLock<Cluster>> = Arc::new(std::sync::OnceLock::new());
+    let inbound = Arc::new(Dispatcher { raft: raft.clone(), broker, cluster: cell.clone() });
     match (network, swarm_task) {
-        (Network::Simulated(net), _) => net.serve(me, inbound, membership.clone()),
+        (Network::Simulated(net), _) => net.serve(me.clone(), inbound, membership.clone()),
         (Network::Libp2p, Some(swarm_task)) => {
             let membership = membership.clone();
             tokio::task::spawn_local(async move {
@@ -355,9 +367,19 @@ async fn start_here(
             tracing::debug!(error = %e, "raft already initialized");
         }
     }
-    let cluster =
-        Cluster { inner: Arc::new(ClusterInner { settings, raft, transport, metadata, membership, leader_contact }) };
+    let inner = ClusterInner {
+        settings,
+        raft,
+        transport,
+        metadata,
+        membership,
+        lease: Mutex::new(None),
+        heartbeats: Mutex::new(BTreeMap::new()),
+    };
+    let cluster = Cluster { inner: Arc::new(inner) };
+    let _ = cell.set(cluster.clone());
     tokio::task::spawn_local(controller_loop(cluster.clone()));
+    tokio::task::spawn_local(heartbeat_loop(cluster.clone(), me));
     Ok(cluster)
 }
 
@@ -374,14 +396,16 @@ async fn controller_loop(cluster: Cluster) {
             leading_since = None;
             continue;
         }
-        // Every broker tracks gossip all along, so a new controller judges by
-        // when it last heard each broker; one it never heard gets a full session.
-        let since = *leading_since.get_or_insert_with(Instant::now);
+        // Brokers heartbeat the controller; a new controller gives every
+        // broker a full session from when it took over (a lease granted by
+        // the previous controller ends within that).
+        let since = *leading_since.get_or_insert_with(|| {
+            cluster.inner.heartbeats.lock().expect("heartbeats lock").clear();
+            Instant::now()
+        });
         let metadata = cluster.metadata();
-        let members: BTreeMap<NodeId, (MemberInfo, Instant)> = {
-            let m = cluster.inner.membership.lock().expect("membership lock");
-            m.members.iter().map(|(id, m)| (*id, (m.info.clone(), m.last_seen))).collect()
-        };
+        let members: BTreeMap<NodeId, (MemberInfo, Instant)> =
+            cluster.inner.heartbeats.lock().expect("heartbeats lock").clone();
         let mut commands = Vec::new();
         for (id, (info, last_seen)) in &members {
             if last_seen.elapsed() >= timeout {
@@ -417,7 +441,7 @@ async fn controller_loop(cluster: Cluster) {
             }
         }
         for broker in metadata.live_brokers() {
-            let heard = members.get(&broker.node_id).map_or(since, |(_, seen)| *seen);
+            let heard = members.get(&broker.node_id).map_or(since, |(_, arrived)| (*arrived).max(since));
             if heard.elapsed() >= timeout && broker.node_id != cluster.node_id() {
                 tracing::warn!(node_id = broker.node_id, "broker lost; fencing it");
                 commands.push(Command::FenceBroker { node_id: broker.node_id });
@@ -435,29 +459,62 @@ async fn controller_loop(cluster: Cluster) {
     }
 }
 
+/// How often a broker heartbeats the controller.
+fn heartbeat_every(settings: &ClusterSettings) -> Duration {
+    settings.session_timeout / 8
+}
+
+/// How long a confirmed heartbeat lets a broker lead, counted from when it was
+/// sent. Shorter than the session timeout by enough that the replica
+/// manager, which applies `may_lead` every `reconcile_every`, steps down
+/// before the controller could fence the broker and move its leaderships.
+pub fn lease_duration(settings: &ClusterSettings) -> Duration {
+    settings.session_timeout * 3 / 4
+}
+
+/// Heartbeats the controller (itself included, through the same quorum
+/// check) and keeps this broker's lease.
+async fn heartbeat_loop(cluster: Cluster, me: MemberInfo) {
+    let mut tick = tokio::time::interval(heartbeat_every(cluster.settings()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sent = Instant::now();
+        let answer = match cluster.controller_id() {
+            None => Err("no controller".to_string()),
+            Some(id) if id == cluster.node_id() => cluster.confirm_heartbeat(me.clone()).await,
+            Some(id) => {
+                let request = Request::BrokerHeartbeat(me.clone());
+                match cluster.inner.transport.request(id, request, cluster.heartbeat_timeout()).await {
+                    Ok(Response::BrokerHeartbeat(answer)) => answer,
+                    Ok(_) => Err("mismatched answer to a heartbeat".into()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match answer {
+            Ok(committed) => *cluster.inner.lease.lock().expect("lease lock") = Some((sent, committed)),
+            Err(e) => tracing::debug!(error = %e, "heartbeat not confirmed"),
+        }
+    }
+}
+
 /// Answers inbound cluster requests.
 struct Dispatcher {
     raft: Raft,
     broker: Broker,
-    leader_contact: Arc<LeaderContact>,
+    /// Set once the cluster handle exists (requests arrive only after that).
+    cluster: Arc<std::sync::OnceLock<Cluster>>,
 }
 
 impl Inbound for Dispatcher {
     fn handle(&self, request: Request) -> futures::future::BoxFuture<'static, Response> {
         let raft = self.raft.clone();
         let broker = self.broker.clone();
-        let contact = self.leader_contact.clone();
+        let cluster = self.cluster.get().cloned();
         async move {
             match request {
-                Request::AppendEntries(rpc) => {
-                    let leader_commit = rpc.leader_commit.map_or(0, |c| c.index);
-                    let answer = raft.append_entries(rpc).await;
-                    // Only an accepted AppendEntries is the current leader speaking.
-                    if answer.as_ref().is_ok_and(|a| a.is_success()) {
-                        contact.heard(leader_commit);
-                    }
-                    Response::AppendEntries(answer)
-                }
+                Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
                 Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
                 Request::InstallSnapshot(rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
                 Request::ControllerWrite(command) => {
@@ -467,6 +524,10 @@ impl Inbound for Dispatcher {
                     })
                 }
                 Request::ReplicaFetch(fetch) => Response::ReplicaFetch(serve_replica_fetch(&broker, fetch).await),
+                Request::BrokerHeartbeat(info) => Response::BrokerHeartbeat(match cluster {
+                    Some(cluster) => cluster.confirm_heartbeat(info).await,
+                    None => Err("starting".into()),
+                }),
             }
         }
         .boxed()

@@ -83,7 +83,9 @@ pub fn start(cluster: Cluster, broker: Broker) {
 impl ReplicaManager {
     async fn run(mut self) {
         let mut watch = self.cluster.metadata_watch();
-        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        // Often enough that a lapsed lease is noticed well within the session timeout.
+        let every = RECONCILE_EVERY.min(self.cluster.settings().session_timeout / 8);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

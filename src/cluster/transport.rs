@@ -90,6 +90,8 @@ pub enum Request {
     /// A command for the controller, from a broker that is not the Raft leader.
     ControllerWrite(Command),
     ReplicaFetch(ReplicaFetchRequest),
+    /// A broker to the controller: "I am alive", renewing its leadership lease.
+    BrokerHeartbeat(MemberInfo),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,6 +101,8 @@ pub enum Response {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     ControllerWrite(Result<CommandResult, String>),
     ReplicaFetch(ReplicaFetchResponse),
+    /// The controller's commit index when it confirmed the heartbeat.
+    BrokerHeartbeat(Result<u64, String>),
 }
 
 /// What a broker gossips about itself.
