@@ -41,7 +41,9 @@ pub use partition_actor::{
     PartitionError, PartitionSize, Read,
 };
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
-pub use record_batch::{encode_batch, encode_idempotent_batch, validate_batches, BatchError, NewRecord, ValidatedBatch};
+pub use record_batch::{
+    encode_batch, encode_idempotent_batch, validate_batches, BatchError, NewRecord, ValidatedBatch,
+};
 pub use topic_registry::{
     AllocateProducerId, AlterBrokerConfig, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic,
     MetadataSnapshot, PartitionHandle, TopicError, TopicRegistry, TopicView,

@@ -26,8 +26,8 @@ use crate::partition_log::{
 };
 use crate::record_batch::ValidatedBatch;
 use crate::replication::{
-    AppendReplicated, CheckIsr, DescribeRole, FetchPosition, IsrChange, ReplicaRead, ReplicaReadOutcome, ReplicaSet, RestartAt, Role,
-    SetRole, TruncateDiverged,
+    AppendReplicated, CheckIsr, DescribeRole, FetchPosition, IsrChange, ReplicaRead, ReplicaReadOutcome, ReplicaSet,
+    RestartAt, Role, SetRole, TruncateDiverged,
 };
 
 /// How often a partition forgets idle producer ids.

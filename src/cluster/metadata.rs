@@ -446,10 +446,24 @@ mod tests {
             assert_eq!(p.isr.len(), 1);
         }
         // Broker 1 is not in any ISR: its return elects nothing (no unclean election).
-        m.apply(&Command::RegisterBroker { node_id: 1, host: "h".into(), port: 1, rack: None, region: None, incarnation: 1 });
+        m.apply(&Command::RegisterBroker {
+            node_id: 1,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            region: None,
+            incarnation: 1,
+        });
         assert!(m.topics["t"].partitions.iter().all(|p| p.leader.is_none()));
         let last = m.topics["t"].partitions[0].isr[0];
-        m.apply(&Command::RegisterBroker { node_id: last, host: "h".into(), port: 1, rack: None, region: None, incarnation: 1 });
+        m.apply(&Command::RegisterBroker {
+            node_id: last,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            region: None,
+            incarnation: 1,
+        });
         assert_eq!(m.topics["t"].partitions[0].leader, Some(last));
     }
 

@@ -223,7 +223,8 @@ impl Cluster {
     }
 
     fn heartbeat_timeout(&self) -> Duration {
-        heartbeat_every(&self.inner.settings).max(self.inner.settings.request_timeout.min(lease_duration(&self.inner.settings) / 2))
+        heartbeat_every(&self.inner.settings)
+            .max(self.inner.settings.request_timeout.min(lease_duration(&self.inner.settings) / 2))
     }
 
     /// Whether this broker hears a majority of the controller quorum (itself included).
@@ -415,8 +416,7 @@ async fn controller_loop(cluster: Cluster) {
             // A restarted broker is fenced first (its leaderships move, as in
             // KRaft) and registered on the next tick. The controller itself just
             // registers again; the partition leader's ISR guard covers what it leads.
-            if registered.is_some_and(|b| !b.fenced && b.incarnation != info.incarnation) && *id != cluster.node_id()
-            {
+            if registered.is_some_and(|b| !b.fenced && b.incarnation != info.incarnation) && *id != cluster.node_id() {
                 tracing::warn!(node_id = id, "broker restarted; fencing it before it registers again");
                 commands.push(Command::FenceBroker { node_id: *id });
                 continue;
@@ -465,9 +465,9 @@ fn heartbeat_every(settings: &ClusterSettings) -> Duration {
 }
 
 /// How long a confirmed heartbeat lets a broker lead, counted from when it was
-/// sent. Shorter than the session timeout by enough that the replica
-/// manager, which applies `may_lead` every `reconcile_every`, steps down
-/// before the controller could fence the broker and move its leaderships.
+/// sent. Shorter than the session timeout by enough that the `ReplicaManager`,
+/// which applies `may_lead` on its reconcile tick (at most session/8), steps
+/// down before the controller could fence the broker and move its leaderships.
 pub fn lease_duration(settings: &ClusterSettings) -> Duration {
     settings.session_timeout * 3 / 4
 }

@@ -84,7 +84,10 @@ impl ReplicaManager {
     async fn run(mut self) {
         let mut watch = self.cluster.metadata_watch();
         // Often enough that a lapsed lease is noticed well within the session timeout.
-        let every = RECONCILE_EVERY.min(self.cluster.settings().session_timeout / 8);
+        let settings = self.cluster.settings();
+        let every = RECONCILE_EVERY.min(settings.session_timeout / 8);
+        // A lapsed lease must end leadership before the controller may fence.
+        assert!(crate::cluster::lease_duration(settings) + every < settings.session_timeout);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -271,7 +271,12 @@ enum Link {
 /// One broker's way out into a simulated network: the simulation decides
 /// whether, when and how often a request arrives, and the same for its answer.
 pub trait SimulatedLink: Send + Sync + 'static {
-    fn request(&self, node: NodeId, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, String>>;
+    fn request(
+        &self,
+        node: NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Response, String>>;
 }
 
 /// A network the simulation controls, standing in for libp2p (`simulate/net.rs`).

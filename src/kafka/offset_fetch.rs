@@ -12,8 +12,7 @@ pub async fn handle(ctx: &RequestContext, req: OffsetFetchRequest, version: i16)
     let wanted: Option<Vec<(String, i32)>> = req.topics.map(|topics| {
         topics.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p))).collect()
     });
-    let (error, found) = match ctx.group_request(&req.group_id, false, GroupRequest::Fetch(wanted.clone())).await
-    {
+    let (error, found) = match ctx.group_request(&req.group_id, false, GroupRequest::Fetch(wanted.clone())).await {
         Ok(Some(GroupAnswer::Fetched(code, found))) => (code, found),
         // An unknown group has no offsets: -1 for every partition asked about.
         Ok(_) => (0, wanted.unwrap_or_default().into_iter().map(|tp| (tp, None)).collect()),

@@ -240,7 +240,12 @@ pub fn check(history: &History, logs: &FinalLogs, existing_topics: &BTreeSet<Str
         } else if logs.contains_key(partition) {
             push(
                 "consumed record lost",
-                format!("offset {offset} of {}-{} was consumed ({}) and is gone after healing", partition.0, partition.1, record.value()),
+                format!(
+                    "offset {offset} of {}-{} was consumed ({}) and is gone after healing",
+                    partition.0,
+                    partition.1,
+                    record.value()
+                ),
                 Some(partition.clone()),
             );
         }
@@ -253,7 +258,11 @@ pub fn check(history: &History, logs: &FinalLogs, existing_topics: &BTreeSet<Str
     }
     for topic in &history.topics_created {
         if !existing_topics.contains(topic) {
-            push("created topic lost", format!("topic {topic} was created (acknowledged) and does not exist after healing"), None);
+            push(
+                "created topic lost",
+                format!("topic {topic} was created (acknowledged) and does not exist after healing"),
+                None,
+            );
         }
     }
     for fatal in &history.fatal {

@@ -51,7 +51,8 @@ async fn play(world: &Shared, fault: &PlannedFault) {
             with_rules(world, length, |r| r.cut = cut_between(a, b)).await;
         }
         FaultKind::PartitionLeader => {
-            let victim = leader_of_random_partition(world).await.unwrap_or(ids[world.random(0..=n as u64 - 1) as usize]);
+            let victim =
+                leader_of_random_partition(world).await.unwrap_or(ids[world.random(0..=n as u64 - 1) as usize]);
             let others: Vec<NodeId> = ids.iter().copied().filter(|id| *id != victim).collect();
             world.event(format!("leader {victim} cut off from {others:?} for {length:?}"));
             with_rules(world, length, |r| r.cut = cut_between(&[victim], &others)).await;

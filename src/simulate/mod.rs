@@ -110,8 +110,7 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
     let formed = form(&world).await;
     if let Err(e) = formed {
         world.event(format!("cluster did not form: {e}"));
-        let violation =
-            Violation { invariant: "cluster formation", detail: e, partition: None };
+        let violation = Violation { invariant: "cluster formation", detail: e, partition: None };
         return Ok(finish(&world, seed, plan.len(), vec![violation], &FinalLogs::new()).await);
     }
     world.event("cluster formed; workload and faults start");
@@ -231,15 +230,18 @@ async fn form(world: &Shared) -> Result<(), String> {
         let mut created = false;
         for _ in 0..50 {
             let Some(node) = world.any_running() else { break };
-            let request = kafka_protocol::messages::CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-                kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
-                    .with_num_partitions(topic.partitions)
-                    .with_replication_factor(topic.replication_factor)
-                    .with_configs(vec![kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
-                        .with_name(StrBytes::from_static_str("min.insync.replicas"))
-                        .with_value(Some(StrBytes::from_string(topic.min_insync_replicas.to_string())))]),
-            ]);
+            let request =
+                kafka_protocol::messages::CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
+                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
+                        .with_num_partitions(topic.partitions)
+                        .with_replication_factor(topic.replication_factor)
+                        .with_configs(vec![
+                            kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_static_str("min.insync.replicas"))
+                                .with_value(Some(StrBytes::from_string(topic.min_insync_replicas.to_string()))),
+                        ]),
+                ]);
             let answer: Result<kafka_protocol::messages::CreateTopicsResponse, String> =
                 world.call(node, ApiKey::CreateTopics, 5, &request).await;
             let code = answer.map(|r| r.topics.first().map_or(-1, |t| t.error_code));
@@ -523,7 +525,10 @@ fn resolve(scenario: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn print_failure(report: &RunReport, name: &str) -> String {
-    let mut out = format!("\nFAILED: scenario {name}, seed {} (replay: tributary simulate {name} --seed {})\n", report.seed, report.seed);
+    let mut out = format!(
+        "\nFAILED: scenario {name}, seed {} (replay: tributary simulate {name} --seed {})\n",
+        report.seed, report.seed
+    );
     for v in &report.violations {
         out.push_str(&format!("  violated: {} -- {}\n", v.invariant, v.detail));
     }
@@ -550,7 +555,11 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&path)?;
     let work_dir = args.work_dir.clone().unwrap_or_else(|| {
         let shm = Path::new("/dev/shm");
-        if shm.is_dir() { shm.join("tributary-sim") } else { std::env::temp_dir().join("tributary-sim") }
+        if shm.is_dir() {
+            shm.join("tributary-sim")
+        } else {
+            std::env::temp_dir().join("tributary-sim")
+        }
     });
     let work_dir = work_dir.join(format!("pid-{}", std::process::id()));
     let (first, count) = match args.seed {
@@ -578,7 +587,8 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
     let (results_tx, results_rx) = mpsc::channel::<(u64, anyhow::Result<RunReport>)>();
     let mut workers = Vec::new();
     for _ in 0..jobs {
-        let (next, results, scenario, work_dir) = (next.clone(), results_tx.clone(), scenario.clone(), work_dir.clone());
+        let (next, results, scenario, work_dir) =
+            (next.clone(), results_tx.clone(), scenario.clone(), work_dir.clone());
         workers.push(std::thread::Builder::new().name("simulation".into()).spawn(move || loop {
             let seed = next.fetch_add(1, Ordering::Relaxed);
             if seed >= first + count {
@@ -592,7 +602,8 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
     drop(results_tx);
     let (mut passed, mut failed, mut errors) = (0u64, Vec::new(), 0u64);
     let (mut virtual_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
-    let (mut acked, mut faults, mut crashes, mut messages, mut lost, mut duplicated) = (0usize, 0usize, 0usize, 0u64, 0u64, 0u64);
+    let (mut acked, mut faults, mut crashes, mut messages, mut lost, mut duplicated) =
+        (0usize, 0usize, 0usize, 0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     for (seed, result) in results_rx {
         match result {

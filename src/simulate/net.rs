@@ -105,12 +105,8 @@ impl SimNet {
         let between_brokers = from != CLIENT && to != CLIENT;
         let [min, max] = s.latency_ms;
         let mut delay = s.rng.gen_range(min..=max);
-        let (drop, dup, jitter, extra) = (
-            s.rules.drop_per_mille,
-            s.rules.duplicate_per_mille,
-            s.rules.jitter_ms,
-            s.rules.delay_ms,
-        );
+        let (drop, dup, jitter, extra) =
+            (s.rules.drop_per_mille, s.rules.duplicate_per_mille, s.rules.jitter_ms, s.rules.delay_ms);
         if s.rules.cut.contains(&(from, to)) || (drop > 0 && s.rng.gen_range(0..1000) < drop) {
             s.stats.lost += 1;
             return Route::Lost;
@@ -209,7 +205,12 @@ struct NodeLink {
 }
 
 impl SimulatedLink for NodeLink {
-    fn request(&self, node: NodeId, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Response, String>> {
+    fn request(
+        &self,
+        node: NodeId,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Response, String>> {
         self.net.clone().request(self.from, node, request, timeout).boxed()
     }
 }

@@ -223,9 +223,14 @@ impl Scenario {
                 bail!("topic {}: replication_factor = {} with {} brokers", t.name, t.replication_factor, self.brokers);
             }
             if t.min_insync_replicas < 1 || t.min_insync_replicas > t.replication_factor as i32 {
-                bail!("topic {}: min_insync_replicas = {} is out of range 1..=replication_factor", t.name, t.min_insync_replicas);
+                bail!(
+                    "topic {}: min_insync_replicas = {} is out of range 1..=replication_factor",
+                    t.name,
+                    t.min_insync_replicas
+                );
             }
-            tributary_actors::config::validate_topic_name(&t.name).map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
+            tributary_actors::config::validate_topic_name(&t.name)
+                .map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
         }
         let w = &self.workload;
         if w.idempotent_producers + w.plain_producers > MAX_PRODUCERS {
@@ -298,10 +303,9 @@ mod tests {
 
     #[test]
     fn the_same_seed_plans_the_same_faults() {
-        let s = Scenario::parse(
-            "name = \"t\"\nduration_s = 60\n[faults]\nkinds = [\"crash\", \"partition\", \"drop\"]\n",
-        )
-        .unwrap();
+        let s =
+            Scenario::parse("name = \"t\"\nduration_s = 60\n[faults]\nkinds = [\"crash\", \"partition\", \"drop\"]\n")
+                .unwrap();
         let a = s.plan(&mut StdRng::seed_from_u64(7));
         let b = s.plan(&mut StdRng::seed_from_u64(7));
         let c = s.plan(&mut StdRng::seed_from_u64(8));

@@ -138,7 +138,9 @@ pub async fn producer(world: Shared, id: u32, idempotent: bool, stop: Rc<Cell<bo
             };
             let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
                 produce_request::TopicProduceData::default().with_name(topic_name(&topic.name)).with_partition_data(
-                    vec![produce_request::PartitionProduceData::default().with_index(partition).with_records(Some(batch))],
+                    vec![produce_request::PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(batch))],
                 ),
             ]);
             batches.push(InFlight { records: records.clone(), base_sequence, request, acked: None });
@@ -256,13 +258,15 @@ pub async fn consumer(world: Shared, group: String, stop: Rc<Cell<bool>>) {
                 .with_max_wait_ms(50)
                 .with_min_bytes(1)
                 .with_max_bytes(1 << 20)
-                .with_topics(vec![fetch_request::FetchTopic::default().with_topic(topic_name(&topic.name)).with_partitions(
-                    vec![fetch_request::FetchPartition::default()
+                .with_topics(vec![fetch_request::FetchTopic::default()
+                    .with_topic(topic_name(&topic.name))
+                    .with_partitions(vec![fetch_request::FetchPartition::default()
                         .with_partition(partition)
                         .with_fetch_offset(positions[&partition])
-                        .with_partition_max_bytes(1 << 20)],
-                )]);
-            let Ok(response) = world.call::<_, FetchResponse>(leader, ApiKey::Fetch, 11, &request).await else { continue };
+                        .with_partition_max_bytes(1 << 20)])]);
+            let Ok(response) = world.call::<_, FetchResponse>(leader, ApiKey::Fetch, 11, &request).await else {
+                continue;
+            };
             for p in response.responses.iter().flat_map(|t| t.partitions.iter()) {
                 if p.error_code != 0 {
                     continue;

@@ -183,7 +183,12 @@ impl World {
     }
 }
 
-fn decode_response<Resp: Decodable>(mut bytes: Bytes, api: ApiKey, version: i16, correlation: i32) -> Result<Resp, String> {
+fn decode_response<Resp: Decodable>(
+    mut bytes: Bytes,
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+) -> Result<Resp, String> {
     if bytes.len() < 4 {
         return Err(format!("{api:?}: short response"));
     }
