@@ -60,6 +60,7 @@ pub struct BrokerSection {
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     pub max_frame_bytes: usize,
+    pub max_queued_request_bytes: usize,
     pub max_connections: usize,
     pub idle_timeout_ms: u64,
     pub max_fetch_wait_ms: u64,
@@ -107,6 +108,9 @@ impl BrokerConfig {
         let l = &self.limits;
         if l.max_frame_bytes < 1024 || l.max_frame_bytes > 1 << 30 {
             bail!("limits.max_frame_bytes must be between 1 KiB and 1 GiB");
+        }
+        if l.max_queued_request_bytes < l.max_frame_bytes || l.max_queued_request_bytes > 1 << 40 {
+            bail!("limits.max_queued_request_bytes must be at least limits.max_frame_bytes and at most 1 TiB");
         }
         if l.max_connections == 0 || l.max_fetch_bytes == 0 {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");

@@ -7,16 +7,21 @@
 //! `MAX_IN_FLIGHT`. Any other request waits until those before it are
 //! answered, then is handled alone. A reader task owns the socket's read half,
 //! so no frame is ever half-read when the loop turns to a finished response.
+//!
+//! Memory: before reading a frame's body the reader takes its size from the
+//! broker-wide request budget (`limits.max_queued_request_bytes`), returned
+//! when the request is answered. A full budget stops reading, and TCP's flow
+//! control stops the clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::kafka::{self, RequestContext};
 
@@ -41,10 +46,22 @@ impl std::fmt::Display for FrameError {
 }
 
 /// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+#[cfg(test)]
 async fn read_frame<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     max_frame_bytes: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    match read_frame_len(reader, max_frame_bytes).await? {
+        Some(len) => Ok(Some(read_frame_body(reader, len).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix and checks it. `Ok(None)` is a clean end of stream.
+async fn read_frame_len<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len_buf = [0u8; 4];
     match reader.read_exact(&mut len_buf).await {
         Ok(_) => {}
@@ -59,9 +76,13 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     if len > max_frame_bytes {
         return Err(FrameError::TooLarge { size: len, limit: max_frame_bytes });
     }
+    Ok(Some(len))
+}
+
+async fn read_frame_body<R: AsyncReadExt + Unpin>(reader: &mut R, len: usize) -> Result<Bytes, FrameError> {
     let mut frame = BytesMut::zeroed(len);
     reader.read_exact(&mut frame).await.map_err(FrameError::Io)?;
-    Ok(Some(frame.freeze()))
+    Ok(frame.freeze())
 }
 
 /// Produce requests one connection may have started and not yet answered
@@ -70,7 +91,8 @@ const MAX_IN_FLIGHT: usize = 16;
 
 /// What the reader task hands the request loop.
 enum Incoming {
-    Frame(Bytes),
+    /// A request and its share of the request budget, held until it is answered.
+    Frame(Bytes, OwnedSemaphorePermit),
     Closed,
     Idle,
     Failed(FrameError),
@@ -84,7 +106,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
     let limits = &ctx.config.limits;
     let peer_host = peer.ip().to_string();
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Incoming>(1);
-    let reader = actix::spawn(read_frames(read_half, limits.max_frame_bytes, limits.idle_timeout_ms, frames_tx));
+    let budget = ctx.request_memory.clone();
+    let reader =
+        actix::spawn(read_frames(read_half, limits.max_frame_bytes, limits.idle_timeout_ms, budget, frames_tx));
     let mut in_flight = futures::stream::FuturesOrdered::new();
     // Bounded by the idle timeout and shutdown: each turn reads one request or answers one.
     loop {
@@ -98,8 +122,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
             incoming = frames.recv(), if in_flight.len() < MAX_IN_FLIGHT => incoming.unwrap_or(Incoming::Closed),
             _ = shutdown.changed(), if in_flight.is_empty() => break,
         };
-        let frame = match incoming {
-            Incoming::Frame(frame) => frame,
+        let (frame, permit) = match incoming {
+            Incoming::Frame(frame, permit) => (frame, permit),
             Incoming::Closed => break,
             Incoming::Idle => {
                 if !in_flight.is_empty() {
@@ -115,7 +139,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
         };
         let frame = match kafka::dispatch(&ctx, frame) {
             kafka::Dispatch::Started(answer) => {
-                in_flight.push_back(answer);
+                in_flight.push_back(
+                    async move {
+                        let answered = answer.await;
+                        drop(permit);
+                        answered
+                    }
+                    .boxed_local(),
+                );
                 continue;
             }
             kafka::Dispatch::Serial(frame) => frame,
@@ -125,7 +156,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
         while let Some(answered) = in_flight.next().await {
             ok = ok && write_answer(&mut writer, peer, answered).await;
         }
-        if !ok || !write_answer(&mut writer, peer, kafka::handle_frame(&ctx, frame, &peer_host).await).await {
+        let answered = kafka::handle_frame(&ctx, frame, &peer_host).await;
+        drop(permit);
+        if !ok || !write_answer(&mut writer, peer, answered).await {
             break;
         }
     }
@@ -140,17 +173,26 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
 
 /// Reads frames into `frames` until the stream ends, fails, or idles.
 async fn read_frames(
-    read_half: tokio::net::tcp::OwnedReadHalf,
+    read_half: impl tokio::io::AsyncRead + Unpin,
     max_frame_bytes: usize,
     idle_timeout_ms: u64,
+    budget: Arc<Semaphore>,
     frames: tokio::sync::mpsc::Sender<Incoming>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let idle = Duration::from_millis(idle_timeout_ms.max(1));
     // Bounded by the connection: ends at end of stream, an error, or when the request loop is gone.
     loop {
-        let incoming = match tokio::time::timeout(idle, read_frame(&mut reader, max_frame_bytes)).await {
-            Ok(Ok(Some(frame))) => Incoming::Frame(frame),
+        let incoming = match tokio::time::timeout(idle, read_frame_len(&mut reader, max_frame_bytes)).await {
+            Ok(Ok(Some(len))) => {
+                // len <= max_frame_bytes <= the budget (checked at config load), so this is satisfiable.
+                let Ok(permit) = budget.clone().acquire_many_owned(len as u32).await else { return };
+                match tokio::time::timeout(idle, read_frame_body(&mut reader, len)).await {
+                    Ok(Ok(frame)) => Incoming::Frame(frame, permit),
+                    Ok(Err(e)) => Incoming::Failed(e),
+                    Err(_) => Incoming::Failed(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
+                }
+            }
             Ok(Ok(None)) => Incoming::Closed,
             Ok(Err(e)) => Incoming::Failed(e),
             Err(_) => Incoming::Idle,
@@ -204,5 +246,23 @@ mod tests {
         assert!(matches!(read_frame(&mut truncated, 16).await, Err(FrameError::Io(_))));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty, 16).await.unwrap().is_none());
+    }
+
+    /// The second frame's body is not read while the first holds the budget.
+    #[tokio::test]
+    async fn a_full_request_budget_stops_reading() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (read_half, _write_half) = tokio::io::split(server);
+        client.write_all(&[0, 0, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0, 6, 7, 8, 9, 10, 11, 12]).await.unwrap();
+        let budget = Arc::new(Semaphore::new(10));
+        let (tx, mut frames) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(read_frames(read_half, 16, 60_000, budget.clone(), tx));
+        let Some(Incoming::Frame(first, permit)) = frames.recv().await else { panic!("first frame") };
+        assert_eq!(first.as_ref(), &[1, 2, 3, 4, 5, 6]);
+        let waited = tokio::time::timeout(Duration::from_millis(100), frames.recv()).await;
+        assert!(waited.is_err(), "second frame read with 4 of its 6 bytes of budget free");
+        drop(permit);
+        let Some(Incoming::Frame(second, _permit)) = frames.recv().await else { panic!("second frame") };
+        assert_eq!(second.as_ref(), &[7, 8, 9, 10, 11, 12]);
     }
 }

@@ -138,7 +138,7 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         });
     }
     let cluster_handle = cluster.clone();
-    let server = Server::bind(RequestContext { broker, config: std::sync::Arc::new(config), metrics, cluster }).await?;
+    let server = Server::bind(RequestContext::new(broker, std::sync::Arc::new(config), metrics, cluster)).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
     if let Some(cluster) = &cluster_handle {

@@ -49,9 +49,23 @@ pub struct RequestContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `Some` when this broker is part of a cluster.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Bytes of request frames read and not yet answered, over all connections
+    /// (limits.max_queued_request_bytes): a reader waits for room before it
+    /// reads a frame's body, so many pipelining producers cannot grow memory.
+    pub request_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl RequestContext {
+    pub fn new(
+        broker: Broker,
+        config: Arc<BrokerConfig>,
+        metrics: Arc<crate::metrics::Metrics>,
+        cluster: Option<crate::cluster::Cluster>,
+    ) -> RequestContext {
+        let request_memory = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queued_request_bytes));
+        RequestContext { broker, config, metrics, cluster, request_memory }
+    }
+
     pub fn node_id(&self) -> i32 {
         self.config.broker.node_id
     }
@@ -409,5 +423,5 @@ pub(crate) fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Ar
     let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
     let broker = Broker::start(config.storage_config()).expect("actor tree starts");
-    Arc::new(RequestContext { broker, config: Arc::new(config), metrics: Default::default(), cluster: None })
+    Arc::new(RequestContext::new(broker, Arc::new(config), Default::default(), None))
 }

@@ -209,7 +209,7 @@ async fn boot(
     let cluster = Cluster::start_simulated(settings, broker.clone(), &data_dir, config.advertised(), network).await?;
     crate::cluster::replica_manager::start(cluster.clone(), broker.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    Ok(Arc::new(RequestContext { broker, config, metrics, cluster: Some(cluster) }))
+    Ok(Arc::new(RequestContext::new(broker, config, metrics, Some(cluster))))
 }
 
 /// How long a simulated client waits for any answer.
