@@ -8,6 +8,7 @@ Kafka-compatible brokers, async-nats for NATS), against
   tributary-interval  the same with storage.durability = "interval" (fsync every second)
   tansu               Tansu from crates.io on its SQLite engine (WAL, synchronous=normal:
                       no fsync per commit)
+  tansu-memory        Tansu on its in-memory engine (nothing on disk: Tansu's upper bound)
   nats                NATS JetStream (Debian's nats-server), a file stream with one replica
                       (fsync on its sync interval, two minutes by default)
 
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -66,14 +68,37 @@ def wait_for_port(host, port, proc, log):
     raise SystemExit(f"broker did not listen on {host}:{port} within {START_LIMIT_S}s; see {log}")
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         pass
     return None
+
+
+def peak_rss_mib(pid):
+    return status_mib(pid, "VmHWM")
+
+
+class AnonSampler:
+    """Peak anonymous RSS (the heap; VmHWM also counts mapped file pages, which
+    LMDB's read-only map adds), sampled every 100 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.done = pid, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, status_mib(self.pid, "RssAnon") or 0.0)
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        return self.peak
 
 
 class Broker:
@@ -91,9 +116,13 @@ class Broker:
         raise NotImplementedError
 
     def start(self):
+        # Let the last workload's writeback finish so it is not billed to this one.
+        os.sync()
+        time.sleep(1)
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
                                      cwd=self.workdir)
         wait_for_port("127.0.0.1", self.port, self.proc, self.log)
+        self.anon = AnonSampler(self.proc.pid)
         return self
 
     @property
@@ -101,8 +130,8 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def stop(self):
-        """Returns the process's peak RSS in MiB."""
-        rss = peak_rss_mib(self.proc.pid)
+        """Returns the process's peak RSS and peak anonymous RSS in MiB."""
+        rss = (peak_rss_mib(self.proc.pid), self.anon.stop())
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -135,7 +164,17 @@ class Tansu(Broker):
     def command(self):
         url = f"tcp://{self.address}"
         return [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", f"sqlite://{self.workdir / 'tansu.db'}"]
+                "--storage-engine", self.storage]
+
+    # Relative to the working directory, which is the broker's own directory.
+    storage = "sqlite://tansu.db"
+
+
+class TansuMemory(Tansu):
+    """Tansu's in-memory engine: nothing reaches the disk, an upper bound for Tansu."""
+
+    name = "tansu-memory"
+    storage = "memory://tansu/"
 
 
 class Nats(Broker):
@@ -150,7 +189,7 @@ class Nats(Broker):
         return f"nats://127.0.0.1:{self.port}"
 
 
-BROKERS = {b.name: b for b in (Tributary, TributaryInterval, Tansu, Nats)}
+BROKERS = {b.name: b for b in (Tributary, TributaryInterval, Tansu, TansuMemory, Nats)}
 
 
 def client(*args):
@@ -220,8 +259,7 @@ def kafka_workloads(broker_cls, workdir, args):
     run("produce_lz4", produce_lz4)
     run("latency", latency)
     run("produce_many", many)
-    results["peak_rss_mib"] = max((r for r in rss if r is not None), default=None)
-    return results
+    return summarise_rss(results, rss, ["produce_none + consume", "produce_lz4", "latency", "produce_many"])
 
 
 def nats_workloads(workdir, args):
@@ -253,7 +291,13 @@ def nats_workloads(workdir, args):
         "nats-produce-many", "--url", b.address, "--producers", args.producers, "--records", args.records,
         "--size", args.size, "--window", args.nats_many_window)
     rss.append(b.stop())
-    results["peak_rss_mib"] = max((r for r in rss if r is not None), default=None)
+    return summarise_rss(results, rss, ["produce_none + consume", "latency", "produce_many"])
+
+
+def summarise_rss(results, rss, names):
+    results["rss_by_workload"] = {n: {"peak_rss_mib": r[0], "peak_anon_rss_mib": r[1]} for n, r in zip(names, rss)}
+    results["peak_rss_mib"] = max((r[0] for r in rss if r[0] is not None), default=None)
+    results["peak_anon_rss_mib"] = max((r[1] for r in rss if r[1] is not None), default=None)
     return results
 
 
@@ -327,7 +371,13 @@ ROWS = [
     ("e2e latency p99.9 at 20 MB/s (ms)", "latency", "e2e_latency.p999_ms", "lower"),
     ("produce ack latency p99 at 20 MB/s (ms)", "latency", "ack_latency.p99_ms", "lower"),
     ("peak RSS (MiB)", "peak_rss_mib", "", "lower"),
+    ("peak anonymous RSS (MiB)", "peak_anon_rss_mib", "", "lower"),
 ]
+
+
+# Durability-matched pairs: Tansu's SQLite engine and JetStream do not fsync each write either.
+RATIOS = [("tributary", "tansu"), ("tributary-interval", "tansu"), ("tributary", "tansu-memory"),
+          ("tributary-interval", "nats")]
 
 
 def pick(results, workload, path):
@@ -344,26 +394,22 @@ def fmt(v):
 
 
 def ratio(a, b):
-    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.3g}x"
 
 
 def report(data):
-    brokers = [b for b in ("tributary", "tributary-interval", "tansu", "nats", "tributary-cluster")
-               if b in data["brokers"]]
+    brokers = list(data["brokers"])
     lines = [f"# Tributary and its peers ({data['date']})", "",
              f"Same client binary for all (librdkafka {data['versions'].get('rdkafka_sys (librdkafka)')} "
              f"for Kafka brokers, async-nats for NATS); {data['args']['records']:,} x {data['args']['size']} B "
              f"records, acks=-1, linger {data['args']['linger_ms']} ms, {PARTITIONS} partitions; "
              f"{data['versions']['cores']} cores shared by client and brokers.", "",
-             "| figure | " + " | ".join(brokers) + " | tributary / tansu | tributary-interval / tansu "
-             "| tributary-interval / nats |",
-             "|---|" + "---|" * (len(brokers) + 3)]
+             "| figure | " + " | ".join(brokers) + " | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |",
+             "|---|" + "---|" * (len(brokers) + len(RATIOS))]
     for label, workload, path, better in ROWS:
         vals = {b: pick(data["brokers"][b], workload, path) for b in brokers}
         lines.append(f"| {label} ({better} is better) | " + " | ".join(fmt(vals[b]) for b in brokers) + " | "
-                     + " | ".join(ratio(vals.get(x), vals.get(y)) for x, y in
-                                  (("tributary", "tansu"), ("tributary-interval", "tansu"),
-                                   ("tributary-interval", "nats"))) + " |")
+                     + " | ".join(ratio(vals.get(x), vals.get(y)) for x, y in RATIOS) + " |")
     lines += ["", "References measured in the same run:", ""]
     for k, v in data["reference"].items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else fmt(v)}")
@@ -383,8 +429,7 @@ def plot(data, path):
     except ImportError:
         print("matplotlib is not installed (bench/setup.sh installs it); no plot", file=sys.stderr)
         return
-    brokers = [b for b in ("tributary", "tributary-interval", "tansu", "nats", "tributary-cluster")
-               if b in data["brokers"]]
+    brokers = list(data["brokers"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     groups = [("produce none", "produce_none", "mb_s"), ("produce lz4", "produce_lz4", "mb_s"),
               ("consume", "consume", "mb_s"), ("100 producers", "produce_many", "mb_s")]
@@ -440,7 +485,7 @@ def main():
         for name in args.only.split(","):
             if name not in BROKERS:
                 raise SystemExit(f"unknown broker {name!r}; known: {', '.join(BROKERS)}")
-            if name == "tansu" and not TANSU.exists():
+            if name.startswith("tansu") and not TANSU.exists():
                 data["brokers"][name] = {"produce_none": {"error": f"tansu not found at {TANSU}"}}
                 continue
             print(f"{name} ...", flush=True)

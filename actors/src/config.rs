@@ -63,7 +63,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             durability: Durability::Fsync,
-            storage_threads: 2,
+            storage_threads: 8,
             initial_map_bytes: 1 << 30,
             max_map_bytes: 1 << 40,
             max_pending_appends: 4096,

@@ -115,11 +115,11 @@ fn finish(producer: &ThreadedProducer<DeliveryContext>, deliveries: &Deliveries)
 pub fn produce(settings: &ProducerSettings, topic: &str, records: u64, size: usize) -> Result<Value> {
     let deliveries = Arc::new(Deliveries::default());
     let producer = producer(settings, &deliveries)?;
-    let payload = stats::payload(size);
+    let payloads = stats::Payloads::new(size);
     let keys: Vec<Vec<u8>> = (0..1024).map(|k| format!("key-{k}").into_bytes()).collect();
     let started = Instant::now();
     for i in 0..records {
-        send(&producer, topic, None, &keys[(i % 1024) as usize], &payload)?;
+        send(&producer, topic, None, &keys[(i % 1024) as usize], payloads.get(i))?;
     }
     finish(&producer, &deliveries)?;
     let secs = started.elapsed().as_secs_f64();
@@ -137,19 +137,19 @@ pub fn produce(settings: &ProducerSettings, topic: &str, records: u64, size: usi
 /// `records / producers` records to partition i, all at once.
 pub fn produce_many(settings: &ProducerSettings, topic: &str, producers: u32, records: u64, size: usize) -> Result<Value> {
     let per_producer = records / producers as u64;
-    let payload = Arc::new(stats::payload(size));
+    let payloads = Arc::new(stats::Payloads::new(size));
     let start = Arc::new(std::sync::Barrier::new(producers as usize + 1));
     let mut handles = Vec::new();
     for i in 0..producers {
-        let (settings, topic, payload, start) = (settings.clone(), topic.to_string(), payload.clone(), start.clone());
+        let (settings, topic, payloads, start) = (settings.clone(), topic.to_string(), payloads.clone(), start.clone());
         handles.push(std::thread::spawn(move || -> Result<Latencies> {
             let deliveries = Arc::new(Deliveries::default());
             let producer = producer(&settings, &deliveries);
             start.wait();
             let producer = producer?;
             let key = format!("producer-{i}").into_bytes();
-            for _ in 0..per_producer {
-                send(&producer, &topic, Some(i as i32), &key, &payload)?;
+            for n in 0..per_producer {
+                send(&producer, &topic, Some(i as i32), &key, payloads.get(i as u64 * per_producer + n))?;
             }
             finish(&producer, &deliveries)?;
             let latencies = std::mem::take(&mut *deliveries.latencies.lock().unwrap());
@@ -266,7 +266,8 @@ pub fn latency(
     let deliveries = Arc::new(Deliveries::default());
     let producer = producer(settings, &deliveries)?;
     let keys: Vec<Vec<u8>> = (0..1024).map(|k| format!("key-{k}").into_bytes()).collect();
-    let mut payload = stats::payload(size);
+    let payloads = stats::Payloads::new(size);
+    let mut payload = vec![0u8; size];
     let interval_ns = 1_000_000_000 / per_second;
     let (start, start_unix) = (Instant::now(), stats::unix_nanos());
     for i in 0..total {
@@ -278,6 +279,7 @@ pub fn latency(
         if i == warmup {
             deliveries.latencies.lock().unwrap().clear();
         }
+        payload.copy_from_slice(payloads.get(i));
         stats::stamp(&mut payload, start_unix + i * interval_ns, i < warmup);
         send(&producer, topic, None, &keys[(i % 1024) as usize], &payload)?;
     }

@@ -2,6 +2,7 @@
 //! A stream is one ordered log, JetStream's nearest thing to a partition; "partitions" become
 //! subjects of one file-backed stream with one replica.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -11,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::stats::{self, Latencies};
+use crate::stats::{self, Latencies, Payloads};
 
 const STREAM: &str = "BENCH";
 /// How long any one workload may run before it is reported as failed.
@@ -40,17 +41,25 @@ pub async fn reset_stream(url: &str) -> Result<()> {
 
 /// Publishes `count` records keeping up to `window` acknowledgements outstanding, the
 /// JetStream counterpart of librdkafka's pipelined, batched produce.
-async fn publish(js: &Context, subject: String, count: u64, payload: Bytes, window: usize) -> Result<Latencies> {
+async fn publish(
+    js: &Context,
+    subject: String,
+    count: u64,
+    payloads: &Payloads,
+    first: u64,
+    window: usize,
+) -> Result<Latencies> {
     let mut in_flight = FuturesUnordered::new();
     let mut latencies = Latencies::with_capacity(count as usize);
-    for _ in 0..count {
+    for n in 0..count {
         if in_flight.len() >= window {
             let (sent, ack): (Instant, Result<_, _>) = in_flight.next().await.expect("window is not empty");
             ack.map_err(|e| anyhow!("publish not acknowledged: {e}"))?;
             latencies.push_micros(sent.elapsed().as_micros() as u64);
         }
         let sent = Instant::now();
-        let ack = js.publish(subject.clone(), payload.clone()).await.map_err(|e| anyhow!("publish: {e}"))?;
+        let payload = Bytes::copy_from_slice(payloads.get(first + n));
+        let ack = js.publish(subject.clone(), payload).await.map_err(|e| anyhow!("publish: {e}"))?;
         in_flight.push(async move { (sent, ack.await) });
     }
     while let Some((sent, ack)) = in_flight.next().await {
@@ -62,9 +71,9 @@ async fn publish(js: &Context, subject: String, count: u64, payload: Bytes, wind
 
 pub async fn produce(url: &str, records: u64, size: usize, window: usize) -> Result<Value> {
     let js = connect(url).await?;
-    let payload = Bytes::from(stats::payload(size));
+    let payloads = Payloads::new(size);
     let started = Instant::now();
-    let latencies = publish(&js, "bench.0".to_string(), records, payload, window).await?;
+    let latencies = publish(&js, "bench.0".to_string(), records, &payloads, 0, window).await?;
     let secs = started.elapsed().as_secs_f64();
     Ok(json!({
         "records": records,
@@ -78,7 +87,7 @@ pub async fn produce(url: &str, records: u64, size: usize, window: usize) -> Res
 /// `producers` connections, producer i publishing to subject `bench.i`, all at once.
 pub async fn produce_many(url: &str, producers: u32, records: u64, size: usize, window: usize) -> Result<Value> {
     let per_producer = records / producers as u64;
-    let payload = Bytes::from(stats::payload(size));
+    let payloads = Arc::new(Payloads::new(size));
     let mut contexts = Vec::new();
     for _ in 0..producers {
         contexts.push(connect(url).await?);
@@ -88,8 +97,9 @@ pub async fn produce_many(url: &str, producers: u32, records: u64, size: usize, 
         .into_iter()
         .enumerate()
         .map(|(i, js)| {
-            let payload = payload.clone();
-            tokio::spawn(async move { publish(&js, format!("bench.{i}"), per_producer, payload, window).await })
+            let payloads = payloads.clone();
+            let first = i as u64 * per_producer;
+            tokio::spawn(async move { publish(&js, format!("bench.{i}"), per_producer, &payloads, first, window).await })
         })
         .collect();
     let mut all = Latencies::with_capacity(records as usize);
@@ -184,7 +194,7 @@ pub async fn latency(
     });
 
     let publisher = connect(url).await?;
-    let template = stats::payload(size);
+    let payloads = Payloads::new(size);
     let interval_ns = 1_000_000_000 / per_second;
     let mut in_flight = FuturesUnordered::new();
     let mut acks = Latencies::with_capacity(total as usize);
@@ -202,7 +212,7 @@ pub async fn latency(
                 acks.push_micros(sent.elapsed().as_micros() as u64);
             }
         }
-        let mut payload = BytesMut::from(&template[..]);
+        let mut payload = BytesMut::from(payloads.get(i));
         stats::stamp(&mut payload, start_unix + i * interval_ns, i < warmup);
         let sent = Instant::now();
         let ack = publisher.publish("bench.0", payload.freeze()).await.map_err(|e| anyhow!("publish: {e}"))?;

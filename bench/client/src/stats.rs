@@ -48,20 +48,50 @@ impl Latencies {
     }
 }
 
-/// Text-like payload (hex digits): compressible by lz4 about as much as JSON events are not,
-/// which keeps the compressed workload honest. The same bytes go to every broker.
-pub fn payload(size: usize) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..size)
-        .map(|_| {
-            // xorshift: reproducible filler, no rand dependency.
+/// Record values: slices of a pool of text made of words from a small vocabulary,
+/// so every record differs (no broker or codec sees one value repeated) and lz4
+/// finds what it finds in event text, about 2x. The same bytes go to every broker.
+pub struct Payloads {
+    pool: Vec<u8>,
+    size: usize,
+}
+
+impl Payloads {
+    const POOL_BYTES: usize = 4 << 20;
+
+    pub fn new(size: usize) -> Self {
+        const WORDS: [&str; 32] = [
+            "user", "order", "click", "view", "cart", "price", "item", "session", "region", "eu-west", "us-east",
+            "mobile", "desktop", "status", "ok", "error", "retry", "amount", "currency", "EUR", "USD", "page",
+            "search", "query", "result", "latency", "ms", "true", "false", "id", "ts", "ref",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            // xorshift: reproducible, no rand dependency.
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            HEX[(state & 15) as usize]
-        })
-        .collect()
+            state
+        };
+        let mut pool = Vec::with_capacity(Self::POOL_BYTES + size + 16);
+        while pool.len() < Self::POOL_BYTES + size {
+            let r = next();
+            pool.extend_from_slice(WORDS[(r & 31) as usize].as_bytes());
+            // A number after some words, as events carry ids and amounts.
+            if r & 0x300 == 0 {
+                pool.extend_from_slice(format!("={}", (r >> 16) % 100_000).as_bytes());
+            }
+            pool.push(if r & 0x400 == 0 { b' ' } else { b',' });
+        }
+        Self { pool, size }
+    }
+
+    /// The value of record `i`: a different slice of the pool for consecutive records.
+    pub fn get(&self, i: u64) -> &[u8] {
+        let span = (self.pool.len() - self.size) as u64;
+        let start = (i.wrapping_mul(7919) % span) as usize;
+        &self.pool[start..start + self.size]
+    }
 }
 
 pub fn unix_nanos() -> u64 {
