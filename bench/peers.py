@@ -436,7 +436,8 @@ def plot(data, path):
     width = 0.8 / len(brokers)
     for i, b in enumerate(brokers):
         vals = [pick(data["brokers"][b], w, p) or 0 for _, w, p in groups]
-        left.bar([g + i * width for g in range(len(groups))], vals, width, label=b)
+        bars = left.bar([g + i * width for g in range(len(groups))], vals, width, label=b)
+        left.bar_label(bars, fmt="%.0f", fontsize=6)
     left.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], [g[0] for g in groups])
     left.set_ylabel("MB/s (1 KiB records)")
     left.set_title("Throughput (higher is better)")
@@ -444,7 +445,8 @@ def plot(data, path):
     pcts = [("p50", "e2e_latency.p50_ms"), ("p99", "e2e_latency.p99_ms"), ("p99.9", "e2e_latency.p999_ms")]
     for i, b in enumerate(brokers):
         vals = [pick(data["brokers"][b], "latency", p) or 0 for _, p in pcts]
-        right.bar([g + i * width for g in range(len(pcts))], vals, width, label=b)
+        bars = right.bar([g + i * width for g in range(len(pcts))], vals, width, label=b)
+        right.bar_label(bars, fmt="%.0f", fontsize=6)
     right.set_xticks([g + 0.4 - width / 2 for g in range(len(pcts))], [p[0] for p in pcts])
     right.set_yscale("log")
     right.set_ylabel("ms, log scale")
@@ -470,7 +472,15 @@ def main():
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--workdir", help="where data directories go (default: a temp dir under /tmp)")
     ap.add_argument("--out", default=str(RESULTS / "peers"))
+    ap.add_argument("--report-only", metavar="JSON", help="write the table and plot from an earlier run's JSON")
     args = ap.parse_args()
+    if args.report_only:
+        data = json.loads(Path(args.report_only).read_text())
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(report(data))
+        plot(data, out.with_suffix(".png"))
+        print(report(data))
+        return
 
     for what, path in (("bench client", CLIENT), ("tributary", TRIBUTARY)):
         if not path.exists():

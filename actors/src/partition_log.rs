@@ -166,6 +166,19 @@ fn release_mapped_pages(bytes: &[u8]) {
     }
 }
 
+/// Flushes a log's environment; `Send`, so the fsync can run off the actor's
+/// thread. An fsync concurrent with a commit is safe in LMDB: it flushes what
+/// is written by then, and the next flush takes the rest.
+#[derive(Clone)]
+pub struct LogSyncer(Env<WithoutTls>);
+
+impl LogSyncer {
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.0.force_sync()?;
+        Ok(())
+    }
+}
+
 pub struct PartitionLog {
     dir: PathBuf,
     env: Env<WithoutTls>,
@@ -906,8 +919,12 @@ impl PartitionLog {
 
     /// Flushes commits made without fsync (interval durability).
     pub fn sync(&self) -> Result<(), LogError> {
-        self.env.force_sync()?;
-        Ok(())
+        self.syncer().sync()
+    }
+
+    /// A handle that flushes this log from another thread while appends go on.
+    pub fn syncer(&self) -> LogSyncer {
+        LogSyncer(self.env.clone())
     }
 
     /// Whole batches from the one holding `offset`, up to `max_bytes`. With

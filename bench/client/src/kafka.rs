@@ -69,10 +69,7 @@ impl ProducerContext for DeliveryContext {
 }
 
 fn producer(settings: &ProducerSettings, deliveries: &Arc<Deliveries>) -> Result<ThreadedProducer<DeliveryContext>> {
-    settings
-        .client_config()
-        .create_with_context(DeliveryContext(deliveries.clone()))
-        .context("creating producer")
+    settings.client_config().create_with_context(DeliveryContext(deliveries.clone())).context("creating producer")
 }
 
 /// Enqueues one record, waiting while librdkafka's queue is full. The latency clock starts
@@ -124,18 +121,18 @@ pub fn produce(settings: &ProducerSettings, topic: &str, records: u64, size: usi
     finish(&producer, &deliveries)?;
     let secs = started.elapsed().as_secs_f64();
     let latencies = std::mem::take(&mut *deliveries.latencies.lock().unwrap());
-    Ok(json!({
-        "records": records,
-        "mb_s": records as f64 * size as f64 / secs / 1e6,
-        "records_s": records as f64 / secs,
-        "seconds": secs,
-        "ack_latency": latencies.summary(),
-    }))
+    Ok(stats::throughput(records, records * size as u64, secs, Some(latencies)))
 }
 
 /// `producers` producer instances (each its own connection), producer i writing
 /// `records / producers` records to partition i, all at once.
-pub fn produce_many(settings: &ProducerSettings, topic: &str, producers: u32, records: u64, size: usize) -> Result<Value> {
+pub fn produce_many(
+    settings: &ProducerSettings,
+    topic: &str,
+    producers: u32,
+    records: u64,
+    size: usize,
+) -> Result<Value> {
     let per_producer = records / producers as u64;
     let payloads = Arc::new(stats::Payloads::new(size));
     let start = Arc::new(std::sync::Barrier::new(producers as usize + 1));
@@ -164,14 +161,9 @@ pub fn produce_many(settings: &ProducerSettings, topic: &str, producers: u32, re
     }
     let secs = started.elapsed().as_secs_f64();
     let total = per_producer * producers as u64;
-    Ok(json!({
-        "producers": producers,
-        "records": total,
-        "mb_s": total as f64 * size as f64 / secs / 1e6,
-        "records_s": total as f64 / secs,
-        "seconds": secs,
-        "ack_latency": all.summary(),
-    }))
+    let mut figures = stats::throughput(total, total * size as u64, secs, Some(all));
+    figures["producers"] = producers.into();
+    Ok(figures)
 }
 
 fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
@@ -215,12 +207,7 @@ pub fn consume(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> R
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok(json!({
-        "records": got,
-        "mb_s": bytes as f64 / secs / 1e6,
-        "records_s": got as f64 / secs,
-        "seconds": secs,
-    }))
+    Ok(stats::throughput(got, bytes, secs, None))
 }
 
 /// End-to-end latency at a fixed rate: a paced producer stamps each record with the time it

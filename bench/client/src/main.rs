@@ -59,6 +59,18 @@ struct NatsArgs {
     window: usize,
 }
 
+/// The fixed rate of a latency workload.
+#[derive(clap::Args, Clone)]
+struct PaceArgs {
+    #[arg(long, default_value_t = 20)]
+    rate_mb: u64,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Sent and read but not counted.
+    #[arg(long, default_value_t = 3)]
+    warmup_seconds: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Creates a topic through the Kafka CreateTopics API.
@@ -97,12 +109,8 @@ enum Command {
         kafka: KafkaArgs,
         #[arg(long, default_value_t = 6)]
         partitions: i32,
-        #[arg(long, default_value_t = 20)]
-        rate_mb: u64,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        #[arg(long, default_value_t = 3)]
-        warmup_seconds: u64,
+        #[command(flatten)]
+        pace: PaceArgs,
     },
     /// Deletes and recreates the benchmark stream.
     NatsResetStream {
@@ -135,12 +143,8 @@ enum Command {
     NatsLatency {
         #[command(flatten)]
         nats: NatsArgs,
-        #[arg(long, default_value_t = 20)]
-        rate_mb: u64,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        #[arg(long, default_value_t = 3)]
-        warmup_seconds: u64,
+        #[command(flatten)]
+        pace: PaceArgs,
     },
     /// Loopback TCP throughput of this machine.
     Loopback {
@@ -176,20 +180,22 @@ fn run(command: Command) -> Result<Value> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     Ok(match command {
         Command::KafkaCreateTopic { kafka, partitions, replication } => create_topic(&kafka, partitions, replication)?,
-        Command::KafkaProduce { kafka, records } => kafka::produce(&kafka.producer(), &kafka.topic, records, kafka.size)?,
+        Command::KafkaProduce { kafka, records } => {
+            kafka::produce(&kafka.producer(), &kafka.topic, records, kafka.size)?
+        }
         Command::KafkaProduceMany { kafka, producers, records } => {
             kafka::produce_many(&kafka.producer(), &kafka.topic, producers, records, kafka.size)?
         }
         Command::KafkaConsume { kafka, partitions, records } => {
             kafka::consume(&kafka.bootstrap, &kafka.topic, partitions, records)?
         }
-        Command::KafkaLatency { kafka, partitions, rate_mb, seconds, warmup_seconds } => kafka::latency(
+        Command::KafkaLatency { kafka, partitions, pace } => kafka::latency(
             &kafka.producer(),
             &kafka.topic,
             partitions,
-            rate_mb * 1_000_000,
-            seconds,
-            warmup_seconds,
+            pace.rate_mb * 1_000_000,
+            pace.seconds,
+            pace.warmup_seconds,
             kafka.size,
         )?,
         Command::NatsResetStream { nats } => {
@@ -202,12 +208,14 @@ fn run(command: Command) -> Result<Value> {
         Command::NatsProduceMany { nats, producers, records } => {
             runtime()?.block_on(nats::produce_many(&nats.url, producers, records, nats.size, nats.window))?
         }
-        Command::NatsConsume { nats, records, batch } => runtime()?.block_on(nats::consume(&nats.url, records, batch))?,
-        Command::NatsLatency { nats, rate_mb, seconds, warmup_seconds } => runtime()?.block_on(nats::latency(
+        Command::NatsConsume { nats, records, batch } => {
+            runtime()?.block_on(nats::consume(&nats.url, records, batch))?
+        }
+        Command::NatsLatency { nats, pace } => runtime()?.block_on(nats::latency(
             &nats.url,
-            rate_mb * 1_000_000,
-            seconds,
-            warmup_seconds,
+            pace.rate_mb * 1_000_000,
+            pace.seconds,
+            pace.warmup_seconds,
             nats.size,
             nats.window,
         ))?,

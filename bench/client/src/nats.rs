@@ -75,13 +75,7 @@ pub async fn produce(url: &str, records: u64, size: usize, window: usize) -> Res
     let started = Instant::now();
     let latencies = publish(&js, "bench.0".to_string(), records, &payloads, 0, window).await?;
     let secs = started.elapsed().as_secs_f64();
-    Ok(json!({
-        "records": records,
-        "mb_s": records as f64 * size as f64 / secs / 1e6,
-        "records_s": records as f64 / secs,
-        "seconds": secs,
-        "ack_latency": latencies.summary(),
-    }))
+    Ok(stats::throughput(records, records * size as u64, secs, Some(latencies)))
 }
 
 /// `producers` connections, producer i publishing to subject `bench.i`, all at once.
@@ -99,7 +93,9 @@ pub async fn produce_many(url: &str, producers: u32, records: u64, size: usize, 
         .map(|(i, js)| {
             let payloads = payloads.clone();
             let first = i as u64 * per_producer;
-            tokio::spawn(async move { publish(&js, format!("bench.{i}"), per_producer, &payloads, first, window).await })
+            tokio::spawn(
+                async move { publish(&js, format!("bench.{i}"), per_producer, &payloads, first, window).await },
+            )
         })
         .collect();
     let mut all = Latencies::with_capacity(records as usize);
@@ -108,14 +104,9 @@ pub async fn produce_many(url: &str, producers: u32, records: u64, size: usize, 
     }
     let secs = started.elapsed().as_secs_f64();
     let total = per_producer * producers as u64;
-    Ok(json!({
-        "producers": producers,
-        "records": total,
-        "mb_s": total as f64 * size as f64 / secs / 1e6,
-        "records_s": total as f64 / secs,
-        "seconds": secs,
-        "ack_latency": all.summary(),
-    }))
+    let mut figures = stats::throughput(total, total * size as u64, secs, Some(all));
+    figures["producers"] = producers.into();
+    Ok(figures)
 }
 
 /// An ephemeral pull consumer from the start of the stream, without per-message acks (a
@@ -130,12 +121,8 @@ async fn reader(js: &Context, batch: usize) -> Result<impl futures::Stream<Item 
         })
         .await
         .map_err(|e| anyhow!("creating consumer: {e}"))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await
-        .map_err(|e| anyhow!("pulling: {e}"))?;
+    let messages =
+        consumer.stream().max_messages_per_batch(batch).messages().await.map_err(|e| anyhow!("pulling: {e}"))?;
     Ok(messages.map(|m| m.map_err(|e| anyhow!("pull failed: {e}"))))
 }
 
@@ -154,12 +141,7 @@ pub async fn consume(url: &str, records: u64, batch: usize) -> Result<Value> {
         bytes += message.payload.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
-    Ok(json!({
-        "records": got,
-        "mb_s": bytes as f64 / secs / 1e6,
-        "records_s": got as f64 / secs,
-        "seconds": secs,
-    }))
+    Ok(stats::throughput(got, bytes, secs, None))
 }
 
 /// End-to-end latency at a fixed rate, stamped and counted as in the Kafka workload.

@@ -48,6 +48,20 @@ impl Latencies {
     }
 }
 
+/// The figures every throughput workload reports; `ack_latency` when it has one.
+pub fn throughput(records: u64, bytes: u64, secs: f64, ack_latency: Option<Latencies>) -> Value {
+    let mut figures = json!({
+        "records": records,
+        "mb_s": bytes as f64 / secs / 1e6,
+        "records_s": records as f64 / secs,
+        "seconds": secs,
+    });
+    if let Some(latencies) = ack_latency {
+        figures["ack_latency"] = latencies.summary();
+    }
+    figures
+}
+
 /// Record values: slices of a pool of text made of words from a small vocabulary,
 /// so every record differs (no broker or codec sees one value repeated) and lz4
 /// finds what it finds in event text, about 2x. The same bytes go to every broker.
