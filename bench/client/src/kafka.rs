@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::stats::{self, Latencies};
+use crate::stats::{self, Latencies, Pace};
 
 /// How long any one workload may run before it is reported as failed.
 const WORKLOAD_LIMIT: Duration = Duration::from_secs(600);
@@ -213,18 +213,8 @@ pub fn consume(bootstrap: &str, topic: &str, partitions: i32, records: u64) -> R
 /// End-to-end latency at a fixed rate: a paced producer stamps each record with the time it
 /// was due, a consumer in the same process subtracts it on receipt. The first `warmup`
 /// records are sent and read but not counted.
-pub fn latency(
-    settings: &ProducerSettings,
-    topic: &str,
-    partitions: i32,
-    rate_bytes_s: u64,
-    seconds: u64,
-    warmup_seconds: u64,
-    size: usize,
-) -> Result<Value> {
-    let per_second = (rate_bytes_s / size as u64).max(1);
-    let warmup = per_second * warmup_seconds;
-    let total = warmup + per_second * seconds;
+pub fn latency(settings: &ProducerSettings, topic: &str, partitions: i32, pace: Pace, size: usize) -> Result<Value> {
+    let (warmup, total, interval_ns) = pace.schedule(size);
     let consumer = consumer(&settings.bootstrap, "bench-latency")?;
     assign_from_start(&consumer, topic, partitions)?;
     let reader = std::thread::spawn(move || -> Result<Latencies> {
@@ -255,7 +245,6 @@ pub fn latency(
     let keys: Vec<Vec<u8>> = (0..1024).map(|k| format!("key-{k}").into_bytes()).collect();
     let payloads = stats::Payloads::new(size);
     let mut payload = vec![0u8; size];
-    let interval_ns = 1_000_000_000 / per_second;
     let (start, start_unix) = (Instant::now(), stats::unix_nanos());
     for i in 0..total {
         let due = Duration::from_nanos(i * interval_ns);
@@ -275,7 +264,7 @@ pub fn latency(
     let e2e = reader.join().expect("reader thread panicked")?;
     let acks = std::mem::take(&mut *deliveries.latencies.lock().unwrap());
     Ok(json!({
-        "target_mb_s": rate_bytes_s as f64 / 1e6,
+        "target_mb_s": pace.rate_bytes_s as f64 / 1e6,
         "achieved_mb_s": total as f64 * size as f64 / send_secs / 1e6,
         "records": total - warmup,
         "e2e_latency": e2e.summary(),

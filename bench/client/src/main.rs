@@ -71,6 +71,16 @@ struct PaceArgs {
     warmup_seconds: u64,
 }
 
+impl PaceArgs {
+    fn pace(&self) -> stats::Pace {
+        stats::Pace {
+            rate_bytes_s: self.rate_mb * 1_000_000,
+            seconds: self.seconds,
+            warmup_seconds: self.warmup_seconds,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Creates a topic through the Kafka CreateTopics API.
@@ -189,15 +199,9 @@ fn run(command: Command) -> Result<Value> {
         Command::KafkaConsume { kafka, partitions, records } => {
             kafka::consume(&kafka.bootstrap, &kafka.topic, partitions, records)?
         }
-        Command::KafkaLatency { kafka, partitions, pace } => kafka::latency(
-            &kafka.producer(),
-            &kafka.topic,
-            partitions,
-            pace.rate_mb * 1_000_000,
-            pace.seconds,
-            pace.warmup_seconds,
-            kafka.size,
-        )?,
+        Command::KafkaLatency { kafka, partitions, pace } => {
+            kafka::latency(&kafka.producer(), &kafka.topic, partitions, pace.pace(), kafka.size)?
+        }
         Command::NatsResetStream { nats } => {
             runtime()?.block_on(nats::reset_stream(&nats.url))?;
             serde_json::json!({ "stream": "BENCH" })
@@ -211,14 +215,9 @@ fn run(command: Command) -> Result<Value> {
         Command::NatsConsume { nats, records, batch } => {
             runtime()?.block_on(nats::consume(&nats.url, records, batch))?
         }
-        Command::NatsLatency { nats, pace } => runtime()?.block_on(nats::latency(
-            &nats.url,
-            pace.rate_mb * 1_000_000,
-            pace.seconds,
-            pace.warmup_seconds,
-            nats.size,
-            nats.window,
-        ))?,
+        Command::NatsLatency { nats, pace } => {
+            runtime()?.block_on(nats::latency(&nats.url, pace.pace(), nats.size, nats.window))?
+        }
         Command::Loopback { bytes } => reference::loopback(bytes)?,
         Command::Disk { dir, bytes, appends } => reference::disk(&dir, bytes, appends)?,
     })

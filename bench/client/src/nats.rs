@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::stats::{self, Latencies, Payloads};
+use crate::stats::{self, Latencies, Pace, Payloads};
 
 const STREAM: &str = "BENCH";
 /// How long any one workload may run before it is reported as failed.
@@ -145,17 +145,8 @@ pub async fn consume(url: &str, records: u64, batch: usize) -> Result<Value> {
 }
 
 /// End-to-end latency at a fixed rate, stamped and counted as in the Kafka workload.
-pub async fn latency(
-    url: &str,
-    rate_bytes_s: u64,
-    seconds: u64,
-    warmup_seconds: u64,
-    size: usize,
-    window: usize,
-) -> Result<Value> {
-    let per_second = (rate_bytes_s / size as u64).max(1);
-    let warmup = per_second * warmup_seconds;
-    let total = warmup + per_second * seconds;
+pub async fn latency(url: &str, pace: Pace, size: usize, window: usize) -> Result<Value> {
+    let (warmup, total, interval_ns) = pace.schedule(size);
     let js = connect(url).await?;
     let messages = reader(&js, 1000).await?;
     let read = tokio::spawn(async move {
@@ -177,7 +168,6 @@ pub async fn latency(
 
     let publisher = connect(url).await?;
     let payloads = Payloads::new(size);
-    let interval_ns = 1_000_000_000 / per_second;
     let mut in_flight = FuturesUnordered::new();
     let mut acks = Latencies::with_capacity(total as usize);
     let (start, start_unix) = (Instant::now(), stats::unix_nanos());
@@ -210,7 +200,7 @@ pub async fn latency(
     }
     let e2e = read.await??;
     Ok(json!({
-        "target_mb_s": rate_bytes_s as f64 / 1e6,
+        "target_mb_s": pace.rate_bytes_s as f64 / 1e6,
         "achieved_mb_s": total as f64 * size as f64 / send_secs / 1e6,
         "records": total - warmup,
         "e2e_latency": e2e.summary(),

@@ -48,6 +48,24 @@ impl Latencies {
     }
 }
 
+/// A latency workload's fixed rate: `warmup` records (sent and read, not counted),
+/// then the measured ones, one every `interval_ns`.
+#[derive(Clone, Copy)]
+pub struct Pace {
+    pub rate_bytes_s: u64,
+    pub seconds: u64,
+    pub warmup_seconds: u64,
+}
+
+impl Pace {
+    /// (warm-up records, all records, nanoseconds between records) for records of `size` bytes.
+    pub fn schedule(&self, size: usize) -> (u64, u64, u64) {
+        let per_second = (self.rate_bytes_s / size.max(1) as u64).max(1);
+        let warmup = per_second * self.warmup_seconds;
+        (warmup, warmup + per_second * self.seconds, 1_000_000_000 / per_second)
+    }
+}
+
 /// The figures every throughput workload reports; `ack_latency` when it has one.
 pub fn throughput(records: u64, bytes: u64, secs: f64, ack_latency: Option<Latencies>) -> Value {
     let mut figures = json!({
