@@ -24,9 +24,9 @@ echo "== building the bench client"
 cargo build --release --locked --manifest-path bench/client/Cargo.toml
 
 # Tansu 0.6.0's default features have no storage engine that runs here; libsql is its
-# SQLite engine, a single local file like ours.
+# SQLite engine, a single local file like ours; dynostore is its memory:// engine.
 if ! [ -x bench/.peers/bin/tansu ]; then
     echo "== building Tansu 0.6.0 from crates.io (about 15 minutes on 2 cores)"
-    cargo install tansu --version 0.6.0 --locked --features libsql --root bench/.peers
+    cargo install tansu --version 0.6.0 --locked --features libsql,dynostore --root bench/.peers
 fi
 echo "ready: python3 bench/peers.py"
