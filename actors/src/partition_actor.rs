@@ -182,12 +182,15 @@ impl Handler<SyncLog> for PartitionActor {
 
     fn handle(&mut self, _: SyncLog, _: &mut Context<Self>) {
         let Some(log) = &self.log else { return };
-        let (topic, partition) = (self.topic.clone(), self.partition);
-        if self.config.storage_threads == 0 {
-            // The simulation's single thread: flush in place, deterministically.
-            if let Err(e) = log.sync() {
+        let (syncer, topic, partition) = (log.syncer(), self.topic.clone(), self.partition);
+        let flush = move || {
+            if let Err(e) = syncer.sync() {
                 tracing::error!(topic = %topic, partition, error = %e, "flush failed");
             }
+        };
+        if self.config.storage_threads == 0 {
+            // The simulation's single thread: flush in place, deterministically.
+            flush();
             return;
         }
         // Off this thread: in place, a second's worth of commits held every
@@ -196,11 +199,9 @@ impl Handler<SyncLog> for PartitionActor {
         if self.flushing.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
-        let (syncer, flushing) = (log.syncer(), self.flushing.clone());
+        let flushing = self.flushing.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = syncer.sync() {
-                tracing::error!(topic = %topic, partition, error = %e, "flush failed");
-            }
+            flush();
             flushing.store(false, std::sync::atomic::Ordering::Release);
         });
     }

@@ -12,7 +12,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::stats::{self, Latencies, Pace};
 
@@ -247,10 +247,8 @@ pub fn latency(settings: &ProducerSettings, topic: &str, partitions: i32, pace: 
     let mut payload = vec![0u8; size];
     let (start, start_unix) = (Instant::now(), stats::unix_nanos());
     for i in 0..total {
-        let due = Duration::from_nanos(i * interval_ns);
-        let elapsed = start.elapsed();
-        if due > elapsed + Duration::from_micros(500) {
-            std::thread::sleep(due - elapsed);
+        if let Some(early) = Pace::delay_before(interval_ns, i, start) {
+            std::thread::sleep(early);
         }
         if i == warmup {
             deliveries.latencies.lock().unwrap().clear();
@@ -263,11 +261,5 @@ pub fn latency(settings: &ProducerSettings, topic: &str, partitions: i32, pace: 
     finish(&producer, &deliveries)?;
     let e2e = reader.join().expect("reader thread panicked")?;
     let acks = std::mem::take(&mut *deliveries.latencies.lock().unwrap());
-    Ok(json!({
-        "target_mb_s": pace.rate_bytes_s as f64 / 1e6,
-        "achieved_mb_s": total as f64 * size as f64 / send_secs / 1e6,
-        "records": total - warmup,
-        "e2e_latency": e2e.summary(),
-        "ack_latency": acks.summary(),
-    }))
+    Ok(pace.figures(size, send_secs, e2e, acks))
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer, stream, Context};
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::stats::{self, Latencies, Pace, Payloads};
 
@@ -172,10 +172,8 @@ pub async fn latency(url: &str, pace: Pace, size: usize, window: usize) -> Resul
     let mut acks = Latencies::with_capacity(total as usize);
     let (start, start_unix) = (Instant::now(), stats::unix_nanos());
     for i in 0..total {
-        let due = Duration::from_nanos(i * interval_ns);
-        let elapsed = start.elapsed();
-        if due > elapsed + Duration::from_micros(500) {
-            tokio::time::sleep(due - elapsed).await;
+        if let Some(early) = Pace::delay_before(interval_ns, i, start) {
+            tokio::time::sleep(early).await;
         }
         while in_flight.len() >= window {
             let (sent, warm, ack): (Instant, bool, Result<_, _>) = in_flight.next().await.expect("window is not empty");
@@ -199,11 +197,5 @@ pub async fn latency(url: &str, pace: Pace, size: usize, window: usize) -> Resul
         }
     }
     let e2e = read.await??;
-    Ok(json!({
-        "target_mb_s": pace.rate_bytes_s as f64 / 1e6,
-        "achieved_mb_s": total as f64 * size as f64 / send_secs / 1e6,
-        "records": total - warmup,
-        "e2e_latency": e2e.summary(),
-        "ack_latency": acks.summary(),
-    }))
+    Ok(pace.figures(size, send_secs, e2e, acks))
 }

@@ -1,6 +1,6 @@
 //! Latency percentiles and the record payloads every client sends.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -63,6 +63,26 @@ impl Pace {
         let per_second = (self.rate_bytes_s / size.max(1) as u64).max(1);
         let warmup = per_second * self.warmup_seconds;
         (warmup, warmup + per_second * self.seconds, 1_000_000_000 / per_second)
+    }
+
+    /// How long the sender sleeps before record `i` of a schedule begun at `start`, if it is
+    /// early by more than half a millisecond (shorter sleeps overshoot).
+    pub fn delay_before(interval_ns: u64, i: u64, start: Instant) -> Option<Duration> {
+        let due = Duration::from_nanos(i * interval_ns);
+        let elapsed = start.elapsed();
+        (due > elapsed + Duration::from_micros(500)).then(|| due - elapsed)
+    }
+
+    /// The figures a latency workload reports.
+    pub fn figures(&self, size: usize, send_secs: f64, e2e: Latencies, acks: Latencies) -> Value {
+        let (warmup, total, _) = self.schedule(size);
+        json!({
+            "target_mb_s": self.rate_bytes_s as f64 / 1e6,
+            "achieved_mb_s": total as f64 * size as f64 / send_secs / 1e6,
+            "records": total - warmup,
+            "e2e_latency": e2e.summary(),
+            "ack_latency": acks.summary(),
+        })
     }
 }
 
