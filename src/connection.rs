@@ -1,9 +1,14 @@
-//! Kafka framing on one TCP connection: a 4-byte big-endian length, then the
+//! Kafka framing on one connection: a 4-byte big-endian length, then the
 //! request. Requests are answered in order, as Kafka does.
 //!
-//! Produce requests are pipelined: each is started as soon as it is read (its
+//! The loop is generic over the byte stream's two halves, so a TCP socket, a
+//! TLS stream, an in-process pipe and the simulation's network all run this
+//! same code, with its budget, limits and ordering rules. Each connection has
+//! a [`Session`] that every request on it sees.
+//!
+//! Pipelined kinds (produce) are started as soon as they are read (their
 //! appends queued in the partition actors, in arrival order) and the next
-//! request is read while it waits for its commit and replication, up to
+//! request is read while they wait for commit and replication, up to
 //! `MAX_IN_FLIGHT`. Any other request waits until those before it are
 //! answered, then is handled alone. A reader task owns the socket's read half,
 //! so no frame is ever half-read when the loop turns to a finished response.
@@ -13,22 +18,26 @@
 //! when the request is answered. A full budget stops reading, and TCP's flow
 //! control stops the clients.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::kafka::{self, RequestContext};
+use crate::kafka::{self, RequestContext, Session, Started};
 
 /// Why a connection was closed, for the log line that says so.
 #[derive(Debug)]
 pub enum FrameError {
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// A length prefix that is really the start of a TLS ClientHello or an
+    /// HTTP request: a client pointed at the wrong port or protocol.
+    WrongProtocol(&'static str),
     Invalid(i32),
     Io(std::io::Error),
 }
@@ -38,6 +47,9 @@ impl std::fmt::Display for FrameError {
         match self {
             FrameError::TooLarge { size, limit } => {
                 write!(f, "request frame of {size} bytes exceeds limits.max_frame_bytes {limit}")
+            }
+            FrameError::WrongProtocol(what) => {
+                write!(f, "the client sent {what} on a plaintext Kafka listener (check its security.protocol and port)")
             }
             FrameError::Invalid(len) => write!(f, "request frame length {len} is invalid"),
             FrameError::Io(e) => write!(f, "{e}"),
@@ -74,9 +86,21 @@ async fn read_frame_len<R: AsyncReadExt + Unpin>(
     }
     let len = len as usize;
     if len > max_frame_bytes {
-        return Err(FrameError::TooLarge { size: len, limit: max_frame_bytes });
+        return Err(wrong_protocol(len_buf).unwrap_or(FrameError::TooLarge { size: len, limit: max_frame_bytes }));
     }
     Ok(Some(len))
+}
+
+/// What an oversized length prefix really is, when it is another protocol's
+/// first bytes: a TLS handshake record (0x16, version 3.x) or an HTTP method.
+fn wrong_protocol(prefix: [u8; 4]) -> Option<FrameError> {
+    match prefix {
+        [0x16, 0x03, minor, _] if minor <= 0x04 => Some(FrameError::WrongProtocol("a TLS handshake")),
+        [b'G', b'E', b'T', b' '] | [b'P', b'O', b'S', b'T'] | [b'H', b'E', b'A', b'D'] | [b'P', b'U', b'T', b' '] => {
+            Some(FrameError::WrongProtocol("an HTTP request"))
+        }
+        _ => None,
+    }
 }
 
 /// Reads into spare capacity: zeroing a buffer the socket then overwrites cost
@@ -109,12 +133,20 @@ enum Incoming {
 }
 
 /// Serves one client until it disconnects, misbehaves, idles out, or the broker shuts down.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>, mut shutdown: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+pub async fn serve<R, W>(
+    read_half: R,
+    write_half: W,
+    session: Session,
+    ctx: Arc<RequestContext>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let session = Arc::new(session);
+    let peer = session.peer;
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let limits = &ctx.config.limits;
-    let peer_host = peer.ip().to_string();
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Incoming>(1);
     let budget = ctx.request_memory.clone();
     let reader =
@@ -124,7 +156,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
     loop {
         let incoming = tokio::select! {
             answered = in_flight.next(), if !in_flight.is_empty() => {
-                if !write_answer(&mut writer, peer, answered.expect("not empty")).await {
+                if !write_answer(&mut writer, &session, answered.expect("not empty")).await {
                     break;
                 }
                 continue;
@@ -143,12 +175,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
                 break;
             }
             Incoming::Failed(e) => {
-                tracing::warn!(%peer, reason = %e, "closing connection");
+                let (listener, client) = (session.listener, session.client_software());
+                tracing::warn!(%peer, listener, %client, reason = %e, "closing connection");
                 break;
             }
         };
-        let frame = match kafka::dispatch(&ctx, frame) {
-            kafka::Dispatch::Started(answer) => {
+        let answer = match kafka::dispatch(&ctx, &session, frame) {
+            Ok(Started::Pipelined(answer)) => {
                 in_flight.push_back(
                     async move {
                         let answered = answer.await;
@@ -159,16 +192,17 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
                 );
                 continue;
             }
-            kafka::Dispatch::Serial(frame) => frame,
+            Ok(Started::Serial(answer)) => answer,
+            Err(e) => async move { Err(e) }.boxed_local(),
         };
         // Everything before this request is answered first, in order.
         let mut ok = true;
         while let Some(answered) = in_flight.next().await {
-            ok = ok && write_answer(&mut writer, peer, answered).await;
+            ok = ok && write_answer(&mut writer, &session, answered).await;
         }
-        let answered = kafka::handle_frame(&ctx, frame, &peer_host).await;
+        let answered = answer.await;
         drop(permit);
-        if !ok || !write_answer(&mut writer, peer, answered).await {
+        if !ok || !write_answer(&mut writer, &session, answered).await {
             break;
         }
     }
@@ -176,14 +210,14 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<RequestContext>
     // as far as the connection still takes writes.
     let mut writable = true;
     while let Some(answered) = in_flight.next().await {
-        writable = writable && write_answer(&mut writer, peer, answered).await;
+        writable = writable && write_answer(&mut writer, &session, answered).await;
     }
     reader.abort();
 }
 
 /// Reads frames into `frames` until the stream ends, fails, or idles.
 async fn read_frames(
-    read_half: impl tokio::io::AsyncRead + Unpin,
+    read_half: impl AsyncRead + Unpin,
     max_frame_bytes: usize,
     idle_timeout_ms: u64,
     budget: Arc<Semaphore>,
@@ -217,7 +251,7 @@ async fn read_frames(
 /// Writes one answer; `false` means the connection must close.
 async fn write_answer<W: AsyncWriteExt + Unpin>(
     writer: &mut W,
-    peer: SocketAddr,
+    session: &Session,
     answer: Result<Option<Bytes>, kafka::RequestError>,
 ) -> bool {
     match answer {
@@ -227,14 +261,15 @@ async fn write_answer<W: AsyncWriteExt + Unpin>(
                 writer.flush().await
             };
             if let Err(e) = written.await {
-                tracing::debug!(%peer, error = %e, "write failed");
+                tracing::debug!(peer = %session.peer, error = %e, "write failed");
                 return false;
             }
             true
         }
         Ok(None) => true,
         Err(e) => {
-            tracing::warn!(%peer, reason = %e, "closing connection");
+            let (listener, client) = (session.listener, session.client_software());
+            tracing::warn!(peer = %session.peer, listener, %client, reason = %e, "closing connection");
             false
         }
     }
@@ -256,6 +291,18 @@ mod tests {
         assert!(matches!(read_frame(&mut truncated, 16).await, Err(FrameError::Io(_))));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty, 16).await.unwrap().is_none());
+    }
+
+    /// A TLS ClientHello read as a length is 369 MB; say what it really is.
+    #[tokio::test]
+    async fn other_protocols_are_named() {
+        let mut hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        assert!(matches!(read_frame(&mut hello, 1 << 20).await, Err(FrameError::WrongProtocol("a TLS handshake"))));
+        let mut http: &[u8] = b"GET /metrics HTTP/1.1\r\n";
+        assert!(matches!(read_frame(&mut http, 1 << 20).await, Err(FrameError::WrongProtocol("an HTTP request"))));
+        // Under the frame limit the same bytes are an ordinary length.
+        let mut small: &[u8] = &[0x16, 0x03, 0x01, 0x02];
+        assert!(matches!(read_frame(&mut small, 1 << 30).await, Err(FrameError::Io(_))));
     }
 
     /// The second frame's body is not read while the first holds the budget.

@@ -104,6 +104,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Records one request's handling time under its API's name.
+    pub fn observe_request(&self, api: kafka_protocol::messages::ApiKey, took: Duration) {
+        let label = ApiLabel { api: format!("{api:?}") };
+        self.request_seconds.get_or_create(&label).observe(took.as_secs_f64());
+    }
+
     pub fn topic(&self, topic: &str) -> TopicLabel {
         TopicLabel { topic: topic.to_string() }
     }

@@ -13,7 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::connection;
-use crate::kafka::RequestContext;
+use crate::kafka::{RequestContext, Session};
+
+/// The one listener's name, as Kafka names a plaintext listener.
+const LISTENER: &str = "PLAINTEXT";
 
 pub struct Server {
     listener: TcpListener,
@@ -57,8 +60,11 @@ impl Server {
             };
             let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
             ctx.metrics.connections.inc();
+            let _ = stream.set_nodelay(true);
+            let (read_half, write_half) = stream.into_split();
+            let session = Session::new(peer, LISTENER);
             actix::spawn(async move {
-                connection::serve(stream, peer, ctx.clone(), stop).await;
+                connection::serve(read_half, write_half, session, ctx.clone(), stop).await;
                 ctx.metrics.connections.dec();
                 drop(slot);
             });

@@ -146,3 +146,13 @@ async fn alter_in_cluster(
         Err((code, why)) => (code, message(why)),
     }
 }
+
+super::registry::api! {
+    AlterConfigs: AlterConfigsRequest => AlterConfigsResponse, versions 0..=2, access Topic AlterConfigs,
+    |call, request| handle(&call.ctx, request).await
+}
+
+super::registry::api! {
+    IncrementalAlterConfigs: IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse, versions 0..=1, access Topic AlterConfigs,
+    |call, request| handle_incremental(&call.ctx, request).await
+}

@@ -3,7 +3,7 @@
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::CreatePartitions;
+use tributary_actors::CreatePartitions as Grow;
 
 use super::{message, RequestContext};
 
@@ -55,7 +55,7 @@ pub async fn handle(ctx: &RequestContext, req: CreatePartitionsRequest) -> Creat
             continue;
         }
         let msg =
-            CreatePartitions { name: topic.name.0.to_string(), count: topic.count, validate_only: req.validate_only };
+            Grow { name: topic.name.0.to_string(), count: topic.count, validate_only: req.validate_only };
         results.push(match ctx.broker.registry().send(msg).await {
             Ok(Ok(())) => result,
             Ok(Err(e)) => result.with_error_code(e.error_code()).with_error_message(message(&e)),
@@ -63,4 +63,9 @@ pub async fn handle(ctx: &RequestContext, req: CreatePartitionsRequest) -> Creat
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+super::registry::api! {
+    CreatePartitions: CreatePartitionsRequest => CreatePartitionsResponse, versions 0..=3, access Topic Alter,
+    |call, request| handle(&call.ctx, request).await
 }

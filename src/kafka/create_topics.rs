@@ -143,3 +143,8 @@ async fn create_in_cluster(
 fn fail(result: CreatableTopicResult, code: i16, why: String) -> CreatableTopicResult {
     result.with_error_code(code).with_error_message(message(why)).with_num_partitions(-1).with_replication_factor(-1)
 }
+
+super::registry::api! {
+    CreateTopics: CreateTopicsRequest => CreateTopicsResponse, versions 2..=7, access Topic Create,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -23,3 +23,8 @@ pub async fn handle(ctx: &RequestContext, req: DeleteGroupsRequest) -> DeleteGro
     }
     DeleteGroupsResponse::default().with_results(results)
 }
+
+super::registry::api! {
+    DeleteGroups: DeleteGroupsRequest => DeleteGroupsResponse, versions 0..=2, access Group Delete,
+    |call, request| handle(&call.ctx, request).await
+}

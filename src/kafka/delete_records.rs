@@ -30,3 +30,8 @@ pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRe
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }
+
+super::registry::api! {
+    DeleteRecords: DeleteRecordsRequest => DeleteRecordsResponse, versions 0..=2, access Topic Delete,
+    |call, request| handle(&call.ctx, request).await
+}

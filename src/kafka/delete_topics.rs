@@ -34,3 +34,8 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest, version: i16
     }
     DeleteTopicsResponse::default().with_responses(results)
 }
+
+super::registry::api! {
+    DeleteTopics: DeleteTopicsRequest => DeleteTopicsResponse, versions 1..=5, access Topic Delete,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -40,3 +40,8 @@ pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -
         .with_controller_id(controller)
         .with_brokers(brokers)
 }
+
+super::registry::api! {
+    DescribeCluster: DescribeClusterRequest => DescribeClusterResponse, versions 0..=1, access Cluster Describe,
+    |call, request| handle(&call.ctx, request, call.version)
+}

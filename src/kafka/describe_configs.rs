@@ -98,3 +98,8 @@ fn broker_configs(ctx: &RequestContext) -> Vec<(&'static str, String)> {
         ("socket.request.max.bytes", c.limits.max_frame_bytes.to_string()),
     ]
 }
+
+super::registry::api! {
+    DescribeConfigs: DescribeConfigsRequest => DescribeConfigsResponse, versions 1..=4, access Topic DescribeConfigs,
+    |call, request| handle(&call.ctx, request)
+}

@@ -42,3 +42,8 @@ pub async fn handle(ctx: &RequestContext, req: DescribeGroupsRequest, version: i
     }
     DescribeGroupsResponse::default().with_groups(groups)
 }
+
+super::registry::api! {
+    DescribeGroups: DescribeGroupsRequest => DescribeGroupsResponse, versions 0..=5, access Group Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -55,3 +55,8 @@ fn filesystem_bytes(dir: &std::path::Path) -> Option<(i64, i64)> {
     let block = stat.f_frsize as i64;
     Some((stat.f_blocks as i64 * block, stat.f_bavail as i64 * block))
 }
+
+super::registry::api! {
+    DescribeLogDirs: DescribeLogDirsRequest => DescribeLogDirsResponse, versions 1..=4, access Cluster Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

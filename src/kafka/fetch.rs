@@ -191,3 +191,8 @@ fn count_records(mut batches: &[u8]) -> u64 {
     }
     total
 }
+
+super::registry::api! {
+    Fetch: FetchRequest => FetchResponse, versions 4..=12, access Topic Read,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -49,3 +49,8 @@ pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -
         .with_host(str_bytes(host))
         .with_port(port)
 }
+
+super::registry::api! {
+    FindCoordinator: FindCoordinatorRequest => FindCoordinatorResponse, versions 0..=4, access Group Describe,
+    |call, request| handle(&call.ctx, request, call.version)
+}

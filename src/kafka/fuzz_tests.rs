@@ -15,7 +15,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use tributary_actors::{encode_batch, NewRecord};
 
-use super::{handle_frame, topic_name, SUPPORTED_APIS};
+use super::{handle_frame, topic_name, Session, APIS};
 
 fn encode_request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
     let header = RequestHeader::default()
@@ -50,7 +50,7 @@ fn valid_requests() -> Vec<Bytes> {
 fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
     let valid = valid_requests();
     let gentle = valid.clone();
-    let apis: Vec<(i16, i16, i16)> = SUPPORTED_APIS.iter().map(|(k, min, max)| (*k as i16, *min, *max)).collect();
+    let apis: Vec<(i16, i16, i16)> = APIS.iter().map(|e| (e.key as i16, e.min, e.max)).collect();
     prop_oneof![
         // Pure noise.
         proptest::collection::vec(any::<u8>(), 0..512),
@@ -94,6 +94,7 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
         let ctx = super::test_context(&data_dir);
+        let session = std::sync::Arc::new(Session::new("127.0.0.1:40000".parse().unwrap(), "PLAINTEXT"));
         let broker = ctx.broker.clone();
         broker.create_topic("kept", 1, BTreeMap::new()).await.unwrap();
         let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("k{i}"), format!("v{i}"))).collect();
@@ -109,7 +110,7 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
         let (mut answered, mut refused) = (0, 0);
         for input in inputs {
             // Whatever happens, it must be a value, not a panic.
-            match handle_frame(&ctx, Bytes::from(input), "127.0.0.1").await {
+            match handle_frame(&ctx, &session, Bytes::from(input)).await {
                 Ok(_) => answered += 1,
                 Err(_) => refused += 1,
             }

@@ -37,3 +37,8 @@ pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest, version: i
         Err(_) => fail(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
+
+super::registry::api! {
+    InitProducerId: InitProducerIdRequest => InitProducerIdResponse, versions 0..=4, access Cluster IdempotentWrite,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -3,22 +3,24 @@
 use bytes::Bytes;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
-use tributary_actors::group_coordinator::JoinGroup;
+use tributary_actors::group_coordinator::JoinGroup as Join;
 use tributary_actors::{GroupAnswer, GroupRequest};
 
-use super::{str_bytes, ClientInfo, RequestContext};
+use super::{str_bytes, RequestContext};
 
+/// `client_host` as Kafka prints it ("/1.2.3.4").
 pub async fn handle(
     ctx: &RequestContext,
     req: JoinGroupRequest,
     version: i16,
-    client: &ClientInfo,
+    client_id: String,
+    client_host: String,
 ) -> JoinGroupResponse {
-    let join = JoinGroup {
+    let join = Join {
         member_id: req.member_id.to_string(),
         group_instance_id: req.group_instance_id.map(|s| s.to_string()),
-        client_id: client.client_id.clone(),
-        client_host: client.host.clone(),
+        client_id,
+        client_host,
         session_timeout_ms: req.session_timeout_ms,
         rebalance_timeout_ms: if version >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms },
         protocol_type: req.protocol_type.to_string(),
@@ -65,4 +67,9 @@ pub async fn handle(
         .with_leader(str_bytes(answer.leader))
         .with_member_id(str_bytes(answer.member_id))
         .with_members(members)
+}
+
+super::registry::api! {
+    JoinGroup: JoinGroupRequest => JoinGroupResponse, versions 0..=9, access Group Read,
+    |call, request| handle(&call.ctx, request, call.version, call.client_id(), call.session.client_host()).await
 }

@@ -3,7 +3,7 @@
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::group_coordinator::LeaveGroup;
+use tributary_actors::group_coordinator::LeaveGroup as Leave;
 use tributary_actors::{GroupAnswer, GroupRequest};
 
 use super::RequestContext;
@@ -14,7 +14,7 @@ pub async fn handle(ctx: &RequestContext, req: LeaveGroupRequest, version: i16) 
     } else {
         vec![(req.member_id.clone(), None)]
     };
-    let leave = LeaveGroup {
+    let leave = Leave {
         members: identities
             .iter()
             .map(|(id, instance)| (id.to_string(), instance.as_ref().map(|s| s.to_string())))
@@ -36,4 +36,9 @@ pub async fn handle(ctx: &RequestContext, req: LeaveGroupRequest, version: i16) 
         })
         .collect();
     LeaveGroupResponse::default().with_members(members)
+}
+
+super::registry::api! {
+    LeaveGroup: LeaveGroupRequest => LeaveGroupResponse, versions 0..=5, access Group Read,
+    |call, request| handle(&call.ctx, request, call.version).await
 }

@@ -3,12 +3,12 @@
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::ListGroups;
+use tributary_actors::ListGroups as AllGroups;
 
 use super::{str_bytes, RequestContext};
 
 pub async fn handle(ctx: &RequestContext, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
-    let Ok(groups) = ctx.broker.groups().send(ListGroups).await else {
+    let Ok(groups) = ctx.broker.groups().send(AllGroups).await else {
         return ListGroupsResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code());
     };
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
@@ -26,4 +26,9 @@ pub async fn handle(ctx: &RequestContext, req: ListGroupsRequest, version: i16) 
         })
         .collect();
     ListGroupsResponse::default().with_groups(listed)
+}
+
+super::registry::api! {
+    ListGroups: ListGroupsRequest => ListGroupsResponse, versions 0..=4, access Cluster Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
 }

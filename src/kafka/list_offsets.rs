@@ -61,3 +61,8 @@ async fn resolve(handle: Option<&PartitionHandle>, timestamp: i64, version: i16)
         Err(_) => Err(ResponseError::NotLeaderOrFollower.code()),
     }
 }
+
+super::registry::api! {
+    ListOffsets: ListOffsetsRequest => ListOffsetsResponse, versions 1..=7, access Topic Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -198,3 +198,8 @@ fn describe_replicated(cluster: &crate::cluster::Cluster, topic: &TopicView, ver
         .with_topic_id(if version >= 10 { topic.id } else { uuid::Uuid::nil() })
         .with_partitions(partitions)
 }
+
+super::registry::api! {
+    Metadata: MetadataRequest => MetadataResponse, versions 0..=12, access Topic Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -1,32 +1,41 @@
-//! Kafka request handling: decode a frame with `kafka-protocol`, route it to
-//! the handler for its API (one file each), encode the response at the
-//! version the client asked for.
+//! Kafka request handling: decode a frame's header with `kafka-protocol`, find
+//! its API in the registry (one file per request kind, one line each in
+//! `registry!` below), pass the authorization hook, and let the registry
+//! decode, run and encode it at the version the client asked for.
 
-mod alter_configs;
-mod api_versions;
-mod create_partitions;
-mod create_topics;
-mod delete_groups;
-mod delete_records;
-mod delete_topics;
-mod describe_cluster;
-mod describe_configs;
-mod describe_groups;
-mod describe_log_dirs;
-mod fetch;
-mod find_coordinator;
-mod heartbeat;
-mod init_producer_id;
-mod join_group;
-mod leave_group;
-mod list_groups;
-mod list_offsets;
-mod metadata;
-mod offset_commit;
-mod offset_delete;
-mod offset_fetch;
-mod produce;
-mod sync_group;
+mod registry;
+mod session;
+
+registry::registry! {
+    produce { Produce },
+    fetch { Fetch },
+    list_offsets { ListOffsets },
+    metadata { Metadata },
+    api_versions { ApiVersions },
+    create_topics { CreateTopics },
+    delete_topics { DeleteTopics },
+    describe_configs { DescribeConfigs },
+    create_partitions { CreatePartitions },
+    find_coordinator { FindCoordinator },
+    join_group { JoinGroup },
+    sync_group { SyncGroup },
+    heartbeat { Heartbeat },
+    leave_group { LeaveGroup },
+    offset_commit { OffsetCommit },
+    offset_fetch { OffsetFetch },
+    list_groups { ListGroups },
+    describe_groups { DescribeGroups },
+    delete_groups { DeleteGroups },
+    offset_delete { OffsetDelete },
+    init_producer_id { InitProducerId },
+    alter_configs { AlterConfigs, IncrementalAlterConfigs },
+    delete_records { DeleteRecords },
+    describe_cluster { DescribeCluster },
+    describe_log_dirs { DescribeLogDirs },
+}
+
+pub use registry::{Call, Started};
+pub use session::Session;
 
 #[cfg(test)]
 mod fuzz_tests;
@@ -53,6 +62,8 @@ pub struct RequestContext {
     /// (limits.max_queued_request_bytes): a reader waits for room before it
     /// reads a frame's body, so many pipelining producers cannot grow memory.
     pub request_memory: Arc<tokio::sync::Semaphore>,
+    /// The one authorization hook (`registry::Authorizer`) every request passes.
+    pub authorizer: Arc<dyn registry::Authorizer>,
 }
 
 impl RequestContext {
@@ -63,7 +74,8 @@ impl RequestContext {
         cluster: Option<crate::cluster::Cluster>,
     ) -> RequestContext {
         let request_memory = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queued_request_bytes));
-        RequestContext { broker, config, metrics, cluster, request_memory }
+        let authorizer = Arc::new(registry::AllowAll);
+        RequestContext { broker, config, metrics, cluster, request_memory, authorizer }
     }
 
     pub fn node_id(&self) -> i32 {
@@ -100,40 +112,9 @@ impl RequestContext {
     }
 }
 
-/// The APIs and version ranges this broker serves, as ApiVersions advertises
-/// them. Each is within what `kafka-protocol` can encode; the upper bounds
-/// stop before versions that address topics by id only.
-pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 5),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
-    (ApiKey::ListGroups, 0, 4),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::DescribeCluster, 0, 1),
-    (ApiKey::DescribeLogDirs, 1, 4),
-];
-
-pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
+/// The registry line of `key`, if this broker serves it.
+pub fn entry(key: ApiKey) -> Option<&'static registry::Entry> {
+    APIS.iter().find(|e| e.key == key)
 }
 
 /// Why a request could not be answered; the connection is closed with this reason.
@@ -142,6 +123,7 @@ pub enum RequestError {
     TooShort(usize),
     UnknownApiKey(i16),
     UnsupportedVersion { api: ApiKey, version: i16 },
+    Unauthorized { api: ApiKey },
     Decode { api: ApiKey, version: i16, error: String },
     Encode { api: ApiKey, version: i16, error: String },
 }
@@ -156,6 +138,7 @@ impl std::fmt::Display for RequestError {
             RequestError::UnsupportedVersion { api, version } => {
                 write!(f, "{api:?} v{version} is not supported (see ApiVersions)")
             }
+            RequestError::Unauthorized { api } => write!(f, "{api:?} is not authorized for this session"),
             RequestError::Decode { api, version, error } => write!(f, "cannot decode {api:?} v{version}: {error}"),
             RequestError::Encode { api, version, error } => {
                 write!(f, "cannot encode {api:?} v{version} response: {error}")
@@ -173,7 +156,7 @@ pub struct DecodedRequest {
 }
 
 /// Reads the request header. ApiVersions at an unknown version is let through
-/// (the handler answers it in v0, as Kafka does); other unsupported versions are errors.
+/// (its handler answers it in v0, as Kafka does); other unsupported versions are errors.
 pub fn decode_header(mut frame: Bytes) -> Result<DecodedRequest, RequestError> {
     if frame.len() < 8 {
         return Err(RequestError::TooShort(frame.len()));
@@ -181,11 +164,11 @@ pub fn decode_header(mut frame: Bytes) -> Result<DecodedRequest, RequestError> {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let api = ApiKey::try_from(key).map_err(|_| RequestError::UnknownApiKey(key))?;
-    let supported = supported_range(api).is_some_and(|(min, max)| (min..=max).contains(&version));
+    let supported = entry(api).is_some_and(|e| e.supports(version));
     if !supported && api != ApiKey::ApiVersions {
         return Err(RequestError::UnsupportedVersion { api, version });
     }
-    // ApiVersions beyond what we know is read with the newest header we know.
+    // ApiVersions beyond what we know is read with the oldest header, which every version starts with.
     let header_version = api.request_header_version(if supported { version } else { 0 });
     let header = RequestHeader::decode(&mut frame, header_version).map_err(|e| RequestError::Decode {
         api,
@@ -195,6 +178,7 @@ pub fn decode_header(mut frame: Bytes) -> Result<DecodedRequest, RequestError> {
     Ok(DecodedRequest { api, version, header, body: frame })
 }
 
+#[cfg(test)]
 fn decode_body<T: Decodable>(req: &mut DecodedRequest) -> Result<T, RequestError> {
     T::decode(&mut req.body, req.version).map_err(|e| RequestError::Decode {
         api: req.api,
@@ -204,10 +188,15 @@ fn decode_body<T: Decodable>(req: &mut DecodedRequest) -> Result<T, RequestError
 }
 
 /// Encodes length prefix, response header and body in one buffer.
-fn encode_response<T: Encodable>(req: &DecodedRequest, version: i16, body: &T) -> Result<Bytes, RequestError> {
-    let fail = |e: anyhow::Error| RequestError::Encode { api: req.api, version, error: e.to_string() };
-    let header = ResponseHeader::default().with_correlation_id(req.header.correlation_id);
-    let header_version = req.api.response_header_version(version);
+fn encode_response<T: Encodable>(
+    api: ApiKey,
+    correlation_id: i32,
+    version: i16,
+    body: &T,
+) -> Result<Bytes, RequestError> {
+    let fail = |e: anyhow::Error| RequestError::Encode { api, version, error: e.to_string() };
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = api.response_header_version(version);
     let size = header.compute_size(header_version).map_err(fail)? + body.compute_size(version).map_err(fail)?;
     let mut buf = BytesMut::with_capacity(4 + size);
     buf.put_i32(size as i32);
@@ -217,178 +206,35 @@ fn encode_response<T: Encodable>(req: &DecodedRequest, version: i16, body: &T) -
     Ok(buf.freeze())
 }
 
-/// Who sent a request, as group membership records it.
-pub struct ClientInfo {
-    pub client_id: String,
-    /// Kafka prints client hosts as "/1.2.3.4".
-    pub host: String,
-}
-
-/// What `dispatch` made of a frame.
-pub enum Dispatch {
-    /// A produce request whose appends are already queued in the partition
-    /// actors; the future answers it (`None`: acks=0, no response).
-    Started(futures::future::LocalBoxFuture<'static, Result<Option<Bytes>, RequestError>>),
-    /// Any other request: handle it with `handle_frame` once the requests
-    /// before it are answered.
-    Serial(Bytes),
-}
-
-/// Starts a produce request at once, so the connection can read the next
-/// request while this one waits for its commit and replication. Appends are
-/// queued in the order the requests arrive, which is what keeps pipelined
-/// produce requests in order; responses are written in order by the caller.
-pub fn dispatch(ctx: &Arc<RequestContext>, frame: Bytes) -> Dispatch {
-    let is_produce = frame.len() >= 2 && i16::from_be_bytes([frame[0], frame[1]]) == ApiKey::Produce as i16;
-    if !is_produce {
-        return Dispatch::Serial(frame);
+/// The one entry point for a request frame (without its length prefix):
+/// header, version check, the authorization hook, then the registry entry,
+/// which decodes the body once and starts the request (pipelined kinds) or
+/// queues it to run alone. Every transport (sockets, the simulation, tests)
+/// comes through here.
+pub fn dispatch(ctx: &Arc<RequestContext>, session: &Arc<Session>, frame: Bytes) -> Result<Started, RequestError> {
+    let req = decode_header(frame)?;
+    let entry = entry(req.api).ok_or(RequestError::UnsupportedVersion { api: req.api, version: req.version })?;
+    if let Some(access) = entry.access {
+        if !ctx.authorizer.allows(session, req.api, access) {
+            return Err(RequestError::Unauthorized { api: req.api });
+        }
     }
-    let Ok(mut req) = decode_header(frame.clone()) else { return Dispatch::Serial(frame) };
-    let Ok(body) = decode_body::<ProduceRequest>(&mut req) else { return Dispatch::Serial(frame) };
-    // Creating a topic waits on the registry (or the controller): take the ordinary path.
-    if !produce::all_topics_known(ctx, &body) {
-        return Dispatch::Serial(frame);
+    let call =
+        Call { ctx: ctx.clone(), session: session.clone(), header: req.header, api: req.api, version: req.version };
+    (entry.serve)(call, req.body)
+}
+
+/// Dispatches one frame and waits for its answer: a connection with a single
+/// request in flight (tests).
+#[cfg(test)]
+pub async fn handle_frame(
+    ctx: &Arc<RequestContext>,
+    session: &Arc<Session>,
+    frame: Bytes,
+) -> Result<Option<Bytes>, RequestError> {
+    match dispatch(ctx, session, frame)? {
+        Started::Pipelined(answer) | Started::Serial(answer) => answer.await,
     }
-    let started = std::time::Instant::now();
-    let version = req.version;
-    let answer = produce::start(ctx, body, version);
-    let ctx = ctx.clone();
-    Dispatch::Started(Box::pin(async move {
-        let response = match answer.await {
-            Some(body) => encode_response(&req, version, &body).map(Some),
-            None => Ok(None),
-        };
-        let label = crate::metrics::ApiLabel { api: "Produce".to_string() };
-        ctx.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
-        response
-    }))
-}
-
-/// Handles one request frame from `peer_host`. `Ok(None)` means no response is due (produce with acks=0).
-pub async fn handle_frame(ctx: &RequestContext, frame: Bytes, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
-    let mut req = decode_header(frame)?;
-    let started = std::time::Instant::now();
-    let api = req.api;
-    let answer = route(ctx, &mut req, peer_host).await;
-    let label = crate::metrics::ApiLabel { api: format!("{api:?}") };
-    ctx.metrics.request_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
-    answer
-}
-
-async fn route(ctx: &RequestContext, req: &mut DecodedRequest, peer_host: &str) -> Result<Option<Bytes>, RequestError> {
-    let v = req.version;
-    let response = match req.api {
-        ApiKey::ApiVersions => {
-            let (version, body) = api_versions::handle(req);
-            return encode_response(req, version, &body).map(Some);
-        }
-        ApiKey::Metadata => {
-            let body = metadata::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::Produce => match produce::handle(ctx, decode_body(req)?, v).await {
-            Some(body) => encode_response(req, v, &body)?,
-            None => return Ok(None),
-        },
-        ApiKey::Fetch => {
-            let body = fetch::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::ListOffsets => {
-            let body = list_offsets::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::CreateTopics => {
-            let body = create_topics::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DeleteTopics => {
-            let body = delete_topics::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::CreatePartitions => {
-            let body = create_partitions::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DescribeConfigs => {
-            let body = describe_configs::handle(ctx, decode_body(req)?);
-            encode_response(req, v, &body)?
-        }
-        ApiKey::FindCoordinator => {
-            let body = find_coordinator::handle(ctx, decode_body(req)?, v);
-            encode_response(req, v, &body)?
-        }
-        ApiKey::JoinGroup => {
-            let client = ClientInfo {
-                client_id: req.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
-                host: format!("/{peer_host}"),
-            };
-            let body = join_group::handle(ctx, decode_body(req)?, v, &client).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::SyncGroup => {
-            let body = sync_group::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::Heartbeat => {
-            let body = heartbeat::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::LeaveGroup => {
-            let body = leave_group::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::OffsetCommit => {
-            let body = offset_commit::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::OffsetFetch => {
-            let body = offset_fetch::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::ListGroups => {
-            let body = list_groups::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DescribeGroups => {
-            let body = describe_groups::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DeleteGroups => {
-            let body = delete_groups::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::OffsetDelete => {
-            let body = offset_delete::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::InitProducerId => {
-            let body = init_producer_id::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::AlterConfigs => {
-            let body = alter_configs::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::IncrementalAlterConfigs => {
-            let body = alter_configs::handle_incremental(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DeleteRecords => {
-            let body = delete_records::handle(ctx, decode_body(req)?).await;
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DescribeCluster => {
-            let body = describe_cluster::handle(ctx, decode_body(req)?, v);
-            encode_response(req, v, &body)?
-        }
-        ApiKey::DescribeLogDirs => {
-            let body = describe_log_dirs::handle(ctx, decode_body(req)?, v).await;
-            encode_response(req, v, &body)?
-        }
-        api => return Err(RequestError::UnsupportedVersion { api, version: v }),
-    };
-    Ok(Some(response))
 }
 
 pub fn str_bytes(s: impl Into<String>) -> StrBytes {

@@ -60,3 +60,8 @@ pub async fn handle(ctx: &RequestContext, req: OffsetCommitRequest) -> OffsetCom
     }
     OffsetCommitResponse::default().with_topics(topics)
 }
+
+super::registry::api! {
+    OffsetCommit: OffsetCommitRequest => OffsetCommitResponse, versions 2..=8, access Group Read,
+    |call, request| handle(&call.ctx, request).await
+}

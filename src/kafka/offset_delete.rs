@@ -37,3 +37,8 @@ pub async fn handle(ctx: &RequestContext, req: OffsetDeleteRequest) -> OffsetDel
         .collect();
     OffsetDeleteResponse::default().with_topics(topics)
 }
+
+super::registry::api! {
+    OffsetDelete: OffsetDeleteRequest => OffsetDeleteResponse, versions 0..=0, access Group Delete,
+    |call, request| handle(&call.ctx, request).await
+}

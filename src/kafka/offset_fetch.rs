@@ -43,3 +43,8 @@ pub async fn handle(ctx: &RequestContext, req: OffsetFetchRequest, version: i16)
     }
     response
 }
+
+super::registry::api! {
+    OffsetFetch: OffsetFetchRequest => OffsetFetchResponse, versions 1..=7, access Group Describe,
+    |call, request| handle(&call.ctx, request, call.version).await
+}

@@ -158,3 +158,36 @@ async fn timed<T>(
         Err(_) => Err((ResponseError::RequestTimedOut.code(), "not replicated to the in-sync replicas in time".into())),
     }
 }
+
+/// Produce pipelines: a request whose topics all exist has its appends queued
+/// at read time, so the connection reads the next produce while this one
+/// commits. One that must create topics first runs alone.
+pub struct Produce;
+
+impl super::registry::Api for Produce {
+    type Request = ProduceRequest;
+    type Response = ProduceResponse;
+    const KEY: kafka_protocol::messages::ApiKey = kafka_protocol::messages::ApiKey::Produce;
+    const VERSIONS: (i16, i16) = (3, 9);
+    const ACCESS: Option<super::registry::Access> =
+        Some(super::registry::Access::new(super::registry::ResourceType::Topic, super::registry::Operation::Write));
+
+    async fn handle(call: &super::Call, request: ProduceRequest) -> ProduceResponse {
+        handle(&call.ctx, request, call.version).await.unwrap_or_default()
+    }
+
+    fn answered(request: &ProduceRequest) -> bool {
+        request.acks != 0
+    }
+
+    fn start(
+        call: &super::Call,
+        request: ProduceRequest,
+    ) -> Result<futures::future::LocalBoxFuture<'static, ProduceResponse>, ProduceRequest> {
+        if !all_topics_known(&call.ctx, &request) {
+            return Err(request);
+        }
+        let answer = start(&call.ctx, request, call.version);
+        Ok(Box::pin(async move { answer.await.unwrap_or_default() }))
+    }
+}

@@ -3,13 +3,13 @@
 use bytes::Bytes;
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::group_coordinator::SyncGroup;
+use tributary_actors::group_coordinator::SyncGroup as Sync;
 use tributary_actors::{GroupAnswer, GroupRequest};
 
 use super::{str_bytes, RequestContext};
 
 pub async fn handle(ctx: &RequestContext, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
-    let sync = SyncGroup {
+    let sync = Sync {
         generation_id: req.generation_id,
         member_id: req.member_id.to_string(),
         group_instance_id: req.group_instance_id.map(|s| s.to_string()),
@@ -35,4 +35,9 @@ pub async fn handle(ctx: &RequestContext, req: SyncGroupRequest, version: i16) -
         Ok(_) => SyncGroupResponse::default().with_error_code(ResponseError::UnknownMemberId.code()),
         Err(code) => SyncGroupResponse::default().with_error_code(code),
     }
+}
+
+super::registry::api! {
+    SyncGroup: SyncGroupRequest => SyncGroupResponse, versions 0..=5, access Group Read,
+    |call, request| handle(&call.ctx, request, call.version).await
 }

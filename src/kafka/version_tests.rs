@@ -18,7 +18,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::Compression;
 use tributary_actors::{encode_batch, NewRecord};
 
-use super::{handle_frame, topic_name, RequestContext, SUPPORTED_APIS};
+use super::{handle_frame, topic_name, RequestContext, Session, APIS};
 
 fn frame<T: Encodable>(api: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
     let header = RequestHeader::default()
@@ -43,9 +43,18 @@ fn response<T: Decodable>(api: ApiKey, version: i16, correlation_id: i32, bytes:
     body
 }
 
-async fn call<Req: Encodable, Resp: Decodable>(ctx: &RequestContext, api: ApiKey, version: i16, req: &Req) -> Resp {
+fn test_session() -> std::sync::Arc<Session> {
+    std::sync::Arc::new(Session::new("127.0.0.1:40000".parse().unwrap(), "PLAINTEXT"))
+}
+
+async fn call<Req: Encodable, Resp: Decodable>(
+    ctx: &std::sync::Arc<RequestContext>,
+    api: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
     let correlation_id = 1000 + version as i32;
-    let bytes = handle_frame(ctx, frame(api, version, correlation_id, req), "127.0.0.1")
+    let bytes = handle_frame(ctx, &test_session(), frame(api, version, correlation_id, req))
         .await
         .unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"))
         .unwrap_or_else(|| panic!("{api:?} v{version}: no response"));
@@ -53,8 +62,8 @@ async fn call<Req: Encodable, Resp: Decodable>(ctx: &RequestContext, api: ApiKey
 }
 
 fn versions(api: ApiKey) -> std::ops::RangeInclusive<i16> {
-    let (_, min, max) = SUPPORTED_APIS.iter().find(|(k, _, _)| *k == api).unwrap();
-    *min..=*max
+    let entry = APIS.iter().find(|e| e.key == api).unwrap();
+    entry.min..=entry.max
 }
 
 #[test]
@@ -70,7 +79,7 @@ fn every_api_answers_at_every_advertised_version() {
         for v in versions(ApiKey::ApiVersions) {
             let r: ApiVersionsResponse = call(&ctx, ApiKey::ApiVersions, v, &ApiVersionsRequest::default()).await;
             assert_eq!(r.error_code, 0);
-            assert_eq!(r.api_keys.len(), SUPPORTED_APIS.len());
+            assert_eq!(r.api_keys.len(), APIS.len());
         }
         for v in versions(ApiKey::Produce) {
             let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
@@ -257,7 +266,7 @@ mod groups {
     }
 
     /// Joins `group` alone at JoinGroup version `v` and returns (member id, generation).
-    async fn join_alone(ctx: &RequestContext, group: &str, v: i16) -> (String, i32) {
+    async fn join_alone(ctx: &std::sync::Arc<RequestContext>, group: &str, v: i16) -> (String, i32) {
         let mut member = String::new();
         for _ in 0..2 {
             let req = join_request(&member, None, v).with_group_id(GroupId(StrBytes::from_string(group.into())));
@@ -411,4 +420,41 @@ mod groups {
             }
         });
     }
+}
+
+/// One registry line per API key, and what ApiVersions v3 says about the
+/// client stays in the connection's session.
+#[test]
+fn the_registry_is_the_one_list_and_sessions_keep_the_client() {
+    let mut keys: Vec<i16> = APIS.iter().map(|e| e.key as i16).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), APIS.len(), "an API key is registered twice");
+    assert!(APIS.iter().all(|e| e.min <= e.max));
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let ctx = super::test_context(&data_dir);
+        let session = test_session();
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("librdkafka"))
+            .with_client_software_version(StrBytes::from_static_str("2.12.1"));
+        let bytes = handle_frame(&ctx, &session, frame(ApiKey::ApiVersions, 3, 7, &req)).await.unwrap().unwrap();
+        let r: ApiVersionsResponse = response(ApiKey::ApiVersions, 3, 7, bytes);
+        assert_eq!(r.error_code, 0);
+        let client = session.client_software();
+        assert_eq!(
+            (client.client_id.as_str(), client.name.as_str(), client.version.as_str()),
+            ("version-test", "librdkafka", "2.12.1")
+        );
+
+        // A version past ours is answered in v0 with UNSUPPORTED_VERSION and our ranges (KIP-511).
+        let mut future = BytesMut::from(&frame(ApiKey::ApiVersions, 3, 9, &req)[..]);
+        future[2..4].copy_from_slice(&99i16.to_be_bytes());
+        let bytes = handle_frame(&ctx, &session, future.freeze()).await.unwrap().unwrap();
+        let r: ApiVersionsResponse = response(ApiKey::ApiVersions, 0, 9, bytes);
+        assert_eq!(r.error_code, kafka_protocol::ResponseError::UnsupportedVersion.code());
+        assert_eq!(r.api_keys.len(), APIS.len());
+    });
 }

@@ -7,7 +7,7 @@
 //! and what it committed to LMDB stays on disk for the restart.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -17,19 +17,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, LocalSet};
+use tokio::time::Instant;
 
 use super::net::{SimNet, SimNetHandle};
 use crate::cluster::metadata::NodeId;
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
-use crate::kafka::RequestContext;
+use crate::kafka::{RequestContext, Session};
 
-type Reply = oneshot::Sender<Result<Option<Bytes>, String>>;
+type Reply = oneshot::Sender<Result<Bytes, String>>;
+/// A request frame to write at an instant, and where its response goes.
+type Outgoing = (Instant, Bytes, Reply);
 /// A request on client connection `.0` (`None`: a connection of its own).
-type KafkaCall = (Option<u64>, Bytes, Reply);
+type KafkaCall = (Option<u64>, Outgoing);
+
+/// Bytes an in-memory client connection buffers each way before a writer waits.
+const PIPE_BYTES: usize = 1 << 20;
+/// Largest response a simulated client reads.
+const MAX_RESPONSE_BYTES: usize = 128 << 20;
 
 /// The shared key of simulated clusters (the network is simulated; it only has to match).
 const SIM_KEY: &str = "51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab";
@@ -119,23 +128,18 @@ impl SimBroker {
                 }
             };
             *published.borrow_mut() = Some(context.clone());
-            // One task per client connection, as connection.rs runs one per socket.
-            let mut connections: BTreeMap<u64, mpsc::UnboundedSender<(Bytes, Reply)>> = BTreeMap::new();
-            while let Some((connection, frame, reply)) = calls.recv().await {
-                let Some(connection) = connection else {
-                    let context = context.clone();
-                    tokio::task::spawn_local(async move {
-                        let answer = crate::kafka::handle_frame(&context, frame, "10.0.0.100").await;
-                        let _ = reply.send(answer.map_err(|e| e.to_string()));
-                    });
-                    continue;
+            // Never sent: a simulated broker stops by crashing, which drops every connection with it.
+            let (_shutdown, running) = watch::channel(false);
+            let mut connections: BTreeMap<u64, mpsc::UnboundedSender<Outgoing>> = BTreeMap::new();
+            let mut opened = 0u64;
+            while let Some((connection, outgoing)) = calls.recv().await {
+                opened += 1;
+                let queue = match connection {
+                    Some(id) => connections.entry(id).or_insert_with(|| connect(&context, &running, opened)),
+                    // A connection of its own, closed once its one request is written.
+                    None => &connect(&context, &running, opened),
                 };
-                let frames = connections.entry(connection).or_insert_with(|| {
-                    let (frames, requests) = mpsc::unbounded_channel();
-                    tokio::task::spawn_local(serve_connection(context.clone(), requests));
-                    frames
-                });
-                let _ = frames.send((frame, reply));
+                let _ = queue.send(outgoing);
             }
         });
         let task = tokio::task::spawn_local(Skewed { local: Box::pin(local), skew_ms: self.skew_ms.clone() });
@@ -157,37 +161,87 @@ impl SimBroker {
     }
 
     /// Hands a Kafka request frame (without its length prefix), sent on client
-    /// connection `connection`, to the broker.
+    /// connection `connection`, to the broker, to arrive at `arrival`. The
+    /// answer is the response frame with its length prefix.
     pub fn send_kafka(
         &self,
         connection: Option<u64>,
+        arrival: Instant,
         frame: Bytes,
-    ) -> Option<oneshot::Receiver<Result<Option<Bytes>, String>>> {
+    ) -> Option<oneshot::Receiver<Result<Bytes, String>>> {
         let running = self.running.as_ref()?;
         running.ready.borrow().as_ref()?;
         let (tx, rx) = oneshot::channel();
-        running.kafka.send((connection, frame, tx)).ok()?;
+        running.kafka.send((connection, (arrival, frame, tx))).ok()?;
         Some(rx)
     }
 }
 
-/// Serves one client connection's requests in arrival order, as
-/// `connection.rs` does: a produce request's appends are queued before the
-/// next request is read (so pipelined batches stay in order), and its answer
-/// follows when committed.
-async fn serve_connection(context: Arc<RequestContext>, mut requests: mpsc::UnboundedReceiver<(Bytes, Reply)>) {
-    while let Some((frame, reply)) = requests.recv().await {
-        match crate::kafka::dispatch(&context, frame) {
-            crate::kafka::Dispatch::Started(answer) => {
-                tokio::task::spawn_local(async move {
-                    let _ = reply.send(answer.await.map_err(|e| e.to_string()));
-                });
-            }
-            crate::kafka::Dispatch::Serial(frame) => {
-                let answer = crate::kafka::handle_frame(&context, frame, "10.0.0.100").await;
-                let _ = reply.send(answer.map_err(|e| e.to_string()));
-            }
+/// Opens a client connection to this broker: an in-memory pipe whose broker
+/// end runs `connection::serve`, the loop every socket runs (request budget,
+/// in-flight cap, pipelining, answers in order). The client end writes each
+/// request at its arrival instant, in the order they were sent, and hands
+/// responses back in order. Every simulated request expects a response.
+fn connect(context: &Arc<RequestContext>, shutdown: &watch::Receiver<bool>, n: u64) -> mpsc::UnboundedSender<Outgoing> {
+    let (client, server) = tokio::io::duplex(PIPE_BYTES);
+    let (server_read, server_write) = tokio::io::split(server);
+    let peer = std::net::SocketAddr::from(([10, 0, 0, 100], 1024 + (n % 60_000) as u16));
+    let session = Session::new(peer, "PLAINTEXT");
+    tokio::task::spawn_local(crate::connection::serve(
+        server_read,
+        server_write,
+        session,
+        context.clone(),
+        shutdown.clone(),
+    ));
+    let (client_read, client_write) = tokio::io::split(client);
+    let waiting: Rc<RefCell<VecDeque<Reply>>> = Rc::default();
+    let (queue, requests) = mpsc::unbounded_channel();
+    tokio::task::spawn_local(write_requests(client_write, requests, waiting.clone()));
+    tokio::task::spawn_local(read_responses(client_read, waiting));
+    queue
+}
+
+/// Writes each request, length-prefixed, at its arrival instant. Ends when
+/// the connection's sender is dropped, which closes the pipe.
+async fn write_requests(
+    mut pipe: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    mut requests: mpsc::UnboundedReceiver<Outgoing>,
+    waiting: Rc<RefCell<VecDeque<Reply>>>,
+) {
+    while let Some((arrival, frame, reply)) = requests.recv().await {
+        tokio::time::sleep_until(arrival).await;
+        waiting.borrow_mut().push_back(reply);
+        let mut bytes = BytesMut::with_capacity(4 + frame.len());
+        bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&frame);
+        if pipe.write_all(&bytes).await.is_err() {
+            return;
         }
+    }
+}
+
+/// Hands each response frame to the oldest request waiting for one. Ends
+/// when the broker closes the connection; requests still waiting then see
+/// their reply dropped, as a client sees a reset.
+async fn read_responses(mut pipe: tokio::io::ReadHalf<tokio::io::DuplexStream>, waiting: Rc<RefCell<VecDeque<Reply>>>) {
+    loop {
+        let mut len = [0u8; 4];
+        if pipe.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let size = u32::from_be_bytes(len) as usize;
+        let Some(reply) = waiting.borrow_mut().pop_front() else { return };
+        if size > MAX_RESPONSE_BYTES {
+            let _ = reply.send(Err(format!("response of {size} bytes is over {MAX_RESPONSE_BYTES}")));
+            return;
+        }
+        let mut frame = vec![0u8; 4 + size];
+        frame[..4].copy_from_slice(&len);
+        if pipe.read_exact(&mut frame[4..]).await.is_err() {
+            return;
+        }
+        let _ = reply.send(Ok(Bytes::from(frame)));
     }
 }
 

@@ -1,7 +1,7 @@
 //! One run's world: the network, the brokers, the history, the seeded
 //! generator, and a small Kafka client that speaks to the brokers through
-//! the simulated network (encoded requests into `kafka::handle_frame`, the
-//! same code a socket feeds).
+//! the simulated network (request frames over in-memory connections into
+//! `connection::serve`, the same loop a socket feeds).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -129,26 +129,28 @@ impl World {
                 *last
             }
             None => match self.net.client_trip(node, false) {
-                Some(trip) => Instant::now() + trip,
+                Some(trip) => {
+                    // A connection of its own: refused if the broker is down when the request gets there.
+                    tokio::time::sleep(trip).await;
+                    Instant::now()
+                }
                 None => {
                     tokio::time::sleep_until(deadline).await;
                     return Err(timed_out());
                 }
             },
         };
-        tokio::time::sleep_until(arrival).await;
         let answer = {
             let brokers = self.brokers.borrow();
             let broker = brokers.get(node as usize - 1).ok_or_else(|| format!("no broker {node}"))?;
-            broker.send_kafka(connection, frame.freeze())
+            broker.send_kafka(connection, arrival, frame.freeze())
         };
         let Some(answer) = answer else { return Err(format!("{api:?} to broker {node}: connection refused")) };
         let bytes = match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(_)) => return Err(format!("{api:?} to broker {node}: connection reset")),
             Ok(Ok(Err(e))) => return Err(format!("{api:?} to broker {node}: {e}")),
-            Ok(Ok(Ok(None))) => return Err(format!("{api:?} to broker {node}: no response")),
-            Ok(Ok(Ok(Some(bytes)))) => bytes,
+            Ok(Ok(Ok(bytes))) => bytes,
         };
         let Some(back) = self.net.client_trip(node, true) else {
             tokio::time::sleep_until(deadline).await;

@@ -1,0 +1,68 @@
+//! A connection's session: who is on the other end, as far as the broker
+//! knows. Every request on the connection sees it, so what one request learns
+//! (the client's software from ApiVersions; later the principal that SASL
+//! authenticated) is there for the requests after it.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+/// Longest client software name or version kept (KIP-511 allows any string;
+/// the broker keeps a bounded copy).
+const MAX_SOFTWARE_CHARS: usize = 128;
+
+pub struct Session {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener the connection came in on.
+    pub listener: &'static str,
+    client: Mutex<ClientSoftware>,
+}
+
+/// What the client's ApiVersions told us: the client id of its header, and
+/// from v3 on its software name and version (KIP-511).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientSoftware {
+    pub client_id: String,
+    pub name: String,
+    pub version: String,
+}
+
+impl std::fmt::Display for ClientSoftware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client id {:?}, software {:?} {:?}", self.client_id, self.name, self.version)
+    }
+}
+
+impl Session {
+    pub fn new(peer: SocketAddr, listener: &'static str) -> Session {
+        Session { peer, listener, client: Mutex::new(ClientSoftware::default()) }
+    }
+
+    /// The client host as Kafka prints it in group descriptions ("/1.2.3.4").
+    pub fn client_host(&self) -> String {
+        format!("/{}", self.peer.ip())
+    }
+
+    pub fn client_software(&self) -> ClientSoftware {
+        self.client.lock().expect("session lock").clone()
+    }
+
+    pub fn set_client_software(&self, client_id: &str, name: &str, version: &str) {
+        let bounded = |s: &str| s.chars().take(MAX_SOFTWARE_CHARS).collect::<String>();
+        let software = ClientSoftware { client_id: bounded(client_id), name: bounded(name), version: bounded(version) };
+        *self.client.lock().expect("session lock") = software;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_software_is_bounded() {
+        let session = Session::new("127.0.0.1:5000".parse().unwrap(), "plaintext");
+        session.set_client_software("c", &"x".repeat(1000), "2.0");
+        assert_eq!(session.client_software().name.len(), MAX_SOFTWARE_CHARS);
+        assert_eq!(session.client_host(), "/127.0.0.1");
+    }
+}
