@@ -141,13 +141,42 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The `[cluster]` section resolved, or `None` for a single broker.
-    pub fn cluster_settings(&self) -> anyhow::Result<Option<crate::cluster::ClusterSettings>> {
+    /// The `[cluster]` section resolved. With no voters the broker is a
+    /// cluster of one (the only voter, no network), so a single broker runs
+    /// the same control plane as a cluster.
+    pub fn cluster_settings(&self) -> anyhow::Result<crate::cluster::ClusterSettings> {
         let c = &self.cluster;
-        if c.voters.is_empty() {
-            return Ok(None);
-        }
         let node_id = self.broker.node_id as u64;
+        if c.session_timeout_ms < 1000 || c.replica_lag_time_max_ms < 1000 || c.request_timeout_ms < 100 {
+            bail!("cluster timeouts are too small (session and replica lag >= 1000 ms, requests >= 100 ms)");
+        }
+        let timeouts = (
+            std::time::Duration::from_millis(c.session_timeout_ms),
+            std::time::Duration::from_millis(c.replica_lag_time_max_ms),
+            std::time::Duration::from_millis(c.request_timeout_ms),
+        );
+        let rack = (!c.rack.is_empty()).then(|| c.rack.clone());
+        let region = (!c.region.is_empty()).then(|| c.region.clone());
+        if c.voters.is_empty() {
+            if !c.seeds.is_empty() || !c.listen.is_empty() {
+                bail!("cluster.seeds and cluster.listen need cluster.voters (a broker with no voters is a cluster of one)");
+            }
+            // The address is only a label: a lone voter opens no cluster port.
+            let listen = self.broker.listen;
+            return Ok(crate::cluster::ClusterSettings {
+                node_id,
+                listen,
+                voters: [(node_id, listen)].into(),
+                seeds: Vec::new(),
+                key: [0; 32],
+                rack,
+                region,
+                session_timeout: timeouts.0,
+                replica_lag: timeouts.1,
+                request_timeout: timeouts.2,
+                alone: true,
+            });
+        }
         let mut voters = std::collections::BTreeMap::new();
         for voter in &c.voters {
             let (id, addr) = voter
@@ -179,21 +208,19 @@ impl BrokerConfig {
             _ => bail!("a cluster needs exactly one of cluster.key and cluster.key_file (64 hex digits)"),
         };
         let key = crate::cluster::transport::parse_key(&key_text)?;
-        if c.session_timeout_ms < 1000 || c.replica_lag_time_max_ms < 1000 || c.request_timeout_ms < 100 {
-            bail!("cluster timeouts are too small (session and replica lag >= 1000 ms, requests >= 100 ms)");
-        }
-        Ok(Some(crate::cluster::ClusterSettings {
+        Ok(crate::cluster::ClusterSettings {
             node_id,
             listen,
             voters,
             seeds,
             key,
-            rack: (!c.rack.is_empty()).then(|| c.rack.clone()),
-            region: (!c.region.is_empty()).then(|| c.region.clone()),
-            session_timeout: std::time::Duration::from_millis(c.session_timeout_ms),
-            replica_lag: std::time::Duration::from_millis(c.replica_lag_time_max_ms),
-            request_timeout: std::time::Duration::from_millis(c.request_timeout_ms),
-        }))
+            rack,
+            region,
+            session_timeout: timeouts.0,
+            replica_lag: timeouts.1,
+            request_timeout: timeouts.2,
+            alone: false,
+        })
     }
 
     /// The host and port clients are told to use.
@@ -224,7 +251,8 @@ impl BrokerConfig {
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
         storage.retention_check_interval_ms = self.topics.retention_check_interval_ms;
         storage.groups = self.groups.clone();
-        storage.replicated = !self.cluster.voters.is_empty();
+        // Every broker runs the control plane: partitions take roles from it.
+        storage.replicated = true;
         storage
     }
 }
@@ -262,12 +290,13 @@ mod tests {
 
     #[test]
     fn cluster_section_is_resolved_or_refused_with_a_reason() {
-        assert!(BrokerConfig::load(None).unwrap().cluster_settings().unwrap().is_none(), "no voters: one broker");
+        let alone = BrokerConfig::load(None).unwrap().cluster_settings().unwrap();
+        assert!(alone.alone && alone.voters.len() == 1 && alone.quorum() == 1, "no voters: a cluster of one");
         let key = "ab".repeat(32);
         let ok = format!(
             "[broker]\nnode_id = 2\n[cluster]\nvoters = [\"1@127.0.0.1:9093\", \"2@127.0.0.2:9093\", \"3@127.0.0.3:9093\"]\nkey = \"{key}\"\nrack = \"r2\"\n"
         );
-        let settings = BrokerConfig::load(Some(&ok)).unwrap().cluster_settings().unwrap().unwrap();
+        let settings = BrokerConfig::load(Some(&ok)).unwrap().cluster_settings().unwrap();
         assert_eq!(settings.listen.to_string(), "127.0.0.2:9093", "a voter listens at its own entry");
         assert_eq!(settings.quorum(), 2);
         assert_eq!(settings.key, [0xab; 32]);
@@ -281,6 +310,7 @@ mod tests {
             let error = format!("{:#}", BrokerConfig::load(Some(&overlay)).unwrap_err());
             assert!(error.contains(why), "{error:?} should mention {why:?}");
         };
+        refused("[cluster]\nseeds = [\"127.0.0.1:9093\"]", "need cluster.voters");
         refused(&format!("[cluster]\nvoters = [\"1-127.0.0.1:9093\"]\nkey = \"{key}\""), "must look like");
         refused(&format!("[cluster]\nvoters = [\"1@x\"]\nkey = \"{key}\""), "bad address");
         refused("[cluster]\nvoters = [\"1@127.0.0.1:9093\"]\nkey = \"abc\"", "64 hex digits");

@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod kafka;
 mod metrics;
+mod node;
 mod server;
 mod simulate;
 
@@ -16,7 +17,6 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::BrokerConfig;
-use crate::kafka::RequestContext;
 use crate::server::Server;
 
 #[derive(Parser)]
@@ -115,35 +115,22 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.broker.data_dir)
-        .with_context(|| format!("creating data dir {}", config.broker.data_dir.display()))?;
-    let broker = tributary_actors::Broker::start(config.storage_config()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let data_dir = config.broker.data_dir.clone();
-    let cluster = match config.cluster_settings()? {
-        Some(settings) => {
-            let cluster =
-                cluster::Cluster::start(settings, broker.clone(), data_dir.clone(), config.advertised()).await?;
-            cluster::replica_manager::start(cluster.clone(), broker.clone());
-            Some(cluster)
-        }
-        None => None,
-    };
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
-    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
-        let listener = metrics::serve(addr, metrics.clone(), broker.clone(), cluster.clone());
+    let ctx = node::start(config, metrics.clone()).await?;
+    if let Ok(addr) = ctx.config.metrics.listen.parse::<std::net::SocketAddr>() {
+        let listener = metrics::serve(addr, metrics, ctx.broker.clone(), ctx.cluster.clone());
         actix::spawn(async move {
             if let Err(e) = listener.await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
     }
-    let cluster_handle = cluster.clone();
-    let server = Server::bind(RequestContext::new(broker, std::sync::Arc::new(config), metrics, cluster)).await?;
+    let cluster = ctx.cluster.clone();
+    let data_dir = ctx.config.broker.data_dir.clone();
+    let server = Server::bind(ctx).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
-    if let Some(cluster) = &cluster_handle {
-        cluster.shutdown().await;
-    }
+    cluster.shutdown().await;
     actix::System::current().stop();
     tracing::info!("stopped");
     Ok(())

@@ -115,25 +115,18 @@ impl Metrics {
     }
 
     /// Refreshes the gauges computed from broker state, then encodes everything.
-    pub async fn render(&self, broker: &Broker, cluster: Option<&crate::cluster::Cluster>) -> String {
+    pub async fn render(&self, broker: &Broker, cluster: &crate::cluster::Cluster) -> String {
         let snapshot = broker.metadata();
         self.topics.set(snapshot.topics.len() as i64);
-        match cluster {
-            None => {
-                self.partitions.set(snapshot.topics.values().map(|t| t.partitions.len() as i64).sum());
-            }
-            Some(cluster) => {
-                let metadata = cluster.metadata();
-                let led: Vec<_> = metadata
-                    .topics
-                    .values()
-                    .flat_map(|t| t.partitions.iter())
-                    .filter(|p| p.leader == Some(cluster.node_id()))
-                    .collect();
-                self.partitions.set(led.len() as i64);
-                self.under_replicated.set(led.iter().filter(|p| p.isr.len() < p.replicas.len()).count() as i64);
-            }
-        }
+        let metadata = cluster.metadata();
+        let led: Vec<_> = metadata
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.leader == Some(cluster.node_id()))
+            .collect();
+        self.partitions.set(led.len() as i64);
+        self.under_replicated.set(led.iter().filter(|p| p.isr.len() < p.replicas.len()).count() as i64);
         self.group_lag.clear();
         if let Ok(groups) = broker.groups().send(ListGroups).await {
             for (group, _, _) in groups {
@@ -165,7 +158,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     broker: Broker,
-    cluster: Option<crate::cluster::Cluster>,
+    cluster: crate::cluster::Cluster,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics listening");
@@ -186,7 +179,7 @@ pub async fn serve(
                     Some("/metrics") => (
                         "200 OK",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        metrics.render(&broker, cluster.as_ref()).await,
+                        metrics.render(&broker, &cluster).await,
                     ),
                     Some("/health") => ("200 OK", "application/json", "{\"status\":\"ok\"}\n".to_string()),
                     Some(_) => ("404 Not Found", "text/plain", "not found: use /metrics or /health\n".to_string()),

@@ -46,7 +46,7 @@ pub use record_batch::{
 };
 pub use topic_registry::{
     AllocateProducerId, AlterBrokerConfig, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic,
-    MetadataSnapshot, PartitionHandle, TopicError, TopicRegistry, TopicView,
+    MetadataSnapshot, PartitionHandle, SetBrokerOverrides, TopicError, TopicRegistry, TopicView,
 };
 
 /// Why an embedded produce or fetch failed.
@@ -103,6 +103,11 @@ impl Broker {
         let mut groups = Some(GroupRegistry::new(config.groups.clone(), store, config.storage_threads > 0));
         let groups = Supervisor::start(move |_| groups.take().expect("group registry is started once"));
         Ok(Broker { config, registry, groups, metadata })
+    }
+
+    /// The topic snapshot as it changes: a waiter wakes on each new one.
+    pub fn metadata_watch(&self) -> watch::Receiver<Arc<MetadataSnapshot>> {
+        self.metadata.clone()
     }
 
     pub fn config(&self) -> &StorageConfig {

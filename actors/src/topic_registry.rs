@@ -53,6 +53,8 @@ pub struct MetadataSnapshot {
     pub broker_overrides: BTreeMap<String, String>,
     /// The defaults every topic starts from: static config plus `broker_overrides`.
     pub defaults: TopicConfig,
+    /// Topics gone from `topics` whose partition directories are still being removed.
+    pub deleting: std::collections::BTreeSet<Arc<str>>,
 }
 
 impl TopicView {
@@ -167,6 +169,8 @@ pub struct TopicRegistry {
     counters: Database<'static, Str, RawBytes>,
     broker_overrides: BTreeMap<String, String>,
     topics: BTreeMap<Arc<str>, Arc<TopicView>>,
+    /// Deleted topics whose partition directories are not yet gone.
+    deleting: std::collections::BTreeSet<Arc<str>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     snapshot_tx: watch::Sender<Arc<MetadataSnapshot>>,
@@ -207,6 +211,7 @@ impl TopicRegistry {
             counters,
             broker_overrides: BTreeMap::new(),
             topics: BTreeMap::new(),
+            deleting: Default::default(),
             arbiters,
             next_arbiter: 0,
             snapshot_tx,
@@ -276,6 +281,7 @@ impl TopicRegistry {
             topics: self.topics.clone(),
             broker_overrides: self.broker_overrides.clone(),
             defaults: self.defaults(),
+            deleting: self.deleting.clone(),
         }));
     }
 
@@ -355,26 +361,45 @@ const BROKER_CONFIG_KEY: &str = "broker_config";
 
 /// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`):
 /// `Some(value)` sets, `None` returns to the static default. `replace` drops
-/// every dynamic config not named (AlterConfigs).
+/// every dynamic config not named (AlterConfigs). Answers the resulting
+/// dynamic configs by topic-config name.
 #[derive(Message)]
-#[rtype(result = "Result<(), TopicError>")]
+#[rtype(result = "Result<BTreeMap<String, String>, TopicError>")]
 pub struct AlterBrokerConfig {
     pub changes: Vec<(String, Option<String>)>,
     pub replace: bool,
     pub validate_only: bool,
 }
 
+/// Replaces the dynamic broker configs with `overrides`, by topic-config
+/// name, as the cluster's metadata has them. Answers as `AlterBrokerConfig`.
+#[derive(Message)]
+#[rtype(result = "Result<BTreeMap<String, String>, TopicError>")]
+pub struct SetBrokerOverrides {
+    pub overrides: BTreeMap<String, String>,
+    pub validate_only: bool,
+}
+
 impl Handler<AlterBrokerConfig> for TopicRegistry {
-    type Result = Result<(), TopicError>;
+    type Result = Result<BTreeMap<String, String>, TopicError>;
 
     fn handle(&mut self, msg: AlterBrokerConfig, ctx: &mut Context<Self>) -> Self::Result {
         self.contained(ctx, |registry| registry.alter_broker_config(msg))
     }
 }
 
+impl Handler<SetBrokerOverrides> for TopicRegistry {
+    type Result = Result<BTreeMap<String, String>, TopicError>;
+
+    fn handle(&mut self, msg: SetBrokerOverrides, ctx: &mut Context<Self>) -> Self::Result {
+        self.contained(ctx, |registry| registry.set_broker_overrides(msg.overrides, msg.validate_only))
+    }
+}
+
 impl TopicRegistry {
-    /// Every topic follows a changed default unless it overrides that config itself.
-    fn alter_broker_config(&mut self, msg: AlterBrokerConfig) -> Result<(), TopicError> {
+    /// Broker config names (`log.retention.ms`) become topic-config names, then
+    /// [`Self::set_broker_overrides`]. Answers the resulting overrides.
+    fn alter_broker_config(&mut self, msg: AlterBrokerConfig) -> Result<BTreeMap<String, String>, TopicError> {
         let mut overrides = if msg.replace { BTreeMap::new() } else { self.broker_overrides.clone() };
         for (name, value) in msg.changes {
             let Some(topic_name) = crate::config::topic_name_of_broker_config(&name) else {
@@ -389,6 +414,15 @@ impl TopicRegistry {
                 None => overrides.remove(topic_name),
             };
         }
+        self.set_broker_overrides(overrides, msg.validate_only)
+    }
+
+    /// Every topic follows a changed default unless it overrides that config itself.
+    fn set_broker_overrides(
+        &mut self,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<BTreeMap<String, String>, TopicError> {
         let defaults = TopicConfig::with_overrides(&self.config.topic_defaults, &overrides)
             .map_err(|e| TopicError::InvalidConfig(e.0))?;
         let mut recomputed = BTreeMap::new();
@@ -397,22 +431,22 @@ impl TopicRegistry {
                 TopicConfig::with_overrides(&defaults, &view.overrides).map_err(|e| TopicError::InvalidConfig(e.0))?;
             recomputed.insert(name.clone(), config);
         }
-        if msg.validate_only {
-            return Ok(());
+        if validate_only {
+            return Ok(overrides);
         }
         let bytes = postcard::to_stdvec(&overrides).map_err(|e| TopicError::Storage(e.to_string()))?;
         let storage = |e: heed::Error| TopicError::Storage(format!("dynamic broker configs: {e}"));
         let mut wtxn = self.env.write_txn().map_err(storage)?;
         self.counters.put(&mut wtxn, BROKER_CONFIG_KEY, &bytes).map_err(storage)?;
         wtxn.commit().map_err(storage)?;
-        self.broker_overrides = overrides;
+        self.broker_overrides = overrides.clone();
         for (name, config) in recomputed {
             let updated = TopicView { config, ..(*self.topics[&name]).clone() };
             self.topics.insert(name, Arc::new(updated));
         }
         self.publish();
         tracing::info!("altered dynamic broker configs");
-        Ok(())
+        Ok(overrides)
     }
 }
 
@@ -575,9 +609,11 @@ impl Handler<DeleteTopic> for TopicRegistry {
             return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
         }
         self.topics.remove(msg.name.as_str());
+        self.deleting.insert(view.name.clone());
         self.publish();
         tracing::info!(topic = %msg.name, "deleted topic");
         let removals: Vec<_> = view.partitions.iter().map(|p| p.addr.send(Remove)).collect();
+        let name = view.name.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 for removal in futures::future::join_all(removals).await {
@@ -589,7 +625,13 @@ impl Handler<DeleteTopic> for TopicRegistry {
                 }
                 Ok(())
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |removed, registry: &mut TopicRegistry, _| {
+                // Published even if a removal failed: the topic is gone from the store either way.
+                registry.deleting.remove(&name);
+                registry.publish();
+                removed
+            }),
         ))
     }
 }

@@ -57,6 +57,10 @@ pub struct TopicRecord {
 pub struct ClusterMetadata {
     pub brokers: BTreeMap<NodeId, BrokerRecord>,
     pub topics: BTreeMap<String, TopicRecord>,
+    /// Dynamic broker configs: the cluster-wide topic-config defaults changed
+    /// at runtime, by topic-config name (`retention.ms` for `log.retention.ms`),
+    /// validated by the proposer.
+    pub topic_defaults: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,10 @@ pub enum Command {
         leader_epoch: i32,
         partition_epoch: i32,
         isr: Vec<NodeId>,
+    },
+    /// Replaces the dynamic broker configs (`ClusterMetadata::topic_defaults`).
+    SetTopicDefaults {
+        configs: BTreeMap<String, String>,
     },
 }
 
@@ -204,6 +212,10 @@ impl ClusterMetadata {
                     Err(e) => return e,
                 };
                 self.topics.get_mut(name).expect("checked above").partitions.extend(placed);
+                CommandResult::ok()
+            }
+            Command::SetTopicDefaults { configs } => {
+                self.topic_defaults = configs.clone();
                 CommandResult::ok()
             }
             Command::AlterTopicConfig { name, configs } => match self.topics.get_mut(name) {

@@ -59,6 +59,9 @@ pub struct ClusterSettings {
     /// replica.lag.time.max.ms
     pub replica_lag: Duration,
     pub request_timeout: Duration,
+    /// A broker with no `[cluster] voters` is a cluster of one: the only
+    /// voter, with no network (KRaft's combined mode on one node).
+    pub alone: bool,
 }
 
 impl ClusterSettings {
@@ -110,7 +113,8 @@ impl Cluster {
             // Raft's tasks are spawned locally (see raft_runtime.rs), hence the LocalSet.
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                match start_here(settings, broker, &data_dir, kafka, Network::Libp2p).await {
+                let network = if settings.alone { Network::Alone } else { Network::Libp2p };
+                match start_here(settings, broker, &data_dir, kafka, network).await {
                     Ok(cluster) => {
                         let _ = ready_tx.send(Ok(cluster));
                         // The runtime serves the swarm, Raft and controller tasks for the life of the process.
@@ -295,6 +299,7 @@ impl Cluster {
 enum Network {
     Libp2p,
     Simulated(Arc<dyn SimulatedNetwork>),
+    Alone,
 }
 
 /// Starts the cluster side on the current thread, inside a `LocalSet`.
@@ -331,6 +336,7 @@ async fn start_here(
             (transport, Some(swarm_task))
         }
         Network::Simulated(net) => (Transport::simulated(net.link(settings.node_id)), None),
+        Network::Alone => (Transport::alone(), None),
     };
     let config = openraft::Config {
         cluster_name: "tributary".into(),
@@ -358,6 +364,7 @@ async fn start_here(
             });
         }
         (Network::Libp2p, None) => unreachable!("a libp2p network has a swarm task"),
+        (Network::Alone, _) => {}
     }
     if settings.voters.contains_key(&settings.node_id) {
         let nodes: BTreeMap<NodeId, BasicNode> =
@@ -608,20 +615,30 @@ impl Cluster {
         }
     }
 
-    /// Waits (bounded) until this broker's actor tree satisfies `applied`.
+    /// Waits (bounded) until this broker's actor tree satisfies `applied`,
+    /// woken by each new topic snapshot.
     pub async fn await_local(
         &self,
         broker: &Broker,
         applied: impl Fn(&tributary_actors::MetadataSnapshot) -> bool,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if applied(&broker.metadata()) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut snapshots = broker.metadata_watch();
+        let waited = tokio::time::timeout(APPLY_WAIT, snapshots.wait_for(|m| applied(m))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Waits until the metadata lists this broker as registered and unfenced:
+    /// what a cluster of one needs before it answers clients.
+    pub async fn registered(&self, timeout: Duration) -> anyhow::Result<()> {
+        let me = self.node_id();
+        let mut metadata = self.metadata_watch();
+        let listed = metadata.wait_for(|m| m.brokers.get(&me).is_some_and(|b| !b.fenced));
+        let waited = tokio::time::timeout(timeout, listed).await.map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => anyhow::bail!("the metadata stopped before broker {me} was registered"),
+            Err(_) => anyhow::bail!("broker {me} was not registered within {timeout:?}"),
         }
-        false
     }
 
     /// A topic's replication factor when the request leaves it open: 3, or

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix::{Addr, Supervisor};
 use tokio::sync::mpsc;
 use tributary_actors::replication::{CheckIsr, IsrChange, LeaderRole, Role, SetRole};
-use tributary_actors::{AlterTopicConfig, Broker, CreatePartitions, CreateTopic, DeleteTopic};
+use tributary_actors::{AlterTopicConfig, Broker, CreatePartitions, CreateTopic, DeleteTopic, SetBrokerOverrides};
 use uuid::Uuid;
 
 use super::metadata::{ClusterMetadata, Command, NodeId};
@@ -159,6 +159,10 @@ impl ReplicaManager {
         let registry = self.broker.registry().clone();
         let local = self.broker.metadata();
         let caught_up = self.cluster.caught_up();
+        if metadata.topic_defaults != local.broker_overrides {
+            let set = SetBrokerOverrides { overrides: metadata.topic_defaults.clone(), validate_only: false };
+            log_failure("*", "setting the dynamic broker configs of", registry.send(set).await.map(|r| r.map(|_| ())));
+        }
         for (name, topic) in &metadata.topics {
             let id = Uuid::from_bytes(topic.id);
             let count = topic.partitions.len() as i32;

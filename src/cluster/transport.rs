@@ -266,6 +266,8 @@ enum Link {
     Swarm(mpsc::Sender<TransportCommand>),
     /// A network the simulation controls.
     Simulated(Arc<dyn SimulatedLink>),
+    /// No network: this broker is the whole cluster (a lone voter).
+    Alone,
 }
 
 /// One broker's way out into a simulated network: the simulation decides
@@ -294,11 +296,17 @@ impl Transport {
         Transport { link: Link::Simulated(link) }
     }
 
+    /// The transport of a broker that is the whole cluster: there is no one to ask.
+    pub fn alone() -> Transport {
+        Transport { link: Link::Alone }
+    }
+
     /// Sends `request` to `node` and waits at most `timeout` for its answer.
     pub async fn request(&self, node: NodeId, request: Request, timeout: Duration) -> Result<Response, String> {
         let commands = match &self.link {
             Link::Swarm(commands) => commands,
             Link::Simulated(link) => return link.request(node, request, timeout).await,
+            Link::Alone => return Err(format!("broker {node} is not in this one-broker cluster")),
         };
         let (reply, answer) = oneshot::channel();
         commands

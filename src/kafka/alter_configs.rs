@@ -8,7 +8,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use tributary_actors::{AlterBrokerConfig, AlterTopicConfig};
+use tributary_actors::AlterBrokerConfig;
 
 use super::{message, RequestContext};
 
@@ -26,32 +26,85 @@ async fn alter(
     replace: bool,
     validate_only: bool,
 ) -> (i16, Option<StrBytes>) {
-    if resource_type != RESOURCE_TOPIC && resource_type != RESOURCE_BROKER {
-        let why = format!("resource type {resource_type} cannot be altered; use 2 (topic) or 4 (broker)");
-        return (ResponseError::InvalidRequest.code(), message(why));
-    }
-    if let Some(cluster) = &ctx.cluster {
-        return alter_in_cluster(ctx, cluster, resource_type, name, changes, replace, validate_only).await;
-    }
-    // A broker resource is this broker's id, or "" for the cluster-wide default.
-    let node = ctx.node_id().to_string();
-    if resource_type == RESOURCE_BROKER && !name.is_empty() && name.as_str() != node {
-        return (ResponseError::InvalidRequest.code(), message(format!("this is broker {node}, not '{name}'")));
-    }
-    let changes = match changes {
-        Ok(changes) => changes,
-        Err(why) => return (ResponseError::InvalidConfig.code(), message(why)),
+    let changes = match (resource_type, changes) {
+        (RESOURCE_TOPIC | RESOURCE_BROKER, Ok(changes)) => changes,
+        (RESOURCE_TOPIC | RESOURCE_BROKER, Err(why)) => return (ResponseError::InvalidConfig.code(), message(why)),
+        _ => {
+            let why = format!("resource type {resource_type} cannot be altered; use 2 (topic) or 4 (broker)");
+            return (ResponseError::InvalidRequest.code(), message(why));
+        }
     };
     let outcome = if resource_type == RESOURCE_BROKER {
-        ctx.broker.registry().send(AlterBrokerConfig { changes, replace, validate_only }).await
+        alter_broker(ctx, name, changes, replace, validate_only).await
     } else {
-        ctx.broker.registry().send(AlterTopicConfig { name: name.to_string(), changes, replace, validate_only }).await
+        alter_topic(ctx, name, changes, replace, validate_only).await
     };
     match outcome {
-        Ok(Ok(())) => (0, None),
-        Ok(Err(e)) => (e.error_code(), message(&e)),
-        Err(e) => (ResponseError::UnknownServerError.code(), message(e)),
+        Ok(()) => (0, None),
+        Err((code, why)) => (code, message(why)),
     }
+}
+
+/// Dynamic broker configs are metadata: the registry validates them (and maps
+/// broker names to topic-config names), the controller commits them, and every
+/// broker's registry follows. A broker resource is this broker's id, or "" for
+/// the cluster-wide default; both change the cluster-wide defaults.
+async fn alter_broker(
+    ctx: &RequestContext,
+    name: &StrBytes,
+    changes: Vec<(String, Option<String>)>,
+    replace: bool,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let node = ctx.node_id().to_string();
+    if !name.is_empty() && name.as_str() != node {
+        return Err((ResponseError::InvalidRequest.code(), format!("this is broker {node}, not '{name}'")));
+    }
+    let check = AlterBrokerConfig { changes, replace, validate_only: true };
+    let overrides = match ctx.broker.registry().send(check).await {
+        Ok(Ok(overrides)) => overrides,
+        Ok(Err(e)) => return Err((e.error_code(), e.to_string())),
+        Err(e) => return Err((ResponseError::UnknownServerError.code(), e.to_string())),
+    };
+    if validate_only {
+        return Ok(());
+    }
+    let command = crate::cluster::metadata::Command::SetTopicDefaults { configs: overrides.clone() };
+    ctx.cluster.commit(command).await?;
+    ctx.cluster.await_local(&ctx.broker, |m| m.broker_overrides == overrides).await;
+    Ok(())
+}
+
+/// Topic configs are metadata: validated here, committed by the controller.
+async fn alter_topic(
+    ctx: &RequestContext,
+    name: &StrBytes,
+    changes: Vec<(String, Option<String>)>,
+    replace: bool,
+    validate_only: bool,
+) -> Result<(), (i16, String)> {
+    let Some(topic) = ctx.cluster.metadata().topics.get(name.as_str()).cloned() else {
+        return Err((ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist")));
+    };
+    let mut configs = if replace { Default::default() } else { topic.configs.clone() };
+    for (key, value) in changes {
+        match value {
+            Some(value) => configs.insert(key, value),
+            None => configs.remove(&key),
+        };
+    }
+    let defaults = ctx.broker.metadata().defaults.clone();
+    if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
+        return Err((ResponseError::InvalidConfig.code(), e.0));
+    }
+    if validate_only {
+        return Ok(());
+    }
+    let command =
+        crate::cluster::metadata::Command::AlterTopicConfig { name: name.to_string(), configs: configs.clone() };
+    ctx.cluster.commit(command).await?;
+    ctx.cluster.await_local(&ctx.broker, |m| m.topic(name.as_str()).is_some_and(|t| t.overrides == configs)).await;
+    Ok(())
 }
 
 fn result(resource_type: i8, name: StrBytes, (code, why): (i16, Option<StrBytes>)) -> AlterConfigsResourceResponse {
@@ -99,52 +152,6 @@ pub async fn handle_incremental(
         );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
-}
-
-/// In a cluster, topic configs are metadata: validated here, committed by the controller.
-async fn alter_in_cluster(
-    ctx: &RequestContext,
-    cluster: &crate::cluster::Cluster,
-    resource_type: i8,
-    name: &StrBytes,
-    changes: Result<Vec<(String, Option<String>)>, String>,
-    replace: bool,
-    validate_only: bool,
-) -> (i16, Option<StrBytes>) {
-    if resource_type != RESOURCE_TOPIC {
-        let why = "dynamic broker configs are not yet replicated in a cluster; set them in each broker's config file";
-        return (ResponseError::InvalidRequest.code(), message(why));
-    }
-    let changes = match changes {
-        Ok(changes) => changes,
-        Err(why) => return (ResponseError::InvalidConfig.code(), message(why)),
-    };
-    let Some(topic) = cluster.metadata().topics.get(name.as_str()).cloned() else {
-        return (ResponseError::UnknownTopicOrPartition.code(), message(format!("topic '{name}' does not exist")));
-    };
-    let mut configs = if replace { Default::default() } else { topic.configs.clone() };
-    for (key, value) in changes {
-        match value {
-            Some(value) => configs.insert(key, value),
-            None => configs.remove(&key),
-        };
-    }
-    let defaults = ctx.broker.metadata().defaults.clone();
-    if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
-        return (ResponseError::InvalidConfig.code(), message(e.0));
-    }
-    if validate_only {
-        return (0, None);
-    }
-    let command =
-        crate::cluster::metadata::Command::AlterTopicConfig { name: name.to_string(), configs: configs.clone() };
-    match cluster.commit(command).await {
-        Ok(()) => {
-            cluster.await_local(&ctx.broker, |m| m.topic(name.as_str()).is_some_and(|t| t.overrides == configs)).await;
-            (0, None)
-        }
-        Err((code, why)) => (code, message(why)),
-    }
 }
 
 super::registry::api! {

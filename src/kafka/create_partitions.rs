@@ -1,9 +1,9 @@
 //! CreatePartitions: grow a topic. Existing partitions and their data stay.
 
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::CreatePartitions as Grow;
 
 use super::{message, RequestContext};
 
@@ -11,58 +11,40 @@ pub async fn handle(ctx: &RequestContext, req: CreatePartitionsRequest) -> Creat
     let mut results = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
-        if let Some(cluster) = &ctx.cluster {
-            let name = topic.name.0.to_string();
-            let current = cluster.metadata().topics.get(&name).map(|t| t.partitions.len() as i32);
-            let refusal = match current {
-                None => Some((ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist"))),
-                Some(n) if topic.count <= n => Some((
-                    ResponseError::InvalidPartitions.code(),
-                    format!("topic '{name}' has {n} partitions; the new count {} must be larger", topic.count),
-                )),
-                Some(_) if topic.count > ctx.config.topics.max_partitions_per_topic => Some((
-                    ResponseError::InvalidPartitions.code(),
-                    format!("at most {} partitions per topic", ctx.config.topics.max_partitions_per_topic),
-                )),
-                Some(_) if topic.assignments.is_some() => Some((
-                    ResponseError::InvalidReplicaAssignment.code(),
-                    "manual replica assignment is not supported in a cluster".to_string(),
-                )),
-                _ => None,
-            };
-            let outcome = match refusal {
-                Some(refused) => Err(refused),
-                None if req.validate_only => Ok(()),
-                None => {
-                    let count = topic.count;
-                    let grown = |m: &tributary_actors::MetadataSnapshot| {
-                        m.topic(&name).is_some_and(|t| t.partitions.len() as i32 >= count)
-                    };
-                    let command = crate::cluster::metadata::Command::CreatePartitions { name: name.clone(), count };
-                    match cluster.commit(command).await {
-                        Ok(()) => {
-                            cluster.await_local(&ctx.broker, grown).await;
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            };
-            results.push(match outcome {
-                Ok(()) => result,
-                Err((code, why)) => result.with_error_code(code).with_error_message(message(why)),
-            });
-            continue;
-        }
-        let msg =
-            Grow { name: topic.name.0.to_string(), count: topic.count, validate_only: req.validate_only };
-        results.push(match ctx.broker.registry().send(msg).await {
-            Ok(Ok(())) => result,
-            Ok(Err(e)) => result.with_error_code(e.error_code()).with_error_message(message(&e)),
-            Err(e) => result.with_error_code(ResponseError::UnknownServerError.code()).with_error_message(message(e)),
+        results.push(match grow(ctx, &topic, req.validate_only).await {
+            Ok(()) => result,
+            Err((code, why)) => result.with_error_code(code).with_error_message(message(why)),
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Checks the new count against the controller's metadata and commits it.
+async fn grow(ctx: &RequestContext, topic: &CreatePartitionsTopic, validate_only: bool) -> Result<(), (i16, String)> {
+    let name = topic.name.0.to_string();
+    let max = ctx.config.topics.max_partitions_per_topic;
+    match ctx.cluster.metadata().topics.get(&name).map(|t| t.partitions.len() as i32) {
+        None => return Err((ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist"))),
+        Some(n) if topic.count <= n => {
+            let why = format!("topic '{name}' has {n} partitions; the new count {} must be larger", topic.count);
+            return Err((ResponseError::InvalidPartitions.code(), why));
+        }
+        Some(_) if topic.count > max => {
+            return Err((ResponseError::InvalidPartitions.code(), format!("at most {max} partitions per topic")))
+        }
+        Some(_) if topic.assignments.as_ref().is_some_and(|a| !a.is_empty()) => {
+            let why = "manual replica assignment is not supported".to_string();
+            return Err((ResponseError::InvalidReplicaAssignment.code(), why));
+        }
+        Some(_) if validate_only => return Ok(()),
+        Some(_) => {}
+    }
+    let count = topic.count;
+    let command = crate::cluster::metadata::Command::CreatePartitions { name: name.clone(), count };
+    ctx.cluster.commit(command).await?;
+    let grown = |m: &tributary_actors::MetadataSnapshot| m.topic(&name).is_some_and(|t| t.partitions.len() as i32 >= count);
+    ctx.cluster.await_local(&ctx.broker, grown).await;
+    Ok(())
 }
 
 super::registry::api! {

@@ -1,4 +1,5 @@
-//! CreateTopics. One broker: replication factor must be 1 (or -1, the default).
+//! CreateTopics: validated here, committed by the controller, answered once
+//! this broker has the topic.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,7 +8,7 @@ use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, Cr
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 use tributary_actors::config::{validate_topic_name, TOPIC_CONFIG_NAMES};
-use tributary_actors::{CreateTopic, TopicView};
+use tributary_actors::TopicView;
 
 use super::{message, str_bytes, RequestContext};
 
@@ -31,41 +32,7 @@ pub async fn handle(ctx: &RequestContext, req: CreateTopicsRequest, version: i16
             ));
             continue;
         }
-        if let Some(cluster) = &ctx.cluster {
-            results.push(create_in_cluster(ctx, cluster, topic, req.validate_only, version).await);
-            continue;
-        }
-        if topic.replication_factor != -1 && topic.replication_factor != 1 {
-            let why = format!("replication factor {} is larger than the 1 available broker", topic.replication_factor);
-            results.push(fail(result, ResponseError::InvalidReplicationFactor.code(), why));
-            continue;
-        }
-        let node = ctx.node_id();
-        if topic.assignments.iter().any(|a| a.broker_ids.iter().any(|b| b.0 != node) || a.broker_ids.len() != 1) {
-            let why = format!("replica assignments may only name broker {node}, once per partition");
-            results.push(fail(result, ResponseError::InvalidReplicaAssignment.code(), why));
-            continue;
-        }
-        let partitions = match (topic.num_partitions, topic.assignments.len()) {
-            (-1, 0) => None,
-            (-1, n) => Some(n as i32),
-            (n, _) => Some(n),
-        };
-        let mut configs = BTreeMap::new();
-        for c in &topic.configs {
-            if let Some(value) = &c.value {
-                configs.insert(c.name.to_string(), value.to_string());
-            }
-        }
-        let msg = CreateTopic { name: name.clone(), partitions, configs, validate_only: req.validate_only, id: None };
-        match ctx.broker.registry().send(msg).await {
-            Ok(Ok(view)) => {
-                let count = partitions.unwrap_or(ctx.config.topics.num_partitions);
-                results.push(created(result, &view, count, 1, version));
-            }
-            Ok(Err(e)) => results.push(fail(result, e.error_code(), e.to_string())),
-            Err(e) => results.push(fail(result, ResponseError::UnknownServerError.code(), e.to_string())),
-        }
+        results.push(create(ctx, topic, req.validate_only, version).await);
     }
     CreateTopicsResponse::default().with_topics(results)
 }
@@ -91,11 +58,8 @@ fn created(result: CreatableTopicResult, view: &TopicView, count: i32, rf: i16, 
     result
 }
 
-/// In a cluster the controller creates the topic: validated here, committed
-/// through Raft, answered once this broker has it.
-async fn create_in_cluster(
+async fn create(
     ctx: &RequestContext,
-    cluster: &crate::cluster::Cluster,
     topic: CreatableTopic,
     validate_only: bool,
     version: i16,
@@ -106,7 +70,7 @@ async fn create_in_cluster(
         return fail(result, ResponseError::InvalidTopicException.code(), e.0);
     }
     if !topic.assignments.is_empty() {
-        let why = "manual replica assignment is not supported in a cluster; give a replication factor".to_string();
+        let why = "manual replica assignment is not supported; give a replication factor".to_string();
         return fail(result, ResponseError::InvalidReplicaAssignment.code(), why);
     }
     let count = if topic.num_partitions == -1 { ctx.config.topics.num_partitions } else { topic.num_partitions };
@@ -115,6 +79,7 @@ async fn create_in_cluster(
             format!("partition count {count} must be between 1 and {}", ctx.config.topics.max_partitions_per_topic);
         return fail(result, ResponseError::InvalidPartitions.code(), why);
     }
+    let cluster = &ctx.cluster;
     let live = cluster.metadata().live_brokers().count();
     let rf =
         if topic.replication_factor == -1 { cluster.default_replication_factor() } else { topic.replication_factor };

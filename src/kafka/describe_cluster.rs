@@ -15,26 +15,19 @@ pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -
             .with_error_message(message("only broker endpoints (1) are described"))
             .with_endpoint_type(req.endpoint_type);
     }
-    let (host, port) = ctx.config.advertised();
-    let node = BrokerId(ctx.node_id());
-    let broker = DescribeClusterBroker::default().with_broker_id(node).with_host(str_bytes(host)).with_port(port);
-    let (brokers, controller) = match &ctx.cluster {
-        Some(cluster) => {
-            let metadata = cluster.metadata();
-            let brokers = metadata
-                .live_brokers()
-                .map(|b| {
-                    DescribeClusterBroker::default()
-                        .with_broker_id(BrokerId(b.node_id as i32))
-                        .with_host(str_bytes(b.host.clone()))
-                        .with_port(b.port)
-                        .with_rack(b.rack.clone().map(str_bytes))
-                })
-                .collect();
-            (brokers, cluster.controller_id().map_or(BrokerId(-1), |id| BrokerId(id as i32)))
-        }
-        None => (vec![broker], node),
-    };
+    let brokers = ctx
+        .cluster
+        .metadata()
+        .live_brokers()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.node_id as i32))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect();
+    let controller = ctx.cluster.controller_id().map_or(BrokerId(-1), |id| BrokerId(id as i32));
     DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(ctx.config.broker.cluster_id.clone()))
         .with_controller_id(controller)

@@ -41,7 +41,7 @@ enum Route {
 /// Leaders serve; followers serve consumers that know KIP-392 (v11+); a
 /// leader sends a consumer with `client.rack` to an in-sync follower in its rack.
 fn route(ctx: &RequestContext, topic: &str, partition: i32, version: i16, rack: &str) -> Route {
-    let Some(cluster) = &ctx.cluster else { return Route::Serve };
+    let cluster = &ctx.cluster;
     let metadata = cluster.metadata();
     let me = cluster.node_id();
     let Some(p) = metadata.partition(topic, partition) else {

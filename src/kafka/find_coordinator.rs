@@ -13,13 +13,13 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let (mut host, mut port) = ctx.config.advertised();
     let mut node = BrokerId(ctx.node_id());
-    // In a cluster a group lives on one broker, picked by a stable hash of its
-    // id (v4+ batches are all answered for the first key's broker: clients send one key per group).
+    // A group lives on one broker, picked by a stable hash of its id (v4+
+    // batches are all answered for the first key's broker: clients send one key per group).
     let key =
         if version >= 4 { req.coordinator_keys.first().map(|k| k.to_string()) } else { Some(req.key.to_string()) };
     let mut error = 0;
-    if let (Some(cluster), Some(key)) = (&ctx.cluster, key) {
-        match cluster.coordinator_for(&key) {
+    if let Some(key) = key {
+        match ctx.cluster.coordinator_for(&key) {
             Ok(b) => (host, port, node) = (b.host, b.port, BrokerId(b.node_id as i32)),
             Err(code) => (node, error) = (BrokerId(-1), code),
         }

@@ -93,10 +93,10 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let ctx = super::test_context(&data_dir);
+        let ctx = super::test_context(&data_dir).await;
         let session = std::sync::Arc::new(Session::new("127.0.0.1:40000".parse().unwrap(), "PLAINTEXT"));
         let broker = ctx.broker.clone();
-        broker.create_topic("kept", 1, BTreeMap::new()).await.unwrap();
+        ctx.cluster.create_topic(&broker, "kept", 1, 1, BTreeMap::new()).await.unwrap();
         let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("k{i}"), format!("v{i}"))).collect();
         broker.produce("kept", 0, &kept).await.unwrap();
 

@@ -26,8 +26,8 @@ pub async fn handle(ctx: &RequestContext, req: InitProducerIdRequest, version: i
     }
     match ctx.broker.registry().send(AllocateProducerId).await {
         Ok(Ok(id)) => {
-            // In a cluster each broker hands out ids in its own range: node id in the high bits.
-            let id = if ctx.cluster.is_some() { ((ctx.node_id() as i64) << 40) | (id & ((1 << 40) - 1)) } else { id };
+            // Each broker hands out ids in its own range: node id in the high bits.
+            let id = ((ctx.node_id() as i64) << 40) | (id & ((1 << 40) - 1));
             InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0)
         }
         Ok(Err(e)) => {

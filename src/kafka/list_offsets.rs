@@ -14,19 +14,17 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let snapshot = ctx.broker.metadata();
-    // The leader epoch field exists from v4 on; -1 is its absent value.
-    let epoch = if version >= 4 { 0 } else { -1 };
+    let metadata = ctx.cluster.metadata();
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let handle = snapshot.partition(&topic.name, p.partition_index);
-            let epoch = match &ctx.cluster {
-                Some(cluster) if version >= 4 => {
-                    cluster.metadata().partition(&topic.name, p.partition_index).map_or(-1, |p| p.leader_epoch)
-                }
-                _ => epoch,
+            // The leader epoch field exists from v4 on; -1 is its absent value.
+            let epoch = match metadata.partition(&topic.name, p.partition_index) {
+                Some(p) if version >= 4 => p.leader_epoch,
+                _ => -1,
             };
             let answer = match ctx.check_leader(&topic.name, p.partition_index) {
                 Ok(()) => resolve(handle, p.timestamp, version).await,

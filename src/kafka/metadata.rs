@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::{CreateTopic, TopicError, TopicView};
+use tributary_actors::TopicView;
 
 use super::{str_bytes, topic_name, RequestContext};
 
@@ -49,10 +49,7 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
             out
         }
     };
-    let (brokers, controller) = match &ctx.cluster {
-        Some(cluster) => cluster_brokers(cluster, broker),
-        None => (vec![broker], node),
-    };
+    let (brokers, controller) = cluster_brokers(&ctx.cluster, broker);
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| str_bytes(ctx.config.broker.cluster_id.clone())))
@@ -94,8 +91,7 @@ pub async fn lookup_or_create(
     if let Some(view) = ctx.broker.metadata().topic(name) {
         return describe(ctx, view, version);
     }
-    if let Err(e) = tributary_actors::config::validate_topic_name(name) {
-        tracing::debug!(topic = name, error = %e, "metadata for invalid topic name");
+    if tributary_actors::config::validate_topic_name(name).is_err() {
         return error_topic(Some(name), ResponseError::InvalidTopicException.code());
     }
     if !allow_create {
@@ -109,35 +105,22 @@ pub async fn lookup_or_create(
 
 /// Creates `name` with the broker's defaults. Losing a creation race is success.
 pub async fn auto_create(ctx: &RequestContext, name: &str) -> Result<Arc<TopicView>, i16> {
-    if let Some(cluster) = &ctx.cluster {
-        if let Some(view) = ctx.broker.metadata().topic(name) {
-            return Ok(view.clone());
-        }
-        let partitions = ctx.config.topics.num_partitions;
-        return match cluster.create_topic(&ctx.broker, name, partitions, -1, BTreeMap::new()).await {
-            Ok(view) => Ok(view),
-            Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {
-                let exists = |m: &tributary_actors::MetadataSnapshot| m.topic(name).is_some();
-                cluster.await_local(&ctx.broker, exists).await;
-                ctx.broker.metadata().topic(name).cloned().ok_or(ResponseError::LeaderNotAvailable.code())
-            }
-            Err((code, _)) => Err(code),
-        };
+    if let Some(view) = ctx.broker.metadata().topic(name) {
+        return Ok(view.clone());
     }
-    let msg = CreateTopic {
-        name: name.to_string(),
-        partitions: None,
-        configs: BTreeMap::new(),
-        validate_only: false,
-        id: None,
-    };
-    match ctx.broker.registry().send(msg).await {
-        Ok(Ok(view)) => Ok(view),
-        Ok(Err(TopicError::AlreadyExists(_))) => {
-            ctx.broker.metadata().topic(name).cloned().ok_or(ResponseError::UnknownTopicOrPartition.code())
+    if let Err(e) = tributary_actors::config::validate_topic_name(name) {
+        tracing::debug!(topic = name, error = %e, "not creating a topic of an invalid name");
+        return Err(ResponseError::InvalidTopicException.code());
+    }
+    let partitions = ctx.config.topics.num_partitions;
+    match ctx.cluster.create_topic(&ctx.broker, name, partitions, -1, BTreeMap::new()).await {
+        Ok(view) => Ok(view),
+        Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {
+            let exists = |m: &tributary_actors::MetadataSnapshot| m.topic(name).is_some();
+            ctx.cluster.await_local(&ctx.broker, exists).await;
+            ctx.broker.metadata().topic(name).cloned().ok_or(ResponseError::LeaderNotAvailable.code())
         }
-        Ok(Err(e)) => Err(e.error_code()),
-        Err(_) => Err(ResponseError::UnknownServerError.code()),
+        Err((code, _)) => Err(code),
     }
 }
 
@@ -145,32 +128,9 @@ fn error_topic(name: Option<&str>, code: i16) -> MetadataResponseTopic {
     MetadataResponseTopic::default().with_name(name.map(topic_name)).with_error_code(code)
 }
 
-fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataResponseTopic {
-    if let Some(cluster) = &ctx.cluster {
-        return describe_replicated(cluster, topic, version);
-    }
-    let node = BrokerId(ctx.node_id());
-    let partitions = topic
-        .partitions
-        .iter()
-        .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(node)
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
-        })
-        .collect();
-    MetadataResponseTopic::default()
-        .with_name(Some(topic_name(&topic.name)))
-        .with_topic_id(if version >= 10 { topic.id } else { uuid::Uuid::nil() })
-        .with_partitions(partitions)
-}
-
 /// A topic's partitions as the controller placed them: leader, epoch, replicas, ISR.
-fn describe_replicated(cluster: &crate::cluster::Cluster, topic: &TopicView, version: i16) -> MetadataResponseTopic {
-    let metadata = cluster.metadata();
+fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataResponseTopic {
+    let metadata = ctx.cluster.metadata();
     let ids = |v: &[u64]| v.iter().map(|id| BrokerId(*id as i32)).collect::<Vec<_>>();
     let Some(record) = metadata.topics.get(topic.name.as_ref()) else {
         return error_topic(Some(&topic.name), ResponseError::UnknownTopicOrPartition.code());

@@ -56,8 +56,8 @@ pub struct RequestContext {
     pub broker: Broker,
     pub config: Arc<BrokerConfig>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// `Some` when this broker is part of a cluster.
-    pub cluster: Option<crate::cluster::Cluster>,
+    /// The control plane: every broker is part of a cluster, of one or more.
+    pub cluster: crate::cluster::Cluster,
     /// Bytes of request frames read and not yet answered, over all connections
     /// (limits.max_queued_request_bytes): a reader waits for room before it
     /// reads a frame's body, so many pipelining producers cannot grow memory.
@@ -71,7 +71,7 @@ impl RequestContext {
         broker: Broker,
         config: Arc<BrokerConfig>,
         metrics: Arc<crate::metrics::Metrics>,
-        cluster: Option<crate::cluster::Cluster>,
+        cluster: crate::cluster::Cluster,
     ) -> RequestContext {
         let request_memory = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queued_request_bytes));
         let authorizer = Arc::new(registry::AllowAll);
@@ -91,11 +91,9 @@ impl RequestContext {
         create: bool,
         request: tributary_actors::GroupRequest,
     ) -> Result<Option<tributary_actors::GroupAnswer>, i16> {
-        if let Some(cluster) = &self.cluster {
-            let coordinator = cluster.coordinator_for(group_id)?;
-            if coordinator.node_id != cluster.node_id() {
-                return Err(kafka_protocol::ResponseError::NotCoordinator.code());
-            }
+        let coordinator = self.cluster.coordinator_for(group_id)?;
+        if coordinator.node_id != self.cluster.node_id() {
+            return Err(kafka_protocol::ResponseError::NotCoordinator.code());
         }
         self.broker.group_request(group_id, create, request).await
     }
@@ -103,7 +101,7 @@ impl RequestContext {
     /// In a cluster: `Err(NOT_LEADER_OR_FOLLOWER)` unless this broker leads the
     /// partition (`UNKNOWN_TOPIC_OR_PARTITION` if the cluster has no such partition).
     pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), i16> {
-        let Some(cluster) = &self.cluster else { return Ok(()) };
+        let cluster = &self.cluster;
         match cluster.metadata().partition(topic, partition) {
             None => Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()),
             Some(p) if p.leader == Some(cluster.node_id()) => Ok(()),
@@ -256,18 +254,18 @@ pub fn message_since(version: i16, since: i16, text: impl std::fmt::Display) -> 
     (version >= since).then(|| str_bytes(text.to_string()))
 }
 
-/// A request context over a fresh actor tree in `data_dir`, for tests. Must be
-/// called inside a running actix `System`.
+/// A request context over a fresh broker (a cluster of one) in `data_dir`,
+/// for tests. Must be called inside a running actix `System`.
 #[cfg(test)]
-pub(crate) fn test_context(data_dir: &std::path::Path) -> Arc<RequestContext> {
-    test_context_with(data_dir, "")
+pub(crate) async fn test_context(data_dir: &std::path::Path) -> Arc<RequestContext> {
+    test_context_with(data_dir, "").await
 }
 
 /// As `test_context`, with `overlay` (TOML) over the default config.
 #[cfg(test)]
-pub(crate) fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Arc<RequestContext> {
+pub(crate) async fn test_context_with(data_dir: &std::path::Path, overlay: &str) -> Arc<RequestContext> {
     let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
-    let broker = Broker::start(config.storage_config()).expect("actor tree starts");
-    Arc::new(RequestContext::new(broker, Arc::new(config), Default::default(), None))
+    config.metrics.listen = String::new();
+    Arc::new(crate::node::start(config, Default::default()).await.expect("broker starts"))
 }

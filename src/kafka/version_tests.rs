@@ -71,9 +71,9 @@ fn every_api_answers_at_every_advertised_version() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let ctx = super::test_context(&data_dir);
+        let ctx = super::test_context(&data_dir).await;
         let broker = ctx.broker.clone();
-        broker.create_topic("cov", 1, BTreeMap::new()).await.unwrap();
+        ctx.cluster.create_topic(&broker, "cov", 1, 1, BTreeMap::new()).await.unwrap();
         let batch = encode_batch(&[NewRecord::new("k", "v")], Compression::None, 1_000).unwrap();
 
         for v in versions(ApiKey::ApiVersions) {
@@ -293,8 +293,8 @@ mod groups {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_path_buf();
         actix::System::new().block_on(async move {
-            let ctx = super::super::test_context_with(&data_dir, "[groups]\ninitial_rebalance_delay_ms = 0\n");
-            ctx.broker.create_topic("cov", 2, BTreeMap::new()).await.unwrap();
+            let ctx = super::super::test_context_with(&data_dir, "[groups]\ninitial_rebalance_delay_ms = 0\n").await;
+            ctx.cluster.create_topic(&ctx.broker, "cov", 2, 1, BTreeMap::new()).await.unwrap();
 
             for v in versions(ApiKey::FindCoordinator) {
                 let req = FindCoordinatorRequest::default()
@@ -435,7 +435,7 @@ fn the_registry_is_the_one_list_and_sessions_keep_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     actix::System::new().block_on(async move {
-        let ctx = super::test_context(&data_dir);
+        let ctx = super::test_context(&data_dir).await;
         let session = test_session();
         let req = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("librdkafka"))

@@ -259,11 +259,11 @@ async fn boot(
     // Small maps: a simulated partition holds little, and many are opened per run.
     storage.initial_map_bytes = 16 << 20;
     let broker = tributary_actors::Broker::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let settings = config.cluster_settings()?.ok_or_else(|| anyhow::anyhow!("no [cluster] section"))?;
+    let settings = config.cluster_settings()?;
     let cluster = Cluster::start_simulated(settings, broker.clone(), &data_dir, config.advertised(), network).await?;
     crate::cluster::replica_manager::start(cluster.clone(), broker.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    Ok(Arc::new(RequestContext::new(broker, config, metrics, Some(cluster))))
+    Ok(Arc::new(RequestContext::new(broker, config, metrics, cluster)))
 }
 
 /// How long a simulated client waits for any answer.

@@ -183,5 +183,5 @@ async fn leader_of_random_partition(world: &Shared) -> Option<NodeId> {
     let topic = world.scenario.topics[0].clone();
     let partition = world.random(0..=topic.partitions as u64 - 1) as i32;
     let contexts: Vec<_> = world.brokers.borrow().iter().filter_map(|b| b.context()).collect();
-    contexts.iter().find_map(|c| c.cluster.as_ref()?.metadata().partition(&topic.name, partition)?.leader)
+    contexts.iter().find_map(|c| c.cluster.metadata().partition(&topic.name, partition)?.leader)
 }

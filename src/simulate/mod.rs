@@ -215,7 +215,7 @@ async fn form(world: &Shared) -> Result<(), String> {
             .borrow()
             .iter()
             .filter_map(|b| b.context())
-            .map(|c| c.cluster.as_ref().map_or(0, |c| c.metadata().live_brokers().count()))
+            .map(|c| c.cluster.metadata().live_brokers().count())
             .max()
             .unwrap_or(0);
         if registered == n {
@@ -284,7 +284,7 @@ async fn health(world: &Shared) -> Result<(), String> {
     let mut metadata = None;
     for (id, context) in &contexts {
         let Some(context) = context else { return Err(format!("broker {id} is not up")) };
-        let cluster = context.cluster.as_ref().ok_or("no cluster")?;
+        let cluster = &context.cluster;
         if cluster.controller_id().is_none() {
             return Err(format!("broker {id} knows no controller"));
         }

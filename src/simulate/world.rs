@@ -82,7 +82,7 @@ impl World {
 
     /// The active controller as some running broker sees it.
     pub fn controller(&self) -> Option<NodeId> {
-        self.brokers.borrow().iter().filter_map(|b| b.context()).find_map(|c| c.cluster.as_ref()?.controller_id())
+        self.brokers.borrow().iter().filter_map(|b| b.context()).find_map(|c| c.cluster.controller_id())
     }
 
     /// Sends one Kafka request to broker `node` and waits for its answer, as a
