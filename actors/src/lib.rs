@@ -22,6 +22,7 @@ pub mod partition_log;
 pub mod producer_state;
 pub mod record_batch;
 pub mod replication;
+pub mod stored;
 pub mod topic_registry;
 
 use std::collections::BTreeMap;
