@@ -22,6 +22,7 @@ pub mod partition_log;
 pub mod producer_state;
 pub mod record_batch;
 pub mod replication;
+pub mod stored;
 pub mod topic_registry;
 
 use std::collections::BTreeMap;
@@ -99,7 +100,10 @@ impl Broker {
         // that fails to open is reported to the caller instead of looping.
         let mut registry = Some(registry);
         let registry = Supervisor::start(move |_| registry.take().expect("registry is started once"));
-        let store = OffsetStore::open(&config.data_dir).map_err(|e| TopicError::Storage(e.to_string()))?;
+        let store = OffsetStore::open(&config.data_dir).map_err(|e| match e {
+            offset_store::StoreError::Format { key, error } => TopicError::Format { key, error },
+            other => TopicError::Storage(other.to_string()),
+        })?;
         let mut groups = Some(GroupRegistry::new(config.groups.clone(), store, config.storage_threads > 0));
         let groups = Supervisor::start(move |_| groups.take().expect("group registry is started once"));
         Ok(Broker { config, registry, groups, metadata })

@@ -1,9 +1,10 @@
 //! Committed consumer-group offsets and group records, in one LMDB
 //! environment: `<data_dir>/__consumer_offsets`.
 //!
-//! - `offsets`: `group \0 topic \0 partition(BE i32)` -> postcard `CommittedOffset`
-//! - `groups`:  `group` -> postcard `GroupRecord` (protocol type, generation,
+//! - `offsets`: `group \0 topic \0 partition(BE i32)` -> `StoredCommittedOffset`
+//! - `groups`:  `group` -> `StoredGroupRecord` (protocol type, generation,
 //!   when the group last became empty)
+//! - `format`: the storage format marker. Values are versioned postcard (see `stored`).
 //!
 //! Every commit is its own write transaction, fsynced before the commit is
 //! acknowledged: an acknowledged OffsetCommit survives a crash.
@@ -14,8 +15,11 @@ use heed::types::{Bytes as RawBytes, Str};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, WithoutTls};
 use serde::{Deserialize, Serialize};
 
+use crate::stored::{self, FormatError, UpgradeError};
+
 const OFFSETS_DIR: &str = "__consumer_offsets";
 
+/// Stored as `StoredCommittedOffset::V1`, so this layout is frozen: a new field means a V2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedOffset {
     pub offset: i64,
@@ -24,6 +28,7 @@ pub struct CommittedOffset {
     pub commit_time_ms: i64,
 }
 
+/// Stored as `StoredGroupRecord::V1`, so this layout is frozen: a new field means a V2.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
     pub protocol_type: String,
@@ -35,12 +40,40 @@ pub struct GroupRecord {
 /// A `(topic, partition)` pair.
 pub type TopicPartition = (String, i32);
 
+crate::stored_v1! {
+    /// The format versions of a committed offset.
+    enum StoredCommittedOffset(CommittedOffset) = "committed offset";
+}
+
+crate::stored_v1! {
+    /// The format versions of a group record.
+    enum StoredGroupRecord(GroupRecord) = "group record";
+}
+
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    Storage(heed::Error),
+    Io {
+        dir: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    /// A stored value (at `key`) in a format this build cannot read.
+    Format {
+        key: String,
+        error: FormatError,
+    },
+    /// Group ids are stored NUL-separated from topic names, so they cannot hold one.
+    NulInGroupId,
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "offset store: {}", self.0)
+        match self {
+            StoreError::Storage(e) => write!(f, "offset store: lmdb: {e}"),
+            StoreError::Io { dir, error } => write!(f, "offset store: {}: {error}", dir.display()),
+            StoreError::Format { key, error } => write!(f, "offset store, key {key}: {error}"),
+            StoreError::NulInGroupId => f.write_str("offset store: group id contains a NUL byte"),
+        }
     }
 }
 
@@ -48,8 +81,23 @@ impl std::error::Error for StoreError {}
 
 impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError::Storage(e)
     }
+}
+
+impl From<UpgradeError> for StoreError {
+    fn from(e: UpgradeError) -> Self {
+        match e {
+            UpgradeError::Storage(e) => StoreError::Storage(e),
+            UpgradeError::Store(error) => StoreError::Format { key: stored::FORMAT_KEY.to_string(), error },
+            UpgradeError::Format { key, error } => StoreError::Format { key, error },
+        }
+    }
+}
+
+fn decode_offset(key: &[u8], value: &[u8]) -> Result<CommittedOffset, StoreError> {
+    stored::decode::<StoredCommittedOffset>(value)
+        .map_err(|error| StoreError::Format { key: stored::describe_key(key), error })
 }
 
 fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
@@ -89,18 +137,22 @@ pub struct OffsetStore {
 impl OffsetStore {
     pub fn open(data_dir: &Path) -> Result<OffsetStore, StoreError> {
         let dir = data_dir.join(OFFSETS_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|error| StoreError::Io { dir: dir.clone(), error })?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(1 << 30).max_dbs(2);
+        options.map_size(1 << 30).max_dbs(3);
         // Safety: this directory belongs to the offset store alone.
         let env = unsafe { options.open(&dir) }?;
         let wtxn = env.write_txn()?;
         let (offsets, groups) = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                Ok(CommitOrAbort::<_, ()>::Commit((
-                    opener.create_database::<RawBytes, RawBytes>(wtxn, Some("offsets"))?,
-                    opener.create_database::<Str, RawBytes>(wtxn, Some("groups"))?,
-                )))
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, UpgradeError> {
+                let offsets = opener.create_database::<RawBytes, RawBytes>(wtxn, Some("offsets"))?;
+                let groups = opener.create_database::<Str, RawBytes>(wtxn, Some("groups"))?;
+                let format = opener.create_database(wtxn, Some(stored::FORMAT_DB))?;
+                stored::ensure_format(format, wtxn, "offset store", |wtxn| {
+                    let offsets = stored::upgrade_all::<StoredCommittedOffset, _>(offsets, wtxn)?;
+                    Ok(offsets + stored::upgrade_all::<StoredGroupRecord, _>(groups, wtxn)?)
+                })?;
+                Ok(CommitOrAbort::<_, ()>::Commit((offsets, groups)))
             })?
             .unwrap_commit();
         Ok(OffsetStore { env, offsets, groups })
@@ -109,12 +161,14 @@ impl OffsetStore {
     /// Writes all `offsets` of one commit in one fsynced transaction.
     pub fn commit(&self, group: &str, offsets: &[(TopicPartition, CommittedOffset)]) -> Result<(), StoreError> {
         if group.contains('\0') {
-            return Err(StoreError("group id contains a NUL byte".into()));
+            return Err(StoreError::NulInGroupId);
         }
         let mut wtxn = self.env.write_txn()?;
         for ((topic, partition), committed) in offsets {
-            let value = postcard::to_stdvec(committed).map_err(|e| StoreError(e.to_string()))?;
-            self.offsets.put(&mut wtxn, &offset_key(group, topic, *partition), &value)?;
+            let key = offset_key(group, topic, *partition);
+            let value = stored::encode::<StoredCommittedOffset>(committed)
+                .map_err(|error| StoreError::Format { key: stored::describe_key(&key), error })?;
+            self.offsets.put(&mut wtxn, &key, &value)?;
         }
         wtxn.commit()?;
         Ok(())
@@ -127,16 +181,16 @@ impl OffsetStore {
         for entry in self.offsets.prefix_iter(&rtxn, &group_prefix(group))? {
             let (key, value) = entry?;
             let Some((_, tp)) = parse_offset_key(key) else { continue };
-            let committed = postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?;
-            out.push((tp, committed));
+            out.push((tp, decode_offset(key, value)?));
         }
         Ok(out)
     }
 
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Result<Option<CommittedOffset>, StoreError> {
         let rtxn = self.env.read_txn()?;
-        match self.offsets.get(&rtxn, &offset_key(group, topic, partition))? {
-            Some(value) => Ok(Some(postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?)),
+        let key = offset_key(group, topic, partition);
+        match self.offsets.get(&rtxn, &key)? {
+            Some(value) => Ok(Some(decode_offset(&key, value)?)),
             None => Ok(None),
         }
     }
@@ -173,13 +227,17 @@ impl OffsetStore {
     pub fn group(&self, group: &str) -> Result<Option<GroupRecord>, StoreError> {
         let rtxn = self.env.read_txn()?;
         match self.groups.get(&rtxn, group)? {
-            Some(value) => Ok(Some(postcard::from_bytes(value).map_err(|e| StoreError(e.to_string()))?)),
+            Some(value) => Ok(Some(
+                stored::decode::<StoredGroupRecord>(value)
+                    .map_err(|error| StoreError::Format { key: group.to_string(), error })?,
+            )),
             None => Ok(None),
         }
     }
 
     pub fn put_group(&self, group: &str, record: &GroupRecord) -> Result<(), StoreError> {
-        let value = postcard::to_stdvec(record).map_err(|e| StoreError(e.to_string()))?;
+        let value = stored::encode::<StoredGroupRecord>(record)
+            .map_err(|error| StoreError::Format { key: group.to_string(), error })?;
         let mut wtxn = self.env.write_txn()?;
         self.groups.put(&mut wtxn, group, &value)?;
         wtxn.commit()?;

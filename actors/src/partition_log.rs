@@ -7,7 +7,15 @@
 //! - `time_index`: running maximum timestamp (sign bit flipped) -> base offset
 //!   of the first batch that reached it. Monotonic, so "first offset with
 //!   timestamp >= t" is one lookup, as Kafka's time index.
-//! - `meta`: `log_start_offset`.
+//! - `meta`: `log_start_offset`, `log_bytes`.
+//! - `producers`: producer id -> its idempotence state, a versioned
+//!   `StoredProducerState` (see `stored`).
+//! - `epochs`: leader epoch -> the first offset written in it.
+//! - `format`: the storage format marker (`stored::ensure_format`).
+//!
+//! Only producer states are versioned postcard values: batches are Kafka's
+//! own format (magic byte inside), and every other key and value is a
+//! fixed-width big-endian integer, whose width is its format.
 //!
 //! Invariants: batch keys are contiguous (each key is the previous key plus
 //! its record count); the log end offset is the last batch's last offset + 1;
@@ -28,6 +36,7 @@ use std::collections::HashMap;
 
 use crate::producer_state::{self, ProducerState, SeqCheck, SeqEntry, SeqError};
 use crate::record_batch::{after_prefix, stamp_log_append_time, stored_prefix, BatchHeader, ValidatedBatch};
+use crate::stored::{self, FormatError, UpgradeError};
 
 type OffsetKey = U64<BigEndian>;
 /// Databases outlive the transaction that created them once it commits.
@@ -102,6 +111,11 @@ pub enum LogError {
     },
     /// Stored bytes that do not parse: never expected, reported loudly.
     Corrupt(String),
+    /// A stored value (at `key`) in a format this build cannot read.
+    Format {
+        key: String,
+        error: FormatError,
+    },
 }
 
 impl std::fmt::Display for LogError {
@@ -118,6 +132,7 @@ impl std::fmt::Display for LogError {
                 offsets.log_start_offset, offsets.log_end_offset
             ),
             LogError::Corrupt(m) => write!(f, "stored data is corrupt: {m}"),
+            LogError::Format { key, error } => write!(f, "key {key}: {error}"),
         }
     }
 }
@@ -128,6 +143,21 @@ impl From<heed::Error> for LogError {
     fn from(e: heed::Error) -> Self {
         LogError::Storage(e)
     }
+}
+
+impl From<UpgradeError> for LogError {
+    fn from(e: UpgradeError) -> Self {
+        match e {
+            UpgradeError::Storage(e) => LogError::Storage(e),
+            UpgradeError::Store(error) => LogError::Format { key: stored::FORMAT_KEY.to_string(), error },
+            UpgradeError::Format { key, error } => LogError::Format { key, error },
+        }
+    }
+}
+
+crate::stored_v1! {
+    /// The format versions of a producer's idempotence state.
+    enum StoredProducerState(ProducerState) = "producer state";
 }
 
 impl From<std::io::Error> for LogError {
@@ -209,7 +239,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(config.initial_map_bytes).max_dbs(5).max_readers(126);
+        options.map_size(config.initial_map_bytes).max_dbs(6).max_readers(126);
         if config.flush_interval().is_some() {
             // Safety: NO_SYNC trades the last un-flushed commits on a machine
             // crash for speed; the actor calls force_sync every interval.
@@ -220,12 +250,17 @@ impl PartitionLog {
         let env = unsafe { options.open(dir) }?;
         let wtxn = env.write_txn()?;
         let (batches, time_index, meta, producers, epochs) = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, UpgradeError> {
+                let producers = opener.create_database(wtxn, Some("producers"))?;
+                let format = opener.create_database(wtxn, Some(stored::FORMAT_DB))?;
+                stored::ensure_format(format, wtxn, "partition log", |wtxn| {
+                    stored::upgrade_all::<StoredProducerState, OffsetKey>(producers, wtxn)
+                })?;
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     opener.create_database(wtxn, Some("batches"))?,
                     opener.create_database(wtxn, Some("time_index"))?,
                     opener.create_database(wtxn, Some("meta"))?,
-                    opener.create_database(wtxn, Some("producers"))?,
+                    producers,
                     opener.create_database(wtxn, Some("epochs"))?,
                 )))
             })?
@@ -275,7 +310,8 @@ impl PartitionLog {
         };
         for entry in self.producers.iter(&rtxn)? {
             let (producer_id, value) = entry?;
-            let state = postcard::from_bytes(value).map_err(|e| LogError::Corrupt(format!("producer state: {e}")))?;
+            let state = stored::decode::<StoredProducerState>(value)
+                .map_err(|error| LogError::Format { key: format!("producer {producer_id}"), error })?;
             self.producer_states.insert(producer_id as i64, state);
         }
         for entry in self.epochs.iter(&rtxn)? {
@@ -361,8 +397,7 @@ impl PartitionLog {
             outcomes.push(Ok(AppendOutcome { base_offset, last_offset, log_append_time }));
         }
         for (producer_id, state) in &touched {
-            let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
-            self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
+            self.put_producer(&mut wtxn, *producer_id, state)?;
         }
         self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
         let new_epoch = next > self.offsets.log_end_offset && self.latest_epoch() < Some(self.leader_epoch);
@@ -380,6 +415,14 @@ impl PartitionLog {
         self.log_bytes = log_bytes;
         self.producer_states.extend(touched);
         Ok(outcomes)
+    }
+
+    /// Writes one producer's state in its current format.
+    fn put_producer(&self, wtxn: &mut heed::RwTxn, producer_id: i64, state: &ProducerState) -> Result<(), LogError> {
+        let value = stored::encode::<StoredProducerState>(state)
+            .map_err(|error| LogError::Format { key: format!("producer {producer_id}"), error })?;
+        self.producers.put(wtxn, &(producer_id as u64), &value)?;
+        Ok(())
     }
 
     /// For each batch of `group`: append or duplicate, and the producer state
@@ -759,8 +802,7 @@ impl PartitionLog {
             next = header.last_offset() + 1;
         }
         for (producer_id, state) in &touched {
-            let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
-            self.producers.put(&mut wtxn, &(*producer_id as u64), &value)?;
+            self.put_producer(&mut wtxn, *producer_id, state)?;
         }
         self.meta.put(&mut wtxn, LOG_BYTES_KEY, &log_bytes)?;
         wtxn.commit()?;
@@ -829,8 +871,7 @@ impl PartitionLog {
         for producer_id in affected {
             match rebuilt.get(&producer_id) {
                 Some(state) => {
-                    let value = postcard::to_stdvec(state).map_err(|e| LogError::Corrupt(e.to_string()))?;
-                    self.producers.put(&mut wtxn, &(producer_id as u64), &value)?;
+                    self.put_producer(&mut wtxn, producer_id, state)?;
                     touched.push((producer_id, state.clone()));
                 }
                 None => {

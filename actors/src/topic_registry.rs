@@ -1,7 +1,9 @@
 //! `TopicRegistry`: the actor that owns which topics exist.
 //!
 //! It persists topic records (id, partition count, config overrides) with
-//! postcard in a small LMDB environment, `<data_dir>/__tributary_metadata`,
+//! postcard in a small LMDB environment, `<data_dir>/__tributary_metadata`
+//! (versioned, see `stored`: `topics` holds `StoredTopicRecord`s, `counters`
+//! the `StoredBrokerConfigs` and the producer-id counter, a raw big-endian i64),
 //! spawns one supervised `PartitionActor` per partition on the storage
 //! arbiters, and publishes an immutable `MetadataSnapshot` through a `watch`
 //! channel. Request handlers read the snapshot without a message round trip;
@@ -22,6 +24,7 @@ use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
 use crate::partition_actor::{partition_dir, Append, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
 use crate::record_batch::{require_keys, validate_batches, BatchError};
+use crate::stored::{self, FormatError, UpgradeError};
 
 const METADATA_DIR: &str = "__tributary_metadata";
 
@@ -92,6 +95,21 @@ pub enum TopicError {
     InvalidReplicationFactor(String),
     InvalidConfig(String),
     Storage(String),
+    /// A stored value (at `key`) that this build cannot read.
+    Format {
+        key: String,
+        error: FormatError,
+    },
+}
+
+impl From<UpgradeError> for TopicError {
+    fn from(e: UpgradeError) -> Self {
+        match e {
+            UpgradeError::Storage(e) => TopicError::Storage(format!("metadata store: {e}")),
+            UpgradeError::Store(error) => TopicError::Format { key: stored::FORMAT_KEY.to_string(), error },
+            UpgradeError::Format { key, error } => TopicError::Format { key, error },
+        }
+    }
 }
 
 impl TopicError {
@@ -104,7 +122,7 @@ impl TopicError {
             TopicError::InvalidPartitions(_) => E::InvalidPartitions.code(),
             TopicError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
             TopicError::InvalidConfig(_) => E::InvalidConfig.code(),
-            TopicError::Storage(_) => E::KafkaStorageError.code(),
+            TopicError::Storage(_) | TopicError::Format { .. } => E::KafkaStorageError.code(),
         }
     }
 }
@@ -119,18 +137,40 @@ impl std::fmt::Display for TopicError {
             | TopicError::InvalidReplicationFactor(m)
             | TopicError::InvalidConfig(m)
             | TopicError::Storage(m) => f.write_str(m),
+            TopicError::Format { key, error } => write!(f, "metadata store, key '{key}': {error}"),
         }
     }
 }
 
 impl std::error::Error for TopicError {}
 
-/// What the metadata store keeps per topic.
+/// What the metadata store keeps per topic. Stored as `StoredTopicRecord::V1`,
+/// so this layout is frozen: a new field means a V2.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TopicRecord {
     id: [u8; 16],
     partitions: i32,
     overrides: BTreeMap<String, String>,
+}
+
+crate::stored_v1! {
+    /// The format versions of a topic record.
+    enum StoredTopicRecord(TopicRecord) = "topic record";
+}
+
+crate::stored_v1! {
+    /// The format versions of the dynamic broker configs (topic-config name -> value).
+    enum StoredBrokerConfigs(BTreeMap<String, String>) = "dynamic broker configs";
+}
+
+/// Rewrites a legacy (aaeadfb) metadata store in the current format, in `wtxn`.
+fn upgrade_legacy(
+    topics: Database<'_, Str, RawBytes>,
+    counters: Database<'_, Str, RawBytes>,
+    wtxn: &mut heed::RwTxn,
+) -> Result<usize, UpgradeError> {
+    let topics = stored::upgrade_all::<StoredTopicRecord, _>(topics, wtxn)?;
+    Ok(topics + stored::upgrade_one::<StoredBrokerConfigs>(counters, wtxn, BROKER_CONFIG_KEY)?)
 }
 
 /// Create a topic. `partitions: None` takes the broker default.
@@ -165,7 +205,8 @@ pub struct TopicRegistry {
     config: Arc<StorageConfig>,
     env: Env<WithoutTls>,
     store: Database<'static, Str, RawBytes>,
-    /// Durable counters (the next producer id) and the dynamic broker configs.
+    /// Durable counters (the next producer id, a raw big-endian i64: fixed
+    /// width, not versioned) and the dynamic broker configs (versioned).
     counters: Database<'static, Str, RawBytes>,
     broker_overrides: BTreeMap<String, String>,
     topics: BTreeMap<Arc<str>, Arc<TopicView>>,
@@ -191,13 +232,15 @@ impl TopicRegistry {
         let env = unsafe { options.open(&dir) }.map_err(|e| storage(&e))?;
         let wtxn = env.write_txn().map_err(|e| storage(&e))?;
         let (store, counters) = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
-                Ok(CommitOrAbort::<_, ()>::Commit((
-                    opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?,
-                    opener.create_database::<Str, RawBytes>(wtxn, Some("counters"))?,
-                )))
-            })
-            .map_err(|e| storage(&e))?
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, UpgradeError> {
+                let topics = opener.create_database::<Str, RawBytes>(wtxn, Some("topics"))?;
+                let counters = opener.create_database::<Str, RawBytes>(wtxn, Some("counters"))?;
+                let format = opener.create_database(wtxn, Some(stored::FORMAT_DB))?;
+                stored::ensure_format(format, wtxn, "topic metadata store", |wtxn| {
+                    upgrade_legacy(topics, counters, wtxn)
+                })?;
+                Ok(CommitOrAbort::<_, ()>::Commit((topics, counters)))
+            })?
             .unwrap_commit();
 
         // No threads: partitions run on the caller's thread (the simulation needs one thread).
@@ -231,14 +274,14 @@ impl TopicRegistry {
         if let Some(bytes) =
             self.counters.get(&rtxn, BROKER_CONFIG_KEY).map_err(|e| TopicError::Storage(e.to_string()))?
         {
-            self.broker_overrides = postcard::from_bytes(bytes)
-                .map_err(|e| TopicError::Storage(format!("dynamic broker configs unreadable: {e}")))?;
+            self.broker_overrides = stored::decode::<StoredBrokerConfigs>(bytes)
+                .map_err(|error| TopicError::Format { key: BROKER_CONFIG_KEY.to_string(), error })?;
         }
         let mut records = Vec::new();
         for entry in self.store.iter(&rtxn).map_err(|e| TopicError::Storage(e.to_string()))? {
             let (name, value) = entry.map_err(|e| TopicError::Storage(e.to_string()))?;
-            let record: TopicRecord = postcard::from_bytes(value)
-                .map_err(|e| TopicError::Storage(format!("topic record '{name}' unreadable: {e}")))?;
+            let record = stored::decode::<StoredTopicRecord>(value)
+                .map_err(|error| TopicError::Format { key: name.to_string(), error })?;
             records.push((name.to_string(), record));
         }
         drop(rtxn);
@@ -290,7 +333,8 @@ impl TopicRegistry {
         let mut wtxn = self.env.write_txn().map_err(|e| storage(&e))?;
         match record {
             Some(record) => {
-                let bytes = postcard::to_stdvec(record).map_err(|e| storage(&e))?;
+                let bytes = stored::encode::<StoredTopicRecord>(record)
+                    .map_err(|error| TopicError::Format { key: name.to_string(), error })?;
                 self.store.put(&mut wtxn, name, &bytes).map_err(|e| storage(&e))?;
             }
             None => {
@@ -434,7 +478,8 @@ impl TopicRegistry {
         if validate_only {
             return Ok(overrides);
         }
-        let bytes = postcard::to_stdvec(&overrides).map_err(|e| TopicError::Storage(e.to_string()))?;
+        let bytes = stored::encode::<StoredBrokerConfigs>(&overrides)
+            .map_err(|error| TopicError::Format { key: BROKER_CONFIG_KEY.to_string(), error })?;
         let storage = |e: heed::Error| TopicError::Storage(format!("dynamic broker configs: {e}"));
         let mut wtxn = self.env.write_txn().map_err(storage)?;
         self.counters.put(&mut wtxn, BROKER_CONFIG_KEY, &bytes).map_err(storage)?;

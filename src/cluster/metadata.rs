@@ -53,6 +53,9 @@ pub struct TopicRecord {
     pub partitions: Vec<PartitionRecord>,
 }
 
+/// Stored in Raft snapshots as V1 of `raft::StoredMachineState`, and
+/// `Command` in log entries as V1 of `raft::StoredEntry`: these types (and the
+/// records in them) keep their layout; a new field means a new version there.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMetadata {
     pub brokers: BTreeMap<NodeId, BrokerRecord>,
