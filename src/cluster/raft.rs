@@ -86,9 +86,57 @@ tributary_actors::stored_v1! {
     /// The format versions of the stored snapshot.
     enum StoredSnapshot(SnapshotRecord) = "raft snapshot";
 }
-tributary_actors::stored_v1! {
-    /// The format versions of a snapshot's data: what followers install, too.
-    enum StoredMachineState(MachineState) = "raft snapshot data";
+/// The format versions of a snapshot's data: what followers install, too.
+#[derive(Serialize, Deserialize)]
+enum StoredMachineState {
+    V1(MachineState),
+}
+
+impl Versioned for StoredMachineState {
+    const RECORD: &'static str = "raft snapshot data";
+    const NEWEST: u32 = 1;
+    type Current = MachineState;
+
+    fn from_current(value: &MachineState) -> Self {
+        StoredMachineState::V1(value.clone())
+    }
+
+    fn into_current(self) -> MachineState {
+        match self {
+            StoredMachineState::V1(state) => state,
+        }
+    }
+
+    /// Release aaeadfb's snapshot data predates the dynamic broker configs in
+    /// the metadata: its layout is [`LegacyMachineState`].
+    fn from_legacy(bytes: &[u8]) -> Result<Self, tributary_actors::stored::PostcardError> {
+        let legacy: LegacyMachineState = tributary_actors::stored::postcard_decode(bytes)?;
+        let metadata = ClusterMetadata {
+            brokers: legacy.metadata.brokers,
+            topics: legacy.metadata.topics,
+            topic_defaults: Default::default(),
+        };
+        Ok(StoredMachineState::V1(MachineState {
+            last_applied: legacy.last_applied,
+            membership: legacy.membership,
+            metadata,
+        }))
+    }
+}
+
+/// `MachineState` as release aaeadfb stored it (frozen).
+#[derive(Deserialize)]
+struct LegacyMachineState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    metadata: LegacyClusterMetadata,
+}
+
+/// `ClusterMetadata` as release aaeadfb stored it: no dynamic broker configs (frozen).
+#[derive(Deserialize)]
+struct LegacyClusterMetadata {
+    brokers: std::collections::BTreeMap<NodeId, super::metadata::BrokerRecord>,
+    topics: std::collections::BTreeMap<String, super::metadata::TopicRecord>,
 }
 
 /// Rewrites a legacy (aaeadfb) Raft store in the current format, in `wtxn`.
