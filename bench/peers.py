@@ -158,6 +158,19 @@ class TributaryInterval(Tributary):
     durability = "interval"
 
 
+class TributaryBaseline(Tributary):
+    """Another build of Tributary (TRIBUTARY_BASELINE_BIN), default durability: a change's
+    before and after in one run (`--only tributary-baseline,tributary`)."""
+
+    name = "tributary-baseline"
+
+    def command(self):
+        baseline = os.environ.get("TRIBUTARY_BASELINE_BIN")
+        if not baseline or not Path(baseline).exists():
+            raise SystemExit("tributary-baseline needs TRIBUTARY_BASELINE_BIN, the path of the other build")
+        return [baseline] + super().command()[1:]
+
+
 class Tansu(Broker):
     name = "tansu"
 
@@ -189,7 +202,7 @@ class Nats(Broker):
         return f"nats://127.0.0.1:{self.port}"
 
 
-BROKERS = {b.name: b for b in (Tributary, TributaryInterval, Tansu, TansuMemory, Nats)}
+BROKERS = {b.name: b for b in (Tributary, TributaryInterval, TributaryBaseline, Tansu, TansuMemory, Nats)}
 
 
 def client(*args):
@@ -377,7 +390,7 @@ ROWS = [
 
 # Durability-matched pairs: Tansu's SQLite engine and JetStream do not fsync each write either.
 RATIOS = [("tributary", "tansu"), ("tributary-interval", "tansu"), ("tributary", "tansu-memory"),
-          ("tributary-interval", "nats")]
+          ("tributary-interval", "nats"), ("tributary", "tributary-baseline")]
 
 
 def pick(results, workload, path):
@@ -468,7 +481,8 @@ def main():
     ap.add_argument("--nats-window", type=int, default=1024, help="JetStream acks outstanding per publisher")
     ap.add_argument("--nats-many-window", type=int, default=256,
                     help="acks outstanding per publisher with 100 publishers")
-    ap.add_argument("--only", default=",".join(BROKERS), help="comma-separated brokers to run")
+    ap.add_argument("--only", default=",".join(b for b in BROKERS if b != "tributary-baseline"),
+                    help="comma-separated brokers to run")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--workdir", help="where data directories go (default: a temp dir under /tmp)")
     ap.add_argument("--out", default=str(RESULTS / "peers"))
