@@ -323,7 +323,11 @@ impl PartitionActor {
     /// Publishes the offsets (waking long-poll fetches) with the visible high watermark.
     fn publish_offsets(&self) {
         if let Some(log) = &self.log {
-            let offsets = LogOffsets { high_watermark: self.visible_end(), ..log.offsets() };
+            let offsets = LogOffsets {
+                high_watermark: self.visible_end(),
+                leader_epoch: self.role.leading_epoch(),
+                ..log.offsets()
+            };
             // Only a change wakes the fetches waiting on this watch.
             self.offsets_tx.send_if_modified(|current| {
                 let changed = *current != offsets;

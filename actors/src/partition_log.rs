@@ -60,6 +60,10 @@ pub struct LogOffsets {
     pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub high_watermark: i64,
+    /// The leader epoch this replica leads the partition in, `None` while it
+    /// does not lead. Set by the partition actor from its role (the log itself
+    /// knows no roles), so every request kind checks leadership one way.
+    pub leader_epoch: Option<i32>,
 }
 
 impl LogOffsets {
@@ -319,7 +323,12 @@ impl PartitionLog {
             self.epoch_starts.push((epoch as i32, start as i64));
         }
         assert!(log_start <= log_end, "log start {log_start} beyond log end {log_end}");
-        self.offsets = LogOffsets { log_start_offset: log_start, log_end_offset: log_end, high_watermark: log_end };
+        self.offsets = LogOffsets {
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+            high_watermark: log_end,
+            leader_epoch: None,
+        };
         Ok(())
     }
 
@@ -894,7 +903,8 @@ impl PartitionLog {
         let rtxn = self.env.read_txn()?;
         self.max_timestamp = self.time_index.last(&rtxn)?.map_or(i64::MIN, |(k, _)| key_timestamp(k));
         drop(rtxn);
-        self.offsets = LogOffsets { log_start_offset: start, log_end_offset: end, high_watermark: end };
+        self.offsets =
+            LogOffsets { log_start_offset: start, log_end_offset: end, high_watermark: end, leader_epoch: None };
         tracing::info!(dir = %self.dir.display(), log_start = start, log_end = end, "truncated log");
         Ok(())
     }
@@ -1137,7 +1147,10 @@ mod tests {
         );
         // Far behind a leader whose log now starts at 100: empty, and restart there.
         follower.restart_at(100).unwrap();
-        assert_eq!(follower.offsets(), LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100 });
+        assert_eq!(
+            follower.offsets(),
+            LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100, leader_epoch: None }
+        );
         assert!(follower.read(100, 1 << 20, true).unwrap().records.is_empty());
     }
 
@@ -1212,7 +1225,10 @@ mod tests {
             assert!(log.read(5, 100, true).unwrap().records.is_empty());
         }
         let log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5 });
+        assert_eq!(
+            log.offsets(),
+            LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5, leader_epoch: None }
+        );
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
         assert_eq!(log.offset_for_timestamp(999).unwrap(), None);
@@ -1342,7 +1358,10 @@ mod tests {
         assert!(matches!(log.delete_records_before(101), Err(LogError::OffsetOutOfRange { .. })));
         drop(log);
         let mut log = PartitionLog::open(&path, &config).unwrap();
-        assert_eq!(log.offsets(), LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100 });
+        assert_eq!(
+            log.offsets(),
+            LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100, leader_epoch: None }
+        );
         assert_eq!(log.log_bytes(), per_batch * 3);
         // Everything: the log is empty and continues at the same offsets.
         assert_eq!(log.delete_records_before(-1).unwrap(), 100);

@@ -71,6 +71,15 @@ impl Role {
         }
     }
 
+    /// The epoch this replica leads in (a standalone partition leads itself), or `None`.
+    pub fn leading_epoch(&self) -> Option<i32> {
+        match self {
+            Role::Standalone => Some(0),
+            Role::Leader(l) => Some(l.epoch),
+            Role::Follower { .. } => None,
+        }
+    }
+
     /// Same role, epoch and ISR: nothing to do.
     pub fn same_as(&self, other: &Role) -> bool {
         match (self, other) {

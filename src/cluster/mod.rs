@@ -627,6 +627,22 @@ impl Cluster {
         matches!(waited, Ok(Ok(_)))
     }
 
+    /// Waits (bounded) until the partitions of `name` that the metadata says
+    /// this broker leads have taken the leader role, so a topic is answered
+    /// created only once it takes produce here. Woken by the partitions' watches.
+    async fn await_leading(&self, broker: &Broker, name: &str) {
+        let (Some(view), metadata) = (broker.metadata().topic(name).cloned(), self.metadata()) else { return };
+        let Some(topic) = metadata.topics.get(name) else { return };
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        for (record, handle) in topic.partitions.iter().zip(view.partitions.iter()) {
+            if record.leader != Some(self.node_id()) {
+                continue;
+            }
+            let mut offsets = handle.offsets.clone();
+            let _ = tokio::time::timeout_at(deadline, offsets.wait_for(|o| o.leader_epoch.is_some())).await;
+        }
+    }
+
     /// Waits until the metadata lists this broker as registered and unfenced:
     /// what a cluster of one needs before it answers clients.
     pub async fn registered(&self, timeout: Duration) -> anyhow::Result<()> {
@@ -673,6 +689,7 @@ impl Cluster {
                 format!("topic '{name}' was created but is not yet on this broker"),
             ));
         }
+        self.await_leading(broker, name).await;
         broker
             .metadata()
             .topic(name)

@@ -14,20 +14,20 @@ const MAX_TIMESTAMP: i64 = -3;
 
 pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let snapshot = ctx.broker.metadata();
-    let metadata = ctx.cluster.metadata();
     let mut topics = Vec::with_capacity(req.topics.len());
     for topic in req.topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in topic.partitions {
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let handle = snapshot.partition(&topic.name, p.partition_index);
+            let leading = super::leader_epoch(handle);
             // The leader epoch field exists from v4 on; -1 is its absent value.
-            let epoch = match metadata.partition(&topic.name, p.partition_index) {
-                Some(p) if version >= 4 => p.leader_epoch,
+            let epoch = match leading {
+                Ok(epoch) if version >= 4 => epoch,
                 _ => -1,
             };
-            let answer = match ctx.check_leader(&topic.name, p.partition_index) {
-                Ok(()) => resolve(handle, p.timestamp, version).await,
+            let answer = match leading {
+                Ok(_) => resolve(handle, p.timestamp, version).await,
                 Err(code) => Err(code),
             };
             partitions.push(match answer {

@@ -97,17 +97,15 @@ impl RequestContext {
         }
         self.broker.group_request(group_id, create, request).await
     }
+}
 
-    /// In a cluster: `Err(NOT_LEADER_OR_FOLLOWER)` unless this broker leads the
-    /// partition (`UNKNOWN_TOPIC_OR_PARTITION` if the cluster has no such partition).
-    pub fn check_leader(&self, topic: &str, partition: i32) -> Result<(), i16> {
-        let cluster = &self.cluster;
-        match cluster.metadata().partition(topic, partition) {
-            None => Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()),
-            Some(p) if p.leader == Some(cluster.node_id()) => Ok(()),
-            Some(_) => Err(kafka_protocol::ResponseError::NotLeaderOrFollower.code()),
-        }
-    }
+/// The one leadership check: a partition's own role, as its actor publishes
+/// it with its offsets. The role follows the controller's metadata and this
+/// broker's lease, and the actor refuses produce by the same role, so produce,
+/// fetch and list offsets agree on who leads. Answers the leader epoch.
+pub fn leader_epoch(handle: Option<&tributary_actors::PartitionHandle>) -> Result<i32, i16> {
+    let Some(handle) = handle else { return Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()) };
+    handle.offsets.borrow().leader_epoch.ok_or(kafka_protocol::ResponseError::NotLeaderOrFollower.code())
 }
 
 /// The registry line of `key`, if this broker serves it.
