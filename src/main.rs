@@ -81,6 +81,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let global = parsed.global;
+    if matches!(
+        parsed.command,
+        Command::Topic(_) | Command::Group(_) | Command::Produce(_) | Command::Consume(_) | Command::Cluster { .. }
+    ) {
+        cli::exit_quietly_on_closed_stdout();
+    }
     match parsed.command {
         Command::Topic(command) => cli::topic(&global, command),
         Command::Group(command) => cli::group(&global, command),
