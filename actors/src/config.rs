@@ -167,6 +167,100 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "unclean.leader.election.enable",
 ];
 
+/// Topic configs whose value is a comma-separated list (Kafka's `Type.LIST`):
+/// the only ones APPEND and SUBTRACT apply to.
+pub const LIST_TOPIC_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// One change to a config, as IncrementalAlterConfigs names them (Kafka's
+/// `AlterConfigOp.OpType`); AlterConfigs only sets and deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    Set(String),
+    /// Back to the default.
+    Delete,
+    /// List configs: adds each of the comma-separated values not yet in the list.
+    Append(String),
+    /// List configs: removes each of the comma-separated values from the list.
+    Subtract(String),
+}
+
+/// Why a `ConfigOp` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOpError {
+    /// APPEND or SUBTRACT on a config that is not a list; Kafka answers
+    /// INVALID_REQUEST ("Config value append is not allowed for config key").
+    NotAList(String),
+    /// An unknown config name (INVALID_CONFIG).
+    Invalid(ConfigError),
+}
+
+impl std::fmt::Display for ConfigOpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigOpError::NotAList(m) => f.write_str(m),
+            ConfigOpError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigOpError {}
+
+impl ConfigOp {
+    /// Applies this change of config `name` to `overrides`. APPEND and
+    /// SUBTRACT start from the value in force: the override if there is one,
+    /// else `current`'s (which holds the defaults, dynamic ones included; Kafka
+    /// starts from the static default there). The result is validated when the
+    /// overrides are applied (`TopicConfig::with_overrides`).
+    pub fn apply(
+        self,
+        name: &str,
+        overrides: &mut BTreeMap<String, String>,
+        current: &TopicConfig,
+    ) -> Result<(), ConfigOpError> {
+        let unknown = || ConfigOpError::Invalid(ConfigError(format!("unknown topic config '{name}'")));
+        let (value, op) = match self {
+            ConfigOp::Set(value) => {
+                overrides.insert(name.to_string(), value);
+                return Ok(());
+            }
+            ConfigOp::Delete => {
+                if current.get(name).is_none() {
+                    return Err(unknown());
+                }
+                overrides.remove(name);
+                return Ok(());
+            }
+            ConfigOp::Append(value) => (value, "append"),
+            ConfigOp::Subtract(value) => (value, "subtract"),
+        };
+        let Some(in_force) = overrides.get(name).cloned().or_else(|| current.get(name)) else {
+            return Err(unknown());
+        };
+        if !LIST_TOPIC_CONFIGS.contains(&name) {
+            return Err(ConfigOpError::NotAList(format!(
+                "Config value {op} is not allowed for config key: {name} (it is not a list; lists: {})",
+                LIST_TOPIC_CONFIGS.join(", ")
+            )));
+        }
+        let append = op == "append";
+        let items = |list: &str| -> Vec<String> {
+            list.split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect()
+        };
+        let (mut list, given) = (items(&in_force), items(&value));
+        if append {
+            for v in given {
+                if !list.contains(&v) {
+                    list.push(v);
+                }
+            }
+        } else {
+            list.retain(|v| !given.contains(v));
+        }
+        overrides.insert(name.to_string(), list.join(","));
+        Ok(())
+    }
+}
+
 fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
     value.trim().parse().map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
 }
@@ -298,6 +392,27 @@ mod tests {
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn append_and_subtract_change_list_configs_only() {
+        let defaults = TopicConfig::default();
+        let mut overrides = BTreeMap::new();
+        ConfigOp::Append("compact".into()).apply("cleanup.policy", &mut overrides, &defaults).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "delete,compact", "appended to the default in force");
+        ConfigOp::Append("compact, delete".into()).apply("cleanup.policy", &mut overrides, &defaults).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "delete,compact", "values already there are not added twice");
+        let config = TopicConfig::with_overrides(&defaults, &overrides).unwrap();
+        assert!(config.is_compacted() && config.cleanup_policy.contains("delete"));
+        ConfigOp::Subtract("delete,absent".into()).apply("cleanup.policy", &mut overrides, &config).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "compact");
+        ConfigOp::Subtract("compact".into()).apply("cleanup.policy", &mut overrides, &config).unwrap();
+        assert!(TopicConfig::with_overrides(&defaults, &overrides).is_err(), "an empty cleanup.policy is refused");
+
+        let not_a_list = ConfigOp::Append("1".into()).apply("retention.ms", &mut overrides, &defaults);
+        assert!(matches!(not_a_list, Err(ConfigOpError::NotAList(m)) if m.contains("key: retention.ms")));
+        let unknown = ConfigOp::Subtract("x".into()).apply("no.such.config", &mut overrides, &defaults);
+        assert!(matches!(unknown, Err(ConfigOpError::Invalid(_))));
     }
 
     #[test]

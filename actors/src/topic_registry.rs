@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
+use crate::config::{validate_topic_name, ConfigOp, StorageConfig, TopicConfig};
 use crate::partition_actor::{partition_dir, Append, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
 use crate::record_batch::{require_keys, validate_batches, BatchError};
@@ -89,7 +89,18 @@ pub enum TopicError {
     InvalidPartitions(String),
     InvalidReplicationFactor(String),
     InvalidConfig(String),
+    /// A request Kafka refuses as malformed, e.g. APPEND on a config that is not a list.
+    InvalidRequest(String),
     Storage(String),
+}
+
+impl From<crate::config::ConfigOpError> for TopicError {
+    fn from(e: crate::config::ConfigOpError) -> Self {
+        match e {
+            crate::config::ConfigOpError::NotAList(m) => TopicError::InvalidRequest(m),
+            crate::config::ConfigOpError::Invalid(e) => TopicError::InvalidConfig(e.0),
+        }
+    }
 }
 
 impl TopicError {
@@ -102,6 +113,7 @@ impl TopicError {
             TopicError::InvalidPartitions(_) => E::InvalidPartitions.code(),
             TopicError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
             TopicError::InvalidConfig(_) => E::InvalidConfig.code(),
+            TopicError::InvalidRequest(_) => E::InvalidRequest.code(),
             TopicError::Storage(_) => E::KafkaStorageError.code(),
         }
     }
@@ -116,6 +128,7 @@ impl std::fmt::Display for TopicError {
             | TopicError::InvalidPartitions(m)
             | TopicError::InvalidReplicationFactor(m)
             | TopicError::InvalidConfig(m)
+            | TopicError::InvalidRequest(m)
             | TopicError::Storage(m) => f.write_str(m),
         }
     }
@@ -353,13 +366,13 @@ pub struct AllocateProducerId;
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
 const BROKER_CONFIG_KEY: &str = "broker_config";
 
-/// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`):
-/// `Some(value)` sets, `None` returns to the static default. `replace` drops
+/// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`);
+/// `ConfigOp::Delete` returns one to the static default. `replace` drops
 /// every dynamic config not named (AlterConfigs).
 #[derive(Message)]
 #[rtype(result = "Result<(), TopicError>")]
 pub struct AlterBrokerConfig {
-    pub changes: Vec<(String, Option<String>)>,
+    pub changes: Vec<(String, ConfigOp)>,
     pub replace: bool,
     pub validate_only: bool,
 }
@@ -376,7 +389,8 @@ impl TopicRegistry {
     /// Every topic follows a changed default unless it overrides that config itself.
     fn alter_broker_config(&mut self, msg: AlterBrokerConfig) -> Result<(), TopicError> {
         let mut overrides = if msg.replace { BTreeMap::new() } else { self.broker_overrides.clone() };
-        for (name, value) in msg.changes {
+        let current = self.defaults();
+        for (name, op) in msg.changes {
             let Some(topic_name) = crate::config::topic_name_of_broker_config(&name) else {
                 let dynamic: Vec<&str> = crate::config::DYNAMIC_BROKER_CONFIGS.iter().map(|(b, _)| *b).collect();
                 return Err(TopicError::InvalidConfig(format!(
@@ -384,10 +398,7 @@ impl TopicRegistry {
                     dynamic.join(", ")
                 )));
             };
-            match value {
-                Some(value) => overrides.insert(topic_name.to_string(), value),
-                None => overrides.remove(topic_name),
-            };
+            op.apply(topic_name, &mut overrides, &current)?;
         }
         let defaults = TopicConfig::with_overrides(&self.config.topic_defaults, &overrides)
             .map_err(|e| TopicError::InvalidConfig(e.0))?;
@@ -473,14 +484,14 @@ impl Actor for TopicRegistry {
     }
 }
 
-/// Change a topic's config overrides. `changes`: `(name, Some(value))` sets,
-/// `(name, None)` returns it to the default. `replace` drops every override
-/// not named (AlterConfigs); otherwise the rest stay (IncrementalAlterConfigs).
+/// Change a topic's config overrides (`ConfigOp::Delete` returns one to the
+/// default). `replace` drops every override not named (AlterConfigs);
+/// otherwise the rest stay (IncrementalAlterConfigs).
 #[derive(Message)]
 #[rtype(result = "Result<(), TopicError>")]
 pub struct AlterTopicConfig {
     pub name: String,
-    pub changes: Vec<(String, Option<String>)>,
+    pub changes: Vec<(String, ConfigOp)>,
     pub replace: bool,
     pub validate_only: bool,
 }
@@ -499,16 +510,8 @@ impl TopicRegistry {
             return Err(TopicError::Unknown(msg.name));
         };
         let mut overrides = if msg.replace { BTreeMap::new() } else { view.overrides.clone() };
-        for (name, value) in msg.changes {
-            match value {
-                Some(value) => overrides.insert(name, value),
-                None => {
-                    if TopicConfig::default().get(&name).is_none() {
-                        return Err(TopicError::InvalidConfig(format!("unknown topic config '{name}'")));
-                    }
-                    overrides.remove(&name)
-                }
-            };
+        for (name, op) in msg.changes {
+            op.apply(&name, &mut overrides, &view.config)?;
         }
         let config =
             TopicConfig::with_overrides(&self.defaults(), &overrides).map_err(|e| TopicError::InvalidConfig(e.0))?;

@@ -6,7 +6,7 @@ import kafka.admin
 import kafka.errors
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
 from helpers import consume_partitions, create_topic, fetch_error
 
@@ -157,3 +157,51 @@ def test_list_offsets_by_max_timestamp_with_admin_client(broker):
     earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(10)
     latest = admin.list_offsets({tp: OffsetSpec.latest()})[tp].result(10)
     assert (earliest.offset, latest.offset) == (0, 5)
+
+
+def alter(admin, resource_type, name, *changes):
+    """IncrementalAlterConfigs of (config, value, op) on one resource; its future."""
+    entries = [ConfigEntry(n, v, incremental_operation=op) for n, v, op in changes]
+    resource = ConfigResource(resource_type, name, incremental_configs=entries)
+    return admin.incremental_alter_configs([resource])[resource]
+
+
+def described(admin, resource_type, name, config):
+    resource = ConfigResource(resource_type, name)
+    return admin.describe_configs([resource])[resource].result(10)[config].value
+
+
+def test_incremental_alter_configs_appends_to_and_subtracts_from_list_configs(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = ConfigResource.Type.TOPIC
+    create_topic(broker.bootstrap, "listed", 1)
+    append, subtract = AlterConfigOpType.APPEND, AlterConfigOpType.SUBTRACT
+
+    alter(admin, topic, "listed", ("cleanup.policy", "compact", append)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact,delete", "appended to the default"
+    alter(admin, topic, "listed", ("cleanup.policy", "compact", append)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact,delete", "a value present is not added"
+    alter(admin, topic, "listed", ("cleanup.policy", "delete", subtract)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact"
+
+    with pytest.raises(KafkaException) as emptied:
+        alter(admin, topic, "listed", ("cleanup.policy", "compact", subtract)).result(10)
+    assert emptied.value.args[0].name() == "INVALID_CONFIG" and "cleanup.policy" in emptied.value.args[0].str()
+    with pytest.raises(KafkaException) as not_a_list:
+        alter(admin, topic, "listed", ("retention.ms", "1000", append)).result(10)
+    error = not_a_list.value.args[0]
+    assert error.name() == "INVALID_REQUEST", "Kafka's code for APPEND on a non-list config"
+    assert "not allowed for config key: retention.ms" in error.str()
+    with pytest.raises(KafkaException) as unknown:
+        alter(admin, topic, "listed", ("no.such.config", "x", subtract)).result(10)
+    assert unknown.value.args[0].name() == "INVALID_CONFIG"
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact", "refused changes changed nothing"
+
+    # The broker-wide default is a list too; new topics follow it.
+    broker_resource = ConfigResource.Type.BROKER
+    alter(admin, broker_resource, "0", ("log.cleanup.policy", "compact", append)).result(10)
+    assert described(admin, broker_resource, "0", "log.cleanup.policy") == "compact,delete"
+    create_topic(broker.bootstrap, "listed-later", 1)
+    assert described(admin, topic, "listed-later", "cleanup.policy") == "compact,delete"
+    alter(admin, broker_resource, "0", ("log.cleanup.policy", "compact", subtract)).result(10)
+    assert described(admin, topic, "listed-later", "cleanup.policy") == "delete"
