@@ -382,6 +382,25 @@ pub fn validate_topic_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Kafka refuses a topic whose name equals an existing one's once '.' and '_'
+/// are made the same (INVALID_TOPIC_EXCEPTION): metric names turn '.' into
+/// '_', so `foo.bar` and `foo_bar` would report as one. Every creation that
+/// decides a new name passes here: the topic registry (one broker) and the
+/// cluster metadata's `apply` (the controller).
+pub fn check_name_collision<'a>(name: &str, existing: impl IntoIterator<Item = &'a str>) -> Result<(), ConfigError> {
+    if !name.contains(['.', '_']) {
+        return Ok(()); // a collision needs a '.' or '_' in both names
+    }
+    let metric_name = |n: &str| n.replace('.', "_");
+    let wanted = metric_name(name);
+    match existing.into_iter().find(|other| *other != name && metric_name(other) == wanted) {
+        Some(other) => Err(ConfigError(format!(
+            "topic '{name}' collides with existing topic '{other}': '.' and '_' are the same in metric names"
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +411,16 @@ mod tests {
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn names_that_differ_only_in_dot_or_underscore_collide() {
+        let existing = ["foo.bar", "plain", "a_b.c"];
+        assert!(check_name_collision("foo_bar", existing).unwrap_err().0.contains("'foo.bar'"));
+        assert!(check_name_collision("a.b_c", existing).is_err());
+        assert!(check_name_collision("foo.bar", existing).is_ok(), "the same name is TOPIC_ALREADY_EXISTS, not this");
+        assert!(check_name_collision("foo-bar", existing).is_ok());
+        assert!(check_name_collision("plain2", existing).is_ok());
     }
 
     #[test]

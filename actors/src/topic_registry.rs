@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{validate_topic_name, ConfigOp, StorageConfig, TopicConfig};
+use crate::config::{check_name_collision, validate_topic_name, ConfigOp, StorageConfig, TopicConfig};
 use crate::partition_actor::{partition_dir, Append, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
 use crate::record_batch::{require_keys, validate_batches, BatchError};
@@ -152,7 +152,8 @@ pub struct CreateTopic {
     pub partitions: Option<i32>,
     pub configs: BTreeMap<String, String>,
     pub validate_only: bool,
-    /// The id the cluster chose; `None` makes a new one.
+    /// The id the cluster chose; `None` makes a new one. A topic with an id
+    /// is made as the controller decided it, whose checks it passed.
     pub id: Option<Uuid>,
 }
 
@@ -321,6 +322,11 @@ impl TopicRegistry {
         validate_topic_name(&msg.name).map_err(|e| TopicError::InvalidName(e.0))?;
         if self.topics.contains_key(msg.name.as_str()) {
             return Err(TopicError::AlreadyExists(msg.name));
+        }
+        // A topic the controller made (it chose the id) was checked there.
+        if msg.id.is_none() {
+            check_name_collision(&msg.name, self.topics.keys().map(|k| k.as_ref()))
+                .map_err(|e| TopicError::InvalidName(e.0))?;
         }
         let count = msg.partitions.unwrap_or(self.config.default_num_partitions);
         self.check_partition_count(count)?;

@@ -6,7 +6,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::config::{validate_topic_name, TOPIC_CONFIG_NAMES};
+use tributary_actors::config::{check_name_collision, validate_topic_name, TOPIC_CONFIG_NAMES};
 use tributary_actors::{CreateTopic, TopicView};
 
 use super::{message, str_bytes, RequestContext};
@@ -132,6 +132,11 @@ async fn create_in_cluster(
         return fail(result, ResponseError::TopicAlreadyExists.code(), format!("topic '{name}' already exists"));
     }
     if validate_only {
+        // It never reaches the controller, whose apply refuses a colliding name.
+        let metadata = cluster.metadata();
+        if let Err(e) = check_name_collision(&name, metadata.topics.keys().map(String::as_str)) {
+            return fail(result, ResponseError::InvalidTopicException.code(), e.0);
+        }
         return result.with_num_partitions(count).with_replication_factor(rf);
     }
     match cluster.create_topic(&ctx.broker, &name, count, rf, configs).await {

@@ -327,7 +327,8 @@ def test_acks_all_needs_min_insync_replicas(cluster):
 
 
 def test_topic_admin_rules_hold_through_the_controller(cluster):
-    """APPEND and SUBTRACT on list configs go through the controller as on one broker."""
+    """APPEND and SUBTRACT on list configs, and the '.'/'_' name collision rule,
+    go through the controller as on one broker."""
     create(cluster, "lists", 1, 3)
     resource = lambda *changes: ConfigResource(  # noqa: E731
         ConfigResource.Type.TOPIC, "lists",
@@ -355,3 +356,8 @@ def test_topic_admin_rules_hold_through_the_controller(cluster):
     with pytest.raises(KafkaException) as not_a_list:
         admin.incremental_alter_configs([r])[r].result(20)
     assert not_a_list.value.args[0].name() == "INVALID_REQUEST"
+
+    create(cluster, "lists.v1", 1, 3)
+    with pytest.raises(KafkaException) as collided:
+        create(cluster, "lists_v1", 1, 3)
+    assert collided.value.args[0].name() == "TOPIC_EXCEPTION" and "collides" in collided.value.args[0].str()

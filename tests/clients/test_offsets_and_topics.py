@@ -205,3 +205,25 @@ def test_incremental_alter_configs_appends_to_and_subtracts_from_list_configs(br
     assert described(admin, topic, "listed-later", "cleanup.policy") == "compact,delete"
     alter(admin, broker_resource, "0", ("log.cleanup.policy", "compact", subtract)).result(10)
     assert described(admin, topic, "listed-later", "cleanup.policy") == "delete"
+
+
+def test_names_that_differ_only_in_dot_or_underscore_collide(broker):
+    """Kafka's metric names make '.' and '_' one: foo.bar and foo_bar cannot both exist."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create_topic(broker.bootstrap, "clicks.eu", 1)
+    for validate_only in (True, False):
+        with pytest.raises(KafkaException) as collided:
+            admin.create_topics([NewTopic("clicks_eu", 1, 1)], validate_only=validate_only)["clicks_eu"].result(10)
+        error = collided.value.args[0]
+        assert error.name() == "TOPIC_EXCEPTION", "INVALID_TOPIC_EXCEPTION (17)"
+        assert "collides with existing topic 'clicks.eu'" in error.str()
+    assert "clicks_eu" not in admin.list_topics(timeout=10).topics
+    # Auto-creation by a producer is refused the same way.
+    kp = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, max_block_ms=3000)
+    with pytest.raises(kafka.errors.KafkaError):
+        kp.send("clicks_eu", b"x").get(timeout=10)
+    kp.close()
+    assert "clicks_eu" not in admin.list_topics(timeout=10).topics
+    # Once the first is gone, the other name is free.
+    admin.delete_topics(["clicks.eu"])["clicks.eu"].result(10)
+    create_topic(broker.bootstrap, "clicks_eu", 1)
