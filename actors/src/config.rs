@@ -167,6 +167,42 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "unclean.leader.election.enable",
 ];
 
+/// Topic configs Kafka 3.x still accepts that change nothing on this broker,
+/// which stores only v2 batches and never converts them. Old clients and
+/// tools still send them, so a valid value is accepted and then dropped:
+/// it is neither kept as an override nor described.
+/// - `message.format.version`: ignored by Kafka from 3.0 on (the format
+///   follows the inter-broker protocol), removed in 4.0.
+/// - `message.downconversion.enable`: down-conversion serves Fetch below v4,
+///   which is not advertised here; a no-op in Kafka 4.
+pub const IGNORED_TOPIC_CONFIGS: &[&str] = &["message.downconversion.enable", "message.format.version"];
+
+/// Refuses a bad value of an ignored config, as Kafka would, so a typo is still an error.
+fn check_ignored(name: &str, value: &str) -> Result<(), ConfigError> {
+    let value = value.trim();
+    let valid = match name {
+        "message.downconversion.enable" => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+        _ => is_kafka_version(value),
+    };
+    if !valid {
+        let want = if name == "message.downconversion.enable" { "true or false" } else { "a Kafka version, e.g. 2.8" };
+        return Err(ConfigError(format!("config {name}: '{value}' must be {want} (it is accepted and ignored)")));
+    }
+    Ok(())
+}
+
+/// A version as `message.format.version` takes it in Kafka 3.x: `0.10.2`,
+/// `2.8`, `3.0-IV1`, ... (major 0 to 3).
+fn is_kafka_version(value: &str) -> bool {
+    let (numbers, iv) = value.split_once("-IV").unwrap_or((value, "0"));
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(numeric)
+        && matches!(parts[0], "0" | "1" | "2" | "3")
+        && numeric(&iv)
+}
+
 /// Topic configs whose value is a comma-separated list (Kafka's `Type.LIST`):
 /// the only ones APPEND and SUBTRACT apply to.
 pub const LIST_TOPIC_CONFIGS: &[&str] = &["cleanup.policy"];
@@ -218,6 +254,15 @@ impl ConfigOp {
         current: &TopicConfig,
     ) -> Result<(), ConfigOpError> {
         let unknown = || ConfigOpError::Invalid(ConfigError(format!("unknown topic config '{name}'")));
+        if IGNORED_TOPIC_CONFIGS.contains(&name) {
+            return match self {
+                ConfigOp::Set(value) => check_ignored(name, &value).map_err(ConfigOpError::Invalid),
+                ConfigOp::Delete => Ok(()),
+                ConfigOp::Append(_) | ConfigOp::Subtract(_) => Err(ConfigOpError::NotAList(format!(
+                    "Config value append or subtract is not allowed for config key: {name} (it is not a list)"
+                ))),
+            };
+        }
         let (value, op) = match self {
             ConfigOp::Set(value) => {
                 overrides.insert(name.to_string(), value);
@@ -350,6 +395,19 @@ impl TopicConfig {
         (self.message_timestamp_type == "LogAppendTime").then_some(now)
     }
 
+    /// A new topic's config, and the overrides to keep, from the configs it
+    /// is created with: each is applied as a SET, so ignored ones are dropped.
+    pub fn for_new_topic(
+        defaults: &TopicConfig,
+        requested: BTreeMap<String, String>,
+    ) -> Result<(TopicConfig, BTreeMap<String, String>), ConfigError> {
+        let mut overrides = BTreeMap::new();
+        for (name, value) in requested {
+            ConfigOp::Set(value).apply(&name, &mut overrides, defaults).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        Ok((TopicConfig::with_overrides(defaults, &overrides)?, overrides))
+    }
+
     /// Builds a config from defaults plus explicit overrides.
     pub fn with_overrides(
         defaults: &TopicConfig,
@@ -442,6 +500,37 @@ mod tests {
         assert!(matches!(not_a_list, Err(ConfigOpError::NotAList(m)) if m.contains("key: retention.ms")));
         let unknown = ConfigOp::Subtract("x".into()).apply("no.such.config", &mut overrides, &defaults);
         assert!(matches!(unknown, Err(ConfigOpError::Invalid(_))));
+    }
+
+    #[test]
+    fn old_configs_are_validated_then_dropped() {
+        let requested: BTreeMap<String, String> = [
+            ("message.format.version", "0.10.2-IV0"),
+            ("message.downconversion.enable", "FALSE"),
+            ("retention.ms", "1000"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let (config, kept) = TopicConfig::for_new_topic(&TopicConfig::default(), requested.clone()).unwrap();
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["retention.ms"]);
+        assert_eq!(config, TopicConfig { retention_ms: 1000, ..TopicConfig::default() });
+        for (name, bad) in [
+            ("message.format.version", "banana"),
+            ("message.format.version", "9.0"),
+            ("message.downconversion.enable", "yes"),
+        ] {
+            let mut with_bad = requested.clone();
+            with_bad.insert(name.into(), bad.into());
+            assert!(TopicConfig::for_new_topic(&TopicConfig::default(), with_bad).is_err(), "{name}={bad}");
+        }
+        let mut overrides = BTreeMap::new();
+        ConfigOp::Delete.apply("message.format.version", &mut overrides, &config).unwrap();
+        let append = ConfigOp::Append("2.8".into()).apply("message.format.version", &mut overrides, &config);
+        assert!(matches!(append, Err(ConfigOpError::NotAList(_))));
+        for version in ["0.8.0", "2.8", "3.0-IV1", "2.1.1"] {
+            assert!(is_kafka_version(version), "{version}");
+        }
     }
 
     #[test]

@@ -330,22 +330,22 @@ impl TopicRegistry {
         }
         let count = msg.partitions.unwrap_or(self.config.default_num_partitions);
         self.check_partition_count(count)?;
-        let config =
-            TopicConfig::with_overrides(&self.defaults(), &msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let (config, overrides) =
+            TopicConfig::for_new_topic(&self.defaults(), msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
         let name: Arc<str> = msg.name.into();
         let id = msg.id.unwrap_or_else(Uuid::new_v4);
         if msg.validate_only {
-            return Ok(Arc::new(TopicView { name, id, config, overrides: msg.configs, partitions: Vec::new() }));
+            return Ok(Arc::new(TopicView { name, id, config, overrides, partitions: Vec::new() }));
         }
         // A crash during an earlier delete may have left files behind: a new
         // topic must never inherit them.
         for index in 0..count {
             remove_stale_dir(&partition_dir(&self.config, &name, index))?;
         }
-        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: msg.configs.clone() };
+        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: overrides.clone() };
         self.persist(&name, Some(&record))?;
         let partitions = (0..count).map(|i| self.spawn_partition(&name, i)).collect();
-        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides: msg.configs, partitions });
+        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides, partitions });
         self.topics.insert(name.clone(), view.clone());
         self.publish();
         tracing::info!(topic = %name, partitions = count, "created topic");

@@ -122,12 +122,13 @@ async fn create_in_cluster(
         let why = format!("replication factor {rf} needs that many live brokers; {live} are live");
         return fail(result, ResponseError::InvalidReplicationFactor.code(), why);
     }
-    let configs: BTreeMap<String, String> =
+    let requested: BTreeMap<String, String> =
         topic.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
     let defaults = ctx.broker.metadata().defaults.clone();
-    if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
-        return fail(result, ResponseError::InvalidConfig.code(), e.0);
-    }
+    let configs = match tributary_actors::TopicConfig::for_new_topic(&defaults, requested) {
+        Ok((_, kept)) => kept,
+        Err(e) => return fail(result, ResponseError::InvalidConfig.code(), e.0),
+    };
     if cluster.metadata().topics.contains_key(&name) {
         return fail(result, ResponseError::TopicAlreadyExists.code(), format!("topic '{name}' already exists"));
     }

@@ -329,6 +329,8 @@ def test_acks_all_needs_min_insync_replicas(cluster):
 def test_topic_admin_rules_hold_through_the_controller(cluster):
     """APPEND and SUBTRACT on list configs, and the '.'/'_' name collision rule,
     go through the controller as on one broker."""
+    for node in (1, 2, 3):  # every broker counts three live ones, so any may take rf=3
+        cluster.wait_for_brokers(3, via=cluster.broker(node).bootstrap)
     create(cluster, "lists", 1, 3)
     resource = lambda *changes: ConfigResource(  # noqa: E731
         ConfigResource.Type.TOPIC, "lists",
@@ -361,3 +363,12 @@ def test_topic_admin_rules_hold_through_the_controller(cluster):
     with pytest.raises(KafkaException) as collided:
         create(cluster, "lists_v1", 1, 3)
     assert collided.value.args[0].name() == "TOPIC_EXCEPTION" and "collides" in collided.value.args[0].str()
+
+    # Old configs are dropped before the controller sees them, so every broker's
+    # topic matches the metadata and is not re-configured on each reconcile.
+    create(cluster, "lists-legacy", 1, 3, {"message.format.version": "2.8", "retention.ms": "60000"})
+    time.sleep(3)
+    for node in (1, 2, 3):
+        altered = [line for line in cluster.broker(node).log().splitlines()
+                   if "altered topic config" in line and "lists-legacy" in line]
+        assert not altered, f"broker {node} re-configured it: {altered[:2]}"

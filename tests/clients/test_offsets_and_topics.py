@@ -227,3 +227,38 @@ def test_names_that_differ_only_in_dot_or_underscore_collide(broker):
     # Once the first is gone, the other name is free.
     admin.delete_topics(["clicks.eu"])["clicks.eu"].result(10)
     create_topic(broker.bootstrap, "clicks_eu", 1)
+
+
+def test_old_topic_configs_are_accepted_and_ignored(broker):
+    """message.format.version and message.downconversion.enable, which old tools
+    still send: accepted with a valid value, kept nowhere, not described."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    old = {"message.format.version": "0.10.2-IV0", "message.downconversion.enable": "false"}
+    admin.create_topics([NewTopic("legacy", 1, 1, config={**old, "retention.ms": "60000"})])["legacy"].result(10)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "legacy")
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["retention.ms"].value == "60000"
+    assert not set(old) & set(configs), "ignored configs are not described"
+
+    set_op, delete_op = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    alter(admin, ConfigResource.Type.TOPIC, "legacy", ("message.downconversion.enable", "true", set_op),
+          ("message.format.version", "", delete_op)).result(10)
+    assert admin.describe_configs([resource])[resource].result(10)["retention.ms"].value == "60000"
+
+    # A bad value is still refused, naming the config.
+    for name, bad in (("message.format.version", "banana"), ("message.downconversion.enable", "sometimes")):
+        with pytest.raises(KafkaException) as refused:
+            admin.create_topics([NewTopic("legacy-bad", 1, 1, config={name: bad})])["legacy-bad"].result(10)
+        assert refused.value.args[0].name() == "INVALID_CONFIG" and name in refused.value.args[0].str()
+
+    # kafka-python's admin client, as an old tool would send them.
+    ka = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    ka.create_topics([kafka.admin.NewTopic("legacy-kp", num_partitions=1, replication_factor=1,
+                                           topic_configs={"message.format.version": "2.8"})])
+    assert "legacy-kp" in ka.list_topics()
+    ka.close()
+    # And the data path is unchanged: v2 batches in, v2 batches out.
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    p.produce("legacy", value=b"still v2")
+    assert p.flush(10) == 0
+    assert [m.value() for m in consume_partitions(broker.bootstrap, "legacy", [0], 1)[0]] == [b"still v2"]
