@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod config;
 mod connection;
+mod http;
 mod kafka;
 mod metrics;
 mod server;
@@ -135,18 +136,23 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
         None => None,
     };
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
-    if let Ok(addr) = config.metrics.listen.parse::<std::net::SocketAddr>() {
-        let listener = metrics::serve(addr, metrics.clone(), broker.clone(), cluster.clone());
+    let (stop_http, http_stop) = tokio::sync::watch::channel(false);
+    let http = config.metrics.listen.parse::<std::net::SocketAddr>().ok().map(|addr| {
+        let routes = metrics::routes(http::Router::new(), metrics.clone(), broker.clone(), cluster.clone());
         actix::spawn(async move {
-            if let Err(e) = listener.await {
+            if let Err(e) = http::serve(addr, routes, http::Limits::default(), http_stop).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
-        });
-    }
+        })
+    });
     let cluster_handle = cluster.clone();
     let server = Server::bind(RequestContext::new(broker, std::sync::Arc::new(config), metrics, cluster)).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
+    let _ = stop_http.send(true);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     if let Some(cluster) = &cluster_handle {
         cluster.shutdown().await;
     }
