@@ -35,6 +35,49 @@ def produce_v3(correlation_id, topic, partition, records, acks=-1):
     return request(0, 3, correlation_id, body)
 
 
+def fetch_v5(correlation_id, topic, partitions, max_wait_ms=0, min_bytes=1, max_bytes=50 << 20):
+    """Fetch v5 of one topic; `partitions` is [(partition, fetch_offset, partition_max_bytes)], in request order."""
+    body = struct.pack(">iiiib", -1, max_wait_ms, min_bytes, max_bytes, 0)
+    body += struct.pack(">i", 1) + string(topic) + struct.pack(">i", len(partitions))
+    for partition, offset, partition_max in partitions:
+        body += struct.pack(">iqqi", partition, offset, -1, partition_max)  # -1: the follower's log start (v5+)
+    return request(1, 5, correlation_id, body)
+
+
+def parse_fetch_v5(resp):
+    """[(partition, error_code, high_watermark, log_start_offset, records bytes)] in response order."""
+    at = 4 + 4  # correlation id, throttle time
+    (topics,) = struct.unpack_from(">i", resp, at)
+    at += 4
+    out = []
+    for _ in range(topics):
+        (name_len,) = struct.unpack_from(">h", resp, at)
+        at += 2 + name_len
+        (count,) = struct.unpack_from(">i", resp, at)
+        at += 4
+        for _ in range(count):
+            partition, error, hw, _lso, log_start, aborted = struct.unpack_from(">ihqqqi", resp, at)
+            at += 4 + 2 + 8 + 8 + 8 + 4 + max(aborted, 0) * 16
+            (size,) = struct.unpack_from(">i", resp, at)
+            at += 4
+            records = resp[at:at + max(size, 0)]
+            at += max(size, 0)
+            out.append((partition, error, hw, log_start, records))
+    return out
+
+
+def batches(records):
+    """[(base_offset, record_count, length)] of the v2 batches in a records field."""
+    out = []
+    at = 0
+    while at + 61 <= len(records):
+        base, length = struct.unpack_from(">qi", records, at)
+        (count,) = struct.unpack_from(">i", records, at + 57)
+        out.append((base, count, 12 + length))
+        at += 12 + length
+    return out
+
+
 def api_versions(correlation_id, version=0):
     return request(18, version, correlation_id, b"")
 
