@@ -2,7 +2,9 @@
 //! sharing the response's byte budget in request order. If fewer than
 //! `min_bytes` are ready, the request waits on the partitions' offset
 //! watches: the produce that commits new data wakes it; `max_wait_ms`
-//! (capped by limits.max_fetch_wait_ms) ends it. No polling loop.
+//! (capped by limits.max_fetch_wait_ms) ends it. No polling loop. After a
+//! wake-up nothing is read twice: each partition is read on from where its
+//! last read ended, so the response grows by the new batches only.
 
 use std::time::Duration;
 
@@ -78,17 +80,16 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
     let read_committed = req.isolation_level == READ_COMMITTED;
 
     let mut targets = resolve(ctx, req, version);
-    let mut parts: Vec<Part> = Vec::new();
+    let mut parts: Vec<Part> = targets.iter().map(Part::new).collect();
     for _ in 0..MAX_WAIT_ROUNDS {
-        // Every round reads every partition again, from its fetch offset.
-        parts = targets.iter().map(Part::new).collect();
         // Mark the offsets seen before reading: a commit after this point wakes the wait below.
         for (t, _) in targets.iter_mut().zip(&parts).filter(|(_, p)| !p.done) {
             if let Some(h) = t.handle.as_mut() {
                 h.offsets.borrow_and_update();
             }
         }
-        read_round(&targets, &mut parts, max_bytes).await;
+        let left = max_bytes.saturating_sub(total(&parts));
+        read_round(&targets, &mut parts, left).await;
         let full = ensure_progress(&targets, &mut parts, max_bytes).await;
         let any_error = parts.iter().any(|p| p.error != 0);
         if full || total(&parts) >= min_bytes.min(max_bytes) || any_error || Instant::now() >= deadline {
@@ -167,11 +168,11 @@ fn respond(
 /// One partition's part of the response, built over the rounds of a long poll.
 struct Part {
     partition: i32,
-    /// Where the read starts: the fetch offset.
+    /// Where the next read starts: the fetch offset, then just past the batches read.
     offset: i64,
     /// What `partition_max_bytes` still allows.
     budget: usize,
-    /// Whole stored batches, in offset order.
+    /// Whole stored batches, in offset order, one `Bytes` per read that returned some.
     batches: Vec<Bytes>,
     bytes: usize,
     /// From the partition's latest answer.
