@@ -28,11 +28,21 @@ def record_batch(values, timestamp=1_000):
     return bytes(builder.build())
 
 
-def produce_v3(correlation_id, topic, partition, records, acks=-1):
+def produce_v3(correlation_id, topic, partition, records, acks=-1, version=3):
+    """Produce v3 to v8 share this request shape."""
     body = string(None) + struct.pack(">hi", acks, 10_000)
     body += struct.pack(">i", 1) + string(topic)
     body += struct.pack(">i", 1) + struct.pack(">i", partition) + struct.pack(">i", len(records)) + records
-    return request(0, 3, correlation_id, body)
+    return request(0, version, correlation_id, body)
+
+
+def parse_produce_v5(resp):
+    """(error_code, base_offset, log_start_offset) for a one-partition Produce v5 response."""
+    at = 4 + 4  # correlation id, topic count
+    (name_len,) = struct.unpack_from(">h", resp, at)
+    at += 2 + name_len + 4  # name, partition count
+    _, error_code, base_offset, _append_time, log_start = struct.unpack_from(">ihqqq", resp, at)
+    return error_code, base_offset, log_start
 
 
 def fetch_v5(correlation_id, topic, partitions, max_wait_ms=0, min_bytes=1, max_bytes=50 << 20):
