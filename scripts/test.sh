@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Debian packages, Python clients) and runs every test:
+# Installs what the tests need (Debian packages, Python clients in .venv) and runs every test:
 # Rust unit/property/embedded tests, then the real-client integration suite
 # against real broker processes on 127.0.0.1 (clusters on 127.0.0.1-3, and one
 # in network namespaces the test creates, which needs root).
@@ -17,8 +17,10 @@ if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 || ! com
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 iptables >/dev/null
 fi
 
-echo "== installing Python test clients (tests/requirements.txt)"
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+# Python clients in a virtual environment in the repo (.venv, gitignored):
+# Debian's system Python refuses pip installs (see scripts/venv.sh).
+VENV="$PWD/.venv"
+./scripts/venv.sh "$VENV" tests/requirements.txt
 
 echo "== installing kafkajs (tests/js/package-lock.json)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
@@ -35,4 +37,4 @@ for scenario in simulations/*.toml; do
 done
 
 echo "== integration tests with real clients"
-TRIBUTARY_BIN="$PWD/target/release/tributary" python3 -m pytest -q -p no:cacheprovider tests/clients
+TRIBUTARY_BIN="$PWD/target/release/tributary" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/clients

@@ -118,6 +118,21 @@ pub struct ConsumeArgs {
     pub key_separator: Option<String>,
 }
 
+/// Lets a closed stdout end the command the way it ends `ls`: by SIGPIPE,
+/// silently. Rust starts programs with SIGPIPE ignored, so writing to a pipe
+/// whose reader left (`tributary topic list | head -1`) fails with EPIPE
+/// instead, and `println!` panics on that. Only the client commands do this;
+/// the broker keeps SIGPIPE ignored. The CLI's broker connections are std
+/// `TcpStream`s, which send with MSG_NOSIGNAL, so a broker that closes one is
+/// still reported as an error, not a silent exit.
+pub fn exit_quietly_on_closed_stdout() {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread is started; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A blocking Kafka client: one connection, versions negotiated once.
 struct Client {
     stream: TcpStream,

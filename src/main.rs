@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod config;
 mod connection;
+mod http;
 mod kafka;
 mod metrics;
 mod node;
@@ -81,6 +82,12 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let global = parsed.global;
+    if matches!(
+        parsed.command,
+        Command::Topic(_) | Command::Group(_) | Command::Produce(_) | Command::Consume(_) | Command::Cluster { .. }
+    ) {
+        cli::exit_quietly_on_closed_stdout();
+    }
     match parsed.command {
         Command::Topic(command) => cli::topic(&global, command),
         Command::Group(command) => cli::group(&global, command),
@@ -117,19 +124,24 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
     let ctx = node::start(config, metrics.clone()).await?;
-    if let Ok(addr) = ctx.config.metrics.listen.parse::<std::net::SocketAddr>() {
-        let listener = metrics::serve(addr, metrics, ctx.broker.clone(), ctx.cluster.clone());
+    let (stop_http, http_stop) = tokio::sync::watch::channel(false);
+    let http = ctx.config.metrics.listen.parse::<std::net::SocketAddr>().ok().map(|addr| {
+        let routes = metrics::routes(http::Router::new(), metrics, ctx.broker.clone(), ctx.cluster.clone());
         actix::spawn(async move {
-            if let Err(e) = listener.await {
+            if let Err(e) = http::serve(addr, routes, http::Limits::default(), http_stop).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
-        });
-    }
+        })
+    });
     let cluster = ctx.cluster.clone();
     let data_dir = ctx.config.broker.data_dir.clone();
     let server = Server::bind(ctx).await?;
     tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
     server.run(shutdown_signal()).await;
+    let _ = stop_http.send(true);
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     cluster.shutdown().await;
     actix::System::current().stop();
     tracing::info!("stopped");

@@ -5,27 +5,23 @@
 //! latency histogram per API. Computed when scraped: topic and partition
 //! counts, and consumer group lag (high watermark minus committed offset).
 //!
-//! The endpoint answers `GET /metrics` and `GET /health` only. It is a minimal
-//! HTTP/1.1 responder on tokio, bounded in request size and time; two fixed
-//! routes do not justify an HTTP stack in the build.
+//! `routes` makes the `/metrics` and `/health` routes of the HTTP server
+//! (`http.rs`), which bounds connections, request heads and time.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use hyper::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tributary_actors::{Broker, GroupAnswer, GroupRequest, ListGroups};
 
-/// Largest HTTP request head read from a scraper.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::http::{respond, Router};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabel {
@@ -105,7 +101,7 @@ impl Metrics {
     }
 
     /// Records one request's handling time under its API's name.
-    pub fn observe_request(&self, api: kafka_protocol::messages::ApiKey, took: Duration) {
+    pub fn observe_request(&self, api: kafka_protocol::messages::ApiKey, took: std::time::Duration) {
         let label = ApiLabel { api: format!("{api:?}") };
         self.request_seconds.get_or_create(&label).observe(took.as_secs_f64());
     }
@@ -153,72 +149,12 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/health` on `addr` until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    broker: Broker,
-    cluster: crate::cluster::Cluster,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics listening");
-    loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (metrics, broker, cluster) = (metrics.clone(), broker.clone(), cluster.clone());
-        actix::spawn(async move {
-            let answered = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                let path = read_request_path(&mut stream).await?;
-                let (status, kind, body) = match path.as_deref() {
-                    Some("/metrics") => (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        metrics.render(&broker, &cluster).await,
-                    ),
-                    Some("/health") => ("200 OK", "application/json", "{\"status\":\"ok\"}\n".to_string()),
-                    Some(_) => ("404 Not Found", "text/plain", "not found: use /metrics or /health\n".to_string()),
-                    None => ("400 Bad Request", "text/plain", "only GET requests are served\n".to_string()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(body.as_bytes()).await?;
-                stream.shutdown().await
-            })
-            .await;
-            if let Ok(Err(e)) = answered {
-                tracing::debug!(error = %e, "metrics request failed");
-            }
-        });
-    }
-}
-
-/// Reads the request head (bounded) and returns the path of a GET, or None.
-async fn read_request_path(stream: &mut tokio::net::TcpStream) -> std::io::Result<Option<String>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() >= MAX_REQUEST_BYTES {
-            return Ok(None);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
-    match (words.next(), words.next()) {
-        (Some("GET"), Some(path)) => Ok(Some(path.split('?').next().unwrap_or(path).to_string())),
-        _ => Ok(None),
-    }
+/// `GET /metrics` (Prometheus text, computed when scraped) and `GET /health`.
+pub fn routes(router: Router, metrics: Arc<Metrics>, broker: Broker, cluster: crate::cluster::Cluster) -> Router {
+    router
+        .get("/metrics", move |_| {
+            let (metrics, broker, cluster) = (metrics.clone(), broker.clone(), cluster.clone());
+            async move { respond(StatusCode::OK, OPENMETRICS, metrics.render(&broker, &cluster).await) }
+        })
+        .get("/health", |_| async { respond(StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n") })
 }

@@ -167,6 +167,145 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "unclean.leader.election.enable",
 ];
 
+/// Topic configs Kafka 3.x still accepts that change nothing on this broker,
+/// which stores only v2 batches and never converts them. Old clients and
+/// tools still send them, so a valid value is accepted and then dropped:
+/// it is neither kept as an override nor described.
+/// - `message.format.version`: ignored by Kafka from 3.0 on (the format
+///   follows the inter-broker protocol), removed in 4.0.
+/// - `message.downconversion.enable`: down-conversion serves Fetch below v4,
+///   which is not advertised here; a no-op in Kafka 4.
+pub const IGNORED_TOPIC_CONFIGS: &[&str] = &["message.downconversion.enable", "message.format.version"];
+
+/// Refuses a bad value of an ignored config, as Kafka would, so a typo is still an error.
+fn check_ignored(name: &str, value: &str) -> Result<(), ConfigError> {
+    let value = value.trim();
+    let valid = match name {
+        "message.downconversion.enable" => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+        _ => is_kafka_version(value),
+    };
+    if !valid {
+        let want = if name == "message.downconversion.enable" { "true or false" } else { "a Kafka version, e.g. 2.8" };
+        return Err(ConfigError(format!("config {name}: '{value}' must be {want} (it is accepted and ignored)")));
+    }
+    Ok(())
+}
+
+/// A version as `message.format.version` takes it in Kafka 3.x: `0.10.2`,
+/// `2.8`, `3.0-IV1`, ... (major 0 to 3).
+fn is_kafka_version(value: &str) -> bool {
+    let (numbers, iv) = value.split_once("-IV").unwrap_or((value, "0"));
+    let parts: Vec<&str> = numbers.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit());
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(numeric)
+        && matches!(parts[0], "0" | "1" | "2" | "3")
+        && numeric(&iv)
+}
+
+/// Topic configs whose value is a comma-separated list (Kafka's `Type.LIST`):
+/// the only ones APPEND and SUBTRACT apply to.
+pub const LIST_TOPIC_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// One change to a config, as IncrementalAlterConfigs names them (Kafka's
+/// `AlterConfigOp.OpType`); AlterConfigs only sets and deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    Set(String),
+    /// Back to the default.
+    Delete,
+    /// List configs: adds each of the comma-separated values not yet in the list.
+    Append(String),
+    /// List configs: removes each of the comma-separated values from the list.
+    Subtract(String),
+}
+
+/// Why a `ConfigOp` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOpError {
+    /// APPEND or SUBTRACT on a config that is not a list; Kafka answers
+    /// INVALID_REQUEST ("Config value append is not allowed for config key").
+    NotAList(String),
+    /// An unknown config name (INVALID_CONFIG).
+    Invalid(ConfigError),
+}
+
+impl std::fmt::Display for ConfigOpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigOpError::NotAList(m) => f.write_str(m),
+            ConfigOpError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConfigOpError {}
+
+impl ConfigOp {
+    /// Applies this change of config `name` to `overrides`. APPEND and
+    /// SUBTRACT start from the value in force: the override if there is one,
+    /// else `current`'s (which holds the defaults, dynamic ones included; Kafka
+    /// starts from the static default there). The result is validated when the
+    /// overrides are applied (`TopicConfig::with_overrides`).
+    pub fn apply(
+        self,
+        name: &str,
+        overrides: &mut BTreeMap<String, String>,
+        current: &TopicConfig,
+    ) -> Result<(), ConfigOpError> {
+        let unknown = || ConfigOpError::Invalid(ConfigError(format!("unknown topic config '{name}'")));
+        if IGNORED_TOPIC_CONFIGS.contains(&name) {
+            return match self {
+                ConfigOp::Set(value) => check_ignored(name, &value).map_err(ConfigOpError::Invalid),
+                ConfigOp::Delete => Ok(()),
+                ConfigOp::Append(_) | ConfigOp::Subtract(_) => Err(ConfigOpError::NotAList(format!(
+                    "Config value append or subtract is not allowed for config key: {name} (it is not a list)"
+                ))),
+            };
+        }
+        let (value, op) = match self {
+            ConfigOp::Set(value) => {
+                overrides.insert(name.to_string(), value);
+                return Ok(());
+            }
+            ConfigOp::Delete => {
+                if current.get(name).is_none() {
+                    return Err(unknown());
+                }
+                overrides.remove(name);
+                return Ok(());
+            }
+            ConfigOp::Append(value) => (value, "append"),
+            ConfigOp::Subtract(value) => (value, "subtract"),
+        };
+        let Some(in_force) = overrides.get(name).cloned().or_else(|| current.get(name)) else {
+            return Err(unknown());
+        };
+        if !LIST_TOPIC_CONFIGS.contains(&name) {
+            return Err(ConfigOpError::NotAList(format!(
+                "Config value {op} is not allowed for config key: {name} (it is not a list; lists: {})",
+                LIST_TOPIC_CONFIGS.join(", ")
+            )));
+        }
+        let append = op == "append";
+        let items = |list: &str| -> Vec<String> {
+            list.split(',').map(str::trim).filter(|v| !v.is_empty()).map(String::from).collect()
+        };
+        let (mut list, given) = (items(&in_force), items(&value));
+        if append {
+            for v in given {
+                if !list.contains(&v) {
+                    list.push(v);
+                }
+            }
+        } else {
+            list.retain(|v| !given.contains(v));
+        }
+        overrides.insert(name.to_string(), list.join(","));
+        Ok(())
+    }
+}
+
 fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ConfigError> {
     value.trim().parse().map_err(|_| ConfigError(format!("config {name}: '{value}' is not a valid number")))
 }
@@ -256,6 +395,19 @@ impl TopicConfig {
         (self.message_timestamp_type == "LogAppendTime").then_some(now)
     }
 
+    /// A new topic's config, and the overrides to keep, from the configs it
+    /// is created with: each is applied as a SET, so ignored ones are dropped.
+    pub fn for_new_topic(
+        defaults: &TopicConfig,
+        requested: BTreeMap<String, String>,
+    ) -> Result<(TopicConfig, BTreeMap<String, String>), ConfigError> {
+        let mut overrides = BTreeMap::new();
+        for (name, value) in requested {
+            ConfigOp::Set(value).apply(&name, &mut overrides, defaults).map_err(|e| ConfigError(e.to_string()))?;
+        }
+        Ok((TopicConfig::with_overrides(defaults, &overrides)?, overrides))
+    }
+
     /// Builds a config from defaults plus explicit overrides.
     pub fn with_overrides(
         defaults: &TopicConfig,
@@ -288,6 +440,25 @@ pub fn validate_topic_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Kafka refuses a topic whose name equals an existing one's once '.' and '_'
+/// are made the same (INVALID_TOPIC_EXCEPTION): metric names turn '.' into
+/// '_', so `foo.bar` and `foo_bar` would report as one. Every creation that
+/// decides a new name passes here: the topic registry (one broker) and the
+/// cluster metadata's `apply` (the controller).
+pub fn check_name_collision<'a>(name: &str, existing: impl IntoIterator<Item = &'a str>) -> Result<(), ConfigError> {
+    if !name.contains(['.', '_']) {
+        return Ok(()); // a collision needs a '.' or '_' in both names
+    }
+    let metric_name = |n: &str| n.replace('.', "_");
+    let wanted = metric_name(name);
+    match existing.into_iter().find(|other| *other != name && metric_name(other) == wanted) {
+        Some(other) => Err(ConfigError(format!(
+            "topic '{name}' collides with existing topic '{other}': '.' and '_' are the same in metric names"
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +468,68 @@ mod tests {
         assert!(validate_topic_name("orders.v1_A-b").is_ok());
         for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn names_that_differ_only_in_dot_or_underscore_collide() {
+        let existing = ["foo.bar", "plain", "a_b.c"];
+        assert!(check_name_collision("foo_bar", existing).unwrap_err().0.contains("'foo.bar'"));
+        assert!(check_name_collision("a.b_c", existing).is_err());
+        assert!(check_name_collision("foo.bar", existing).is_ok(), "the same name is TOPIC_ALREADY_EXISTS, not this");
+        assert!(check_name_collision("foo-bar", existing).is_ok());
+        assert!(check_name_collision("plain2", existing).is_ok());
+    }
+
+    #[test]
+    fn append_and_subtract_change_list_configs_only() {
+        let defaults = TopicConfig::default();
+        let mut overrides = BTreeMap::new();
+        ConfigOp::Append("compact".into()).apply("cleanup.policy", &mut overrides, &defaults).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "delete,compact", "appended to the default in force");
+        ConfigOp::Append("compact, delete".into()).apply("cleanup.policy", &mut overrides, &defaults).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "delete,compact", "values already there are not added twice");
+        let config = TopicConfig::with_overrides(&defaults, &overrides).unwrap();
+        assert!(config.is_compacted() && config.cleanup_policy.contains("delete"));
+        ConfigOp::Subtract("delete,absent".into()).apply("cleanup.policy", &mut overrides, &config).unwrap();
+        assert_eq!(overrides["cleanup.policy"], "compact");
+        ConfigOp::Subtract("compact".into()).apply("cleanup.policy", &mut overrides, &config).unwrap();
+        assert!(TopicConfig::with_overrides(&defaults, &overrides).is_err(), "an empty cleanup.policy is refused");
+
+        let not_a_list = ConfigOp::Append("1".into()).apply("retention.ms", &mut overrides, &defaults);
+        assert!(matches!(not_a_list, Err(ConfigOpError::NotAList(m)) if m.contains("key: retention.ms")));
+        let unknown = ConfigOp::Subtract("x".into()).apply("no.such.config", &mut overrides, &defaults);
+        assert!(matches!(unknown, Err(ConfigOpError::Invalid(_))));
+    }
+
+    #[test]
+    fn old_configs_are_validated_then_dropped() {
+        let requested: BTreeMap<String, String> = [
+            ("message.format.version", "0.10.2-IV0"),
+            ("message.downconversion.enable", "FALSE"),
+            ("retention.ms", "1000"),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let (config, kept) = TopicConfig::for_new_topic(&TopicConfig::default(), requested.clone()).unwrap();
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["retention.ms"]);
+        assert_eq!(config, TopicConfig { retention_ms: 1000, ..TopicConfig::default() });
+        for (name, bad) in [
+            ("message.format.version", "banana"),
+            ("message.format.version", "9.0"),
+            ("message.downconversion.enable", "yes"),
+        ] {
+            let mut with_bad = requested.clone();
+            with_bad.insert(name.into(), bad.into());
+            assert!(TopicConfig::for_new_topic(&TopicConfig::default(), with_bad).is_err(), "{name}={bad}");
+        }
+        let mut overrides = BTreeMap::new();
+        ConfigOp::Delete.apply("message.format.version", &mut overrides, &config).unwrap();
+        let append = ConfigOp::Append("2.8".into()).apply("message.format.version", &mut overrides, &config);
+        assert!(matches!(append, Err(ConfigOpError::NotAList(_))));
+        for version in ["0.8.0", "2.8", "3.0-IV1", "2.1.1"] {
+            assert!(is_kafka_version(version), "{version}");
         }
     }
 

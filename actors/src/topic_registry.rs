@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{validate_topic_name, StorageConfig, TopicConfig};
+use crate::config::{check_name_collision, validate_topic_name, ConfigOp, StorageConfig, TopicConfig};
 use crate::partition_actor::{partition_dir, Append, EnforceRetention, PartitionActor, Remove, SyncLog};
 use crate::partition_log::LogOffsets;
 use crate::record_batch::{require_keys, validate_batches, BatchError};
@@ -94,6 +94,8 @@ pub enum TopicError {
     InvalidPartitions(String),
     InvalidReplicationFactor(String),
     InvalidConfig(String),
+    /// A request Kafka refuses as malformed, e.g. APPEND on a config that is not a list.
+    InvalidRequest(String),
     Storage(String),
     /// A stored value (at `key`) that this build cannot read.
     Format {
@@ -112,6 +114,15 @@ impl From<UpgradeError> for TopicError {
     }
 }
 
+impl From<crate::config::ConfigOpError> for TopicError {
+    fn from(e: crate::config::ConfigOpError) -> Self {
+        match e {
+            crate::config::ConfigOpError::NotAList(m) => TopicError::InvalidRequest(m),
+            crate::config::ConfigOpError::Invalid(e) => TopicError::InvalidConfig(e.0),
+        }
+    }
+}
+
 impl TopicError {
     pub fn error_code(&self) -> i16 {
         use kafka_protocol::ResponseError as E;
@@ -122,6 +133,7 @@ impl TopicError {
             TopicError::InvalidPartitions(_) => E::InvalidPartitions.code(),
             TopicError::InvalidReplicationFactor(_) => E::InvalidReplicationFactor.code(),
             TopicError::InvalidConfig(_) => E::InvalidConfig.code(),
+            TopicError::InvalidRequest(_) => E::InvalidRequest.code(),
             TopicError::Storage(_) | TopicError::Format { .. } => E::KafkaStorageError.code(),
         }
     }
@@ -136,6 +148,7 @@ impl std::fmt::Display for TopicError {
             | TopicError::InvalidPartitions(m)
             | TopicError::InvalidReplicationFactor(m)
             | TopicError::InvalidConfig(m)
+            | TopicError::InvalidRequest(m)
             | TopicError::Storage(m) => f.write_str(m),
             TopicError::Format { key, error } => write!(f, "metadata store, key '{key}': {error}"),
         }
@@ -181,7 +194,8 @@ pub struct CreateTopic {
     pub partitions: Option<i32>,
     pub configs: BTreeMap<String, String>,
     pub validate_only: bool,
-    /// The id the cluster chose; `None` makes a new one.
+    /// The id the cluster chose; `None` makes a new one. A topic with an id
+    /// is made as the controller decided it, whose checks it passed.
     pub id: Option<Uuid>,
 }
 
@@ -359,24 +373,29 @@ impl TopicRegistry {
         if self.topics.contains_key(msg.name.as_str()) {
             return Err(TopicError::AlreadyExists(msg.name));
         }
+        // A topic the controller made (it chose the id) was checked there.
+        if msg.id.is_none() {
+            check_name_collision(&msg.name, self.topics.keys().map(|k| k.as_ref()))
+                .map_err(|e| TopicError::InvalidName(e.0))?;
+        }
         let count = msg.partitions.unwrap_or(self.config.default_num_partitions);
         self.check_partition_count(count)?;
-        let config =
-            TopicConfig::with_overrides(&self.defaults(), &msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
+        let (config, overrides) =
+            TopicConfig::for_new_topic(&self.defaults(), msg.configs).map_err(|e| TopicError::InvalidConfig(e.0))?;
         let name: Arc<str> = msg.name.into();
         let id = msg.id.unwrap_or_else(Uuid::new_v4);
         if msg.validate_only {
-            return Ok(Arc::new(TopicView { name, id, config, overrides: msg.configs, partitions: Vec::new() }));
+            return Ok(Arc::new(TopicView { name, id, config, overrides, partitions: Vec::new() }));
         }
         // A crash during an earlier delete may have left files behind: a new
         // topic must never inherit them.
         for index in 0..count {
             remove_stale_dir(&partition_dir(&self.config, &name, index))?;
         }
-        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: msg.configs.clone() };
+        let record = TopicRecord { id: *id.as_bytes(), partitions: count, overrides: overrides.clone() };
         self.persist(&name, Some(&record))?;
         let partitions = (0..count).map(|i| self.spawn_partition(&name, i)).collect();
-        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides: msg.configs, partitions });
+        let view = Arc::new(TopicView { name: name.clone(), id, config, overrides, partitions });
         self.topics.insert(name.clone(), view.clone());
         self.publish();
         tracing::info!(topic = %name, partitions = count, "created topic");
@@ -403,14 +422,14 @@ pub struct AllocateProducerId;
 const NEXT_PRODUCER_ID: &str = "next_producer_id";
 const BROKER_CONFIG_KEY: &str = "broker_config";
 
-/// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`):
-/// `Some(value)` sets, `None` returns to the static default. `replace` drops
+/// Change dynamic broker configs (Kafka names, e.g. `log.retention.ms`);
+/// `ConfigOp::Delete` returns one to the static default. `replace` drops
 /// every dynamic config not named (AlterConfigs). Answers the resulting
 /// dynamic configs by topic-config name.
 #[derive(Message)]
 #[rtype(result = "Result<BTreeMap<String, String>, TopicError>")]
 pub struct AlterBrokerConfig {
-    pub changes: Vec<(String, Option<String>)>,
+    pub changes: Vec<(String, ConfigOp)>,
     pub replace: bool,
     pub validate_only: bool,
 }
@@ -445,7 +464,8 @@ impl TopicRegistry {
     /// [`Self::set_broker_overrides`]. Answers the resulting overrides.
     fn alter_broker_config(&mut self, msg: AlterBrokerConfig) -> Result<BTreeMap<String, String>, TopicError> {
         let mut overrides = if msg.replace { BTreeMap::new() } else { self.broker_overrides.clone() };
-        for (name, value) in msg.changes {
+        let current = self.defaults();
+        for (name, op) in msg.changes {
             let Some(topic_name) = crate::config::topic_name_of_broker_config(&name) else {
                 let dynamic: Vec<&str> = crate::config::DYNAMIC_BROKER_CONFIGS.iter().map(|(b, _)| *b).collect();
                 return Err(TopicError::InvalidConfig(format!(
@@ -453,10 +473,7 @@ impl TopicRegistry {
                     dynamic.join(", ")
                 )));
             };
-            match value {
-                Some(value) => overrides.insert(topic_name.to_string(), value),
-                None => overrides.remove(topic_name),
-            };
+            op.apply(topic_name, &mut overrides, &current)?;
         }
         self.set_broker_overrides(overrides, msg.validate_only)
     }
@@ -552,14 +569,14 @@ impl Actor for TopicRegistry {
     }
 }
 
-/// Change a topic's config overrides. `changes`: `(name, Some(value))` sets,
-/// `(name, None)` returns it to the default. `replace` drops every override
-/// not named (AlterConfigs); otherwise the rest stay (IncrementalAlterConfigs).
+/// Change a topic's config overrides (`ConfigOp::Delete` returns one to the
+/// default). `replace` drops every override not named (AlterConfigs);
+/// otherwise the rest stay (IncrementalAlterConfigs).
 #[derive(Message)]
 #[rtype(result = "Result<(), TopicError>")]
 pub struct AlterTopicConfig {
     pub name: String,
-    pub changes: Vec<(String, Option<String>)>,
+    pub changes: Vec<(String, ConfigOp)>,
     pub replace: bool,
     pub validate_only: bool,
 }
@@ -578,16 +595,8 @@ impl TopicRegistry {
             return Err(TopicError::Unknown(msg.name));
         };
         let mut overrides = if msg.replace { BTreeMap::new() } else { view.overrides.clone() };
-        for (name, value) in msg.changes {
-            match value {
-                Some(value) => overrides.insert(name, value),
-                None => {
-                    if TopicConfig::default().get(&name).is_none() {
-                        return Err(TopicError::InvalidConfig(format!("unknown topic config '{name}'")));
-                    }
-                    overrides.remove(&name)
-                }
-            };
+        for (name, op) in msg.changes {
+            op.apply(&name, &mut overrides, &view.config)?;
         }
         let config =
             TopicConfig::with_overrides(&self.defaults(), &overrides).map_err(|e| TopicError::InvalidConfig(e.0))?;

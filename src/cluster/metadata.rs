@@ -181,6 +181,10 @@ impl ClusterMetadata {
                         format!("topic '{name}' already exists"),
                     );
                 }
+                let existing = self.topics.keys().map(String::as_str);
+                if let Err(e) = tributary_actors::config::check_name_collision(name, existing) {
+                    return CommandResult::error(ResponseError::InvalidTopicException, e.0);
+                }
                 let placed = match self.place(name, 0, *partitions, *replication_factor) {
                     Ok(placed) => placed,
                     Err(e) => return e,
@@ -391,6 +395,15 @@ mod tests {
             replication_factor: rf,
             configs: BTreeMap::new(),
         })
+    }
+
+    #[test]
+    fn a_name_colliding_in_metric_names_is_refused() {
+        let mut m = cluster(&[None]);
+        assert_eq!(create(&mut m, "foo.bar", 1, 1).error_code, 0);
+        assert_eq!(create(&mut m, "foo_bar", 1, 1).error_code, ResponseError::InvalidTopicException.code());
+        assert_eq!(create(&mut m, "foo.bar", 1, 1).error_code, ResponseError::TopicAlreadyExists.code());
+        assert!(!m.topics.contains_key("foo_bar"));
     }
 
     #[test]

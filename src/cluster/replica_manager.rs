@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use actix::{Addr, Supervisor};
 use tokio::sync::mpsc;
+use tributary_actors::config::ConfigOp;
 use tributary_actors::replication::{CheckIsr, IsrChange, LeaderRole, Role, SetRole};
 use tributary_actors::{AlterTopicConfig, Broker, CreatePartitions, CreateTopic, DeleteTopic, SetBrokerOverrides};
 use uuid::Uuid;
@@ -180,7 +181,8 @@ impl ReplicaManager {
                         log_failure(name, "growing", registry.send(grow).await);
                     }
                     if view.overrides != topic.configs {
-                        let changes = topic.configs.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+                        let changes =
+                            topic.configs.iter().map(|(k, v)| (k.clone(), ConfigOp::Set(v.clone()))).collect();
                         let alter =
                             AlterTopicConfig { name: name.clone(), changes, replace: true, validate_only: false };
                         log_failure(name, "configuring", registry.send(alter).await);

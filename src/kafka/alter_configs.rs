@@ -1,6 +1,8 @@
 //! AlterConfigs (replace a topic's overrides) and IncrementalAlterConfigs
-//! (SET or DELETE single configs) for topics, and for the broker's dynamic
-//! configs (the broker-wide topic defaults, e.g. `log.retention.ms`).
+//! (SET, DELETE, and APPEND or SUBTRACT on list configs) for topics, and for
+//! the broker's dynamic configs (the broker-wide topic defaults, e.g.
+//! `log.retention.ms`). The arithmetic of each change is `ConfigOp::apply`,
+//! the same on one broker (in the topic registry) and in a cluster (here).
 
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
@@ -8,7 +10,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use tributary_actors::AlterBrokerConfig;
+use tributary_actors::config::ConfigOp;
+use tributary_actors::{AlterBrokerConfig, TopicError};
 
 use super::{message, RequestContext};
 
@@ -16,19 +19,24 @@ const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// The changes of one resource, or why they cannot be read (an error code and message).
+type Changes = Result<Vec<(String, ConfigOp)>, (i16, String)>;
 
 /// Applies `changes` to one resource; returns its error code and message.
 async fn alter(
     ctx: &RequestContext,
     resource_type: i8,
     name: &StrBytes,
-    changes: Result<Vec<(String, Option<String>)>, String>,
+    changes: Changes,
     replace: bool,
     validate_only: bool,
 ) -> (i16, Option<StrBytes>) {
     let changes = match (resource_type, changes) {
         (RESOURCE_TOPIC | RESOURCE_BROKER, Ok(changes)) => changes,
-        (RESOURCE_TOPIC | RESOURCE_BROKER, Err(why)) => return (ResponseError::InvalidConfig.code(), message(why)),
+        (RESOURCE_TOPIC | RESOURCE_BROKER, Err((code, why))) => return (code, message(why)),
         _ => {
             let why = format!("resource type {resource_type} cannot be altered; use 2 (topic) or 4 (broker)");
             return (ResponseError::InvalidRequest.code(), message(why));
@@ -52,7 +60,7 @@ async fn alter(
 async fn alter_broker(
     ctx: &RequestContext,
     name: &StrBytes,
-    changes: Vec<(String, Option<String>)>,
+    changes: Vec<(String, ConfigOp)>,
     replace: bool,
     validate_only: bool,
 ) -> Result<(), (i16, String)> {
@@ -79,21 +87,24 @@ async fn alter_broker(
 async fn alter_topic(
     ctx: &RequestContext,
     name: &StrBytes,
-    changes: Vec<(String, Option<String>)>,
+    changes: Vec<(String, ConfigOp)>,
     replace: bool,
     validate_only: bool,
 ) -> Result<(), (i16, String)> {
     let Some(topic) = ctx.cluster.metadata().topics.get(name.as_str()).cloned() else {
         return Err((ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist")));
     };
-    let mut configs = if replace { Default::default() } else { topic.configs.clone() };
-    for (key, value) in changes {
-        match value {
-            Some(value) => configs.insert(key, value),
-            None => configs.remove(&key),
-        };
-    }
     let defaults = ctx.broker.metadata().defaults.clone();
+    let mut configs = if replace { Default::default() } else { topic.configs.clone() };
+    // The value in force for APPEND and SUBTRACT: the topic's current config.
+    let current = tributary_actors::TopicConfig::with_overrides(&defaults, &topic.configs)
+        .map_err(|e| (ResponseError::InvalidConfig.code(), e.0))?;
+    for (key, op) in changes {
+        op.apply(&key, &mut configs, &current).map_err(|e| {
+            let e = TopicError::from(e);
+            (e.error_code(), e.to_string())
+        })?;
+    }
     if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
         return Err((ResponseError::InvalidConfig.code(), e.0));
     }
@@ -118,8 +129,8 @@ fn result(resource_type: i8, name: StrBytes, (code, why): (i16, Option<StrBytes>
 pub async fn handle(ctx: &RequestContext, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let changes =
-            Ok(r.configs.iter().map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string()))).collect());
+        let op = |value: Option<&StrBytes>| value.map_or(ConfigOp::Delete, |v| ConfigOp::Set(v.to_string()));
+        let changes = Ok(r.configs.iter().map(|c| (c.name.to_string(), op(c.value.as_ref()))).collect());
         let outcome = alter(ctx, r.resource_type, &r.resource_name, changes, true, req.validate_only).await;
         responses.push(result(r.resource_type, r.resource_name, outcome));
     }
@@ -133,13 +144,22 @@ pub async fn handle_incremental(
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as Response;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let changes: Result<Vec<_>, String> = r
+        let changes: Changes = r
             .configs
             .iter()
-            .map(|c| match c.config_operation {
-                OP_SET => Ok((c.name.to_string(), Some(c.value.as_ref().map(|v| v.to_string()).unwrap_or_default()))),
-                OP_DELETE => Ok((c.name.to_string(), None)),
-                op => Err(format!("operation {op} on '{}' is not supported; use SET (0) or DELETE (1)", c.name)),
+            .map(|c| {
+                let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                let op = match c.config_operation {
+                    OP_SET => ConfigOp::Set(value),
+                    OP_DELETE => ConfigOp::Delete,
+                    OP_APPEND => ConfigOp::Append(value),
+                    OP_SUBTRACT => ConfigOp::Subtract(value),
+                    op => {
+                        let why = format!("unknown config operation {op} on '{}'; use 0 to 3", c.name);
+                        return Err((ResponseError::InvalidRequest.code(), why));
+                    }
+                };
+                Ok((c.name.to_string(), op))
             })
             .collect();
         let (code, why) = alter(ctx, r.resource_type, &r.resource_name, changes, false, req.validate_only).await;

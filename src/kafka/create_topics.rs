@@ -7,7 +7,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
-use tributary_actors::config::{validate_topic_name, TOPIC_CONFIG_NAMES};
+use tributary_actors::config::{check_name_collision, validate_topic_name, TOPIC_CONFIG_NAMES};
 use tributary_actors::TopicView;
 
 use super::{message, str_bytes, RequestContext};
@@ -87,16 +87,22 @@ async fn create(
         let why = format!("replication factor {rf} needs that many live brokers; {live} are live");
         return fail(result, ResponseError::InvalidReplicationFactor.code(), why);
     }
-    let configs: BTreeMap<String, String> =
+    let requested: BTreeMap<String, String> =
         topic.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
     let defaults = ctx.broker.metadata().defaults.clone();
-    if let Err(e) = tributary_actors::TopicConfig::with_overrides(&defaults, &configs) {
-        return fail(result, ResponseError::InvalidConfig.code(), e.0);
-    }
+    let configs = match tributary_actors::TopicConfig::for_new_topic(&defaults, requested) {
+        Ok((_, kept)) => kept,
+        Err(e) => return fail(result, ResponseError::InvalidConfig.code(), e.0),
+    };
     if cluster.metadata().topics.contains_key(&name) {
         return fail(result, ResponseError::TopicAlreadyExists.code(), format!("topic '{name}' already exists"));
     }
     if validate_only {
+        // It never reaches the controller, whose apply refuses a colliding name.
+        let metadata = cluster.metadata();
+        if let Err(e) = check_name_collision(&name, metadata.topics.keys().map(String::as_str)) {
+            return fail(result, ResponseError::InvalidTopicException.code(), e.0);
+        }
         return result.with_num_partitions(count).with_replication_factor(rf);
     }
     match cluster.create_topic(&ctx.broker, &name, count, rf, configs).await {

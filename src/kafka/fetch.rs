@@ -1,17 +1,22 @@
-//! Fetch with long-poll. If fewer than `min_bytes` are ready, the request
-//! waits on the partitions' offset watches: the produce that commits new
-//! data wakes it; `max_wait_ms` (capped by limits.max_fetch_wait_ms) ends it.
-//! No polling loop.
+//! Fetch with long-poll. The partitions of a request are read concurrently,
+//! sharing the response's byte budget in request order. If fewer than
+//! `min_bytes` are ready, the request waits on the partitions' offset
+//! watches: the produce that commits new data wakes it; `max_wait_ms`
+//! (capped by limits.max_fetch_wait_ms) ends it. No polling loop. After a
+//! wake-up nothing is read twice: each partition is read on from where its
+//! last read ended, so the response grows by the new batches only.
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::{select_all, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
-use tributary_actors::{PartitionHandle, Read};
+use tributary_actors::record_batch::BatchHeader;
+use tributary_actors::{LogOffsets, PartitionError, PartitionHandle, Read, ReadOutcome};
 
 use super::RequestContext;
 use crate::metrics::Metrics;
@@ -19,6 +24,8 @@ use crate::metrics::Metrics;
 const READ_COMMITTED: i8 = 1;
 /// Rounds of "read, then wait for new data": each ends on new data or the deadline.
 const MAX_WAIT_ROUNDS: usize = 10_000;
+/// Reads of one request sent to partition actors and not yet answered.
+const MAX_READS_IN_FLIGHT: usize = 64;
 
 struct Target {
     topic: TopicName,
@@ -38,9 +45,16 @@ enum Route {
     Preferred(i32),
 }
 
-/// Leaders serve; followers serve consumers that know KIP-392 (v11+); a
-/// leader sends a consumer with `client.rack` to an in-sync follower in its rack.
-fn route(ctx: &RequestContext, topic: &str, partition: i32, version: i16, rack: &str) -> Route {
+/// Leaders serve (by the partition's own role: `super::leader_epoch`);
+/// followers serve consumers that know KIP-392 (v11+); a leader sends a
+/// consumer with `client.rack` to an in-sync follower in its rack.
+fn route(
+    ctx: &RequestContext,
+    handle: Option<&PartitionHandle>,
+    (topic, partition): (&str, i32),
+    version: i16,
+    rack: &str,
+) -> Route {
     let cluster = &ctx.cluster;
     let metadata = cluster.metadata();
     let me = cluster.node_id();
@@ -48,7 +62,7 @@ fn route(ctx: &RequestContext, topic: &str, partition: i32, version: i16, rack: 
         return Route::Refuse(ResponseError::UnknownTopicOrPartition.code());
     };
     let rack_of = |id: &u64| metadata.brokers.get(id).and_then(|b| b.rack.as_deref());
-    if p.leader == Some(me) {
+    if super::leader_epoch(handle).is_ok() {
         if version >= 11 && !rack.is_empty() && rack_of(&me) != Some(rack) {
             let live = |id: &u64| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
             if let Some(follower) = p.isr.iter().find(|id| **id != me && live(id) && rack_of(id) == Some(rack)) {
@@ -72,14 +86,40 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
     let min_bytes = req.min_bytes.max(0) as usize;
     let read_committed = req.isolation_level == READ_COMMITTED;
 
+    let mut targets = resolve(ctx, req, version);
+    let mut parts: Vec<Part> = targets.iter().map(Part::new).collect();
+    for _ in 0..MAX_WAIT_ROUNDS {
+        // Mark the offsets seen before reading: a commit after this point wakes the wait below.
+        for (t, _) in targets.iter_mut().zip(&parts).filter(|(_, p)| !p.done) {
+            if let Some(h) = t.handle.as_mut() {
+                h.offsets.borrow_and_update();
+            }
+        }
+        let left = max_bytes.saturating_sub(total(&parts));
+        read_round(&targets, &mut parts, left).await;
+        let full = ensure_progress(&targets, &mut parts, max_bytes).await;
+        let any_error = parts.iter().any(|p| p.error != 0);
+        if full || total(&parts) >= min_bytes.min(max_bytes) || any_error || Instant::now() >= deadline {
+            break;
+        }
+        if !wait_for_data(&mut targets, &parts, deadline).await {
+            break;
+        }
+    }
+    respond(&targets, parts, version, read_committed, &ctx.metrics)
+}
+
+/// The requested partitions, in request order, with where each is served.
+fn resolve(ctx: &RequestContext, req: FetchRequest, version: i16) -> Vec<Target> {
     let snapshot = ctx.broker.metadata();
     let rack = req.rack_id.to_string();
     let mut targets = Vec::new();
     for topic in req.topics {
         for p in topic.partitions {
+            let handle = snapshot.partition(&topic.topic, p.partition).cloned();
             targets.push(Target {
-                route: route(ctx, &topic.topic, p.partition, version, &rack),
-                handle: snapshot.partition(&topic.topic, p.partition).cloned(),
+                route: route(ctx, handle.as_ref(), (&topic.topic, p.partition), version, &rack),
+                handle,
                 topic: topic.topic.clone(),
                 partition: p.partition,
                 offset: p.fetch_offset,
@@ -87,35 +127,40 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
             });
         }
     }
-    drop(snapshot);
+    targets
+}
 
-    let mut results = Vec::new();
-    for _ in 0..MAX_WAIT_ROUNDS {
-        // Mark the offsets seen before reading: a commit after this point wakes the wait below.
-        for t in targets.iter_mut() {
-            if let Some(h) = t.handle.as_mut() {
-                h.offsets.borrow_and_update();
-            }
-        }
-        results = read_all(&targets, max_bytes, version, &ctx.metrics).await;
-        let total: usize = results.iter().map(|r| r.records.as_ref().map_or(0, Bytes::len)).sum();
-        let any_error = results.iter().any(|r| r.error_code != 0);
-        if total >= min_bytes || any_error || targets.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        let mut watches: Vec<_> =
-            targets.iter_mut().filter_map(|t| t.handle.as_mut()).map(|h| h.offsets.changed().boxed()).collect();
-        if watches.is_empty() {
-            break;
-        }
-        tokio::select! {
-            _ = select_all(watches.iter_mut()) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
+/// Waits until a partition still being read gets new offsets, or the
+/// deadline. False if none is being read (nothing to wait for).
+async fn wait_for_data(targets: &mut [Target], parts: &[Part], deadline: Instant) -> bool {
+    let mut watches: Vec<_> = targets
+        .iter_mut()
+        .zip(parts)
+        .filter(|(_, p)| !p.done)
+        .filter_map(|(t, _)| t.handle.as_mut())
+        .map(|h| h.offsets.changed().boxed())
+        .collect();
+    if watches.is_empty() {
+        return false;
     }
+    tokio::select! {
+        _ = select_all(watches.iter_mut()) => {}
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    true
+}
 
+/// Partitions in request order, grouped under their topic as they come.
+fn respond(
+    targets: &[Target],
+    parts: Vec<Part>,
+    version: i16,
+    read_committed: bool,
+    metrics: &Metrics,
+) -> FetchResponse {
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
-    for (target, mut data) in targets.iter().zip(results) {
+    for (target, part) in targets.iter().zip(parts) {
+        let mut data = part.into_response(version, &target.topic, metrics);
         if read_committed {
             data.aborted_transactions = Some(Vec::new());
         }
@@ -128,68 +173,235 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
     FetchResponse::default().with_responses(responses)
 }
 
-/// Reads every partition once, sharing the response's byte budget in order.
-/// The first batch of the response is always returned whole so consumers progress.
-async fn read_all(targets: &[Target], max_bytes: usize, version: i16, metrics: &Metrics) -> Vec<PartitionData> {
-    let mut remaining = max_bytes;
-    let mut results = Vec::with_capacity(targets.len());
-    for t in targets {
+/// One partition's part of the response, built over the rounds of a long poll.
+struct Part {
+    partition: i32,
+    /// Where the next read starts: the fetch offset, then just past the batches read.
+    offset: i64,
+    /// What `partition_max_bytes` still allows.
+    budget: usize,
+    /// Whole stored batches, in offset order, one `Bytes` per read that returned some.
+    batches: Vec<Bytes>,
+    bytes: usize,
+    /// From the partition's latest answer.
+    offsets: Option<LogOffsets>,
+    error: i16,
+    preferred_replica: Option<i32>,
+    /// Read no more: refused, failed, blocked, or `partition_max_bytes` used up.
+    done: bool,
+    /// The last read stopped before a batch larger than its budget.
+    blocked: bool,
+}
+
+impl Part {
+    /// Partitions this broker does not serve are answered at once, without a read.
+    fn new(t: &Target) -> Part {
+        let mut part = Part {
+            partition: t.partition,
+            offset: t.offset,
+            budget: t.max_bytes,
+            batches: Vec::new(),
+            bytes: 0,
+            offsets: None,
+            error: 0,
+            preferred_replica: None,
+            done: true,
+            blocked: false,
+        };
+        match (t.route, &t.handle) {
+            (Route::Refuse(code), _) => part.error = code,
+            (Route::Preferred(replica), _) => part.preferred_replica = Some(replica),
+            (Route::Serve, None) => part.error = ResponseError::UnknownTopicOrPartition.code(),
+            (Route::Serve, Some(_)) => part.done = false,
+        }
+        part
+    }
+
+    /// Takes a read's answer; returns the bytes it added.
+    fn take(&mut self, answer: Result<Result<ReadOutcome, PartitionError>, actix::MailboxError>) -> usize {
+        let read = match answer {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return self.fail(e.error_code()),
+            Err(_) => return self.fail(ResponseError::NotLeaderOrFollower.code()),
+        };
+        let len = read.records.len();
+        self.blocked = len == 0 && self.offset < read.offsets.high_watermark();
+        self.offsets = Some(read.offsets);
+        if len > 0 {
+            if let Some(last) = batch_spans(&read.records).last() {
+                self.offset = self.offset.max(last.last_offset + 1);
+            }
+            self.budget = self.budget.saturating_sub(len);
+            self.bytes += len;
+            self.batches.push(read.records);
+        }
+        // A blocked partition stays blocked: its budget only shrinks.
+        self.done |= self.blocked || self.budget == 0;
+        len
+    }
+
+    /// Batches read in earlier rounds were valid when read: they are
+    /// answered, and the error only if there are none.
+    fn fail(&mut self, code: i16) -> usize {
+        self.done = true;
+        self.blocked = false;
+        if self.bytes == 0 {
+            self.error = code;
+        }
+        0
+    }
+
+    fn into_response(self, version: i16, topic: &str, metrics: &Metrics) -> PartitionData {
         let data = PartitionData::default()
-            .with_partition_index(t.partition)
+            .with_partition_index(self.partition)
+            .with_error_code(self.error)
             .with_high_watermark(-1)
             .with_last_stable_offset(-1)
             .with_log_start_offset(-1);
-        match t.route {
-            Route::Serve => {}
-            Route::Refuse(code) => {
-                results.push(data.with_error_code(code));
-                continue;
-            }
-            Route::Preferred(replica) => {
-                results.push(data.with_preferred_read_replica(kafka_protocol::messages::BrokerId(replica)));
-                continue;
-            }
+        if let Some(replica) = self.preferred_replica {
+            return data.with_preferred_read_replica(kafka_protocol::messages::BrokerId(replica));
         }
-        let Some(handle) = &t.handle else {
-            results.push(data.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
-            continue;
+        let Some(offsets) = self.offsets.filter(|_| self.error == 0) else { return data };
+        let records = match self.batches.len() {
+            0 => Bytes::new(),
+            1 => self.batches.into_iter().next().unwrap_or_default(),
+            _ => self
+                .batches
+                .iter()
+                .fold(BytesMut::with_capacity(self.bytes), |mut all, b| {
+                    all.extend_from_slice(b);
+                    all
+                })
+                .freeze(),
         };
-        let min_one = remaining == max_bytes;
-        let read = Read { offset: t.offset, max_bytes: t.max_bytes.min(remaining), min_one };
-        let data = match handle.addr.send(read).await {
-            Ok(Ok(read)) => {
-                remaining = remaining.saturating_sub(read.records.len());
-                if !read.records.is_empty() {
-                    let label = metrics.topic(&t.topic);
-                    metrics.bytes_out.get_or_create(&label).inc_by(read.records.len() as u64);
-                    metrics.records_out.get_or_create(&label).inc_by(count_records(&read.records));
-                }
-                let hw = read.offsets.high_watermark();
-                data.with_high_watermark(hw)
-                    .with_last_stable_offset(hw)
-                    .with_log_start_offset(if version >= 5 { read.offsets.log_start_offset } else { -1 })
-                    .with_records(Some(read.records))
-            }
-            Ok(Err(e)) => data.with_error_code(e.error_code()),
-            Err(_) => data.with_error_code(ResponseError::NotLeaderOrFollower.code()),
-        };
-        results.push(data);
+        if !records.is_empty() {
+            let label = metrics.topic(topic);
+            metrics.bytes_out.get_or_create(&label).inc_by(records.len() as u64);
+            let count = batch_spans(&records).iter().map(|b| b.records).sum();
+            metrics.records_out.get_or_create(&label).inc_by(count);
+        }
+        let hw = offsets.high_watermark();
+        data.with_high_watermark(hw)
+            .with_last_stable_offset(hw)
+            .with_log_start_offset(if version >= 5 { offsets.log_start_offset } else { -1 })
+            .with_records(Some(records))
     }
-    results
 }
 
-/// Records in concatenated stored batches, read from their headers.
-fn count_records(mut batches: &[u8]) -> u64 {
-    let mut total = 0u64;
-    while let Ok(header) = tributary_actors::record_batch::BatchHeader::parse(batches) {
-        total += header.record_count.max(0) as u64;
-        let len = header.total_len();
-        if len == 0 || len > batches.len() {
-            break;
-        }
-        batches = &batches[len..];
+fn total(parts: &[Part]) -> usize {
+    parts.iter().map(|p| p.bytes).sum()
+}
+
+async fn read(
+    t: &Target,
+    offset: i64,
+    max_bytes: usize,
+    min_one: bool,
+) -> Result<Result<ReadOutcome, PartitionError>, actix::MailboxError> {
+    match &t.handle {
+        Some(handle) => handle.addr.send(Read { offset, max_bytes, min_one }).await,
+        None => Ok(Err(PartitionError::NotLeader)),
     }
-    total
+}
+
+/// Reads every partition that is not done once, concurrently (at most
+/// `MAX_READS_IN_FLIGHT` at a time), within `budget` bytes in all. A read
+/// reserves its share of the budget when it is sent and gives back what it
+/// did not use when answered; one whose full share is not free waits for
+/// the reads sent before it, so the budget goes to partitions in request
+/// order, as if they were read one after another.
+async fn read_round(targets: &[Target], parts: &mut [Part], budget: usize) {
+    let mut unreserved = budget;
+    let mut queue = (0..parts.len()).filter(|&i| !parts[i].done).collect::<Vec<_>>().into_iter().peekable();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < MAX_READS_IN_FLIGHT {
+            let Some(&i) = queue.peek() else { break };
+            let share = parts[i].budget.min(budget);
+            if share > unreserved && !in_flight.is_empty() {
+                break;
+            }
+            queue.next();
+            let reserved = share.min(unreserved);
+            unreserved -= reserved;
+            let offset = parts[i].offset;
+            in_flight.push(read(&targets[i], offset, reserved, false).map(move |answer| (i, reserved, answer)));
+        }
+        let Some((i, reserved, answer)) = in_flight.next().await else { break };
+        let used = parts[i].take(answer);
+        unreserved = (unreserved + reserved).saturating_sub(used);
+    }
+}
+
+/// As in Kafka, the first batch of a response is returned whole even if it
+/// is larger than its budget, so a consumer always progresses: if the first
+/// partition (in request order) that has data was blocked by a batch too large,
+/// it is read again for that batch. Concurrent reads after it were given
+/// budget as if it had none, so the response is then cut back to `max_bytes`.
+/// Returns whether batches were dropped to fit (the response is full).
+async fn ensure_progress(targets: &[Target], parts: &mut [Part], max_bytes: usize) -> bool {
+    let Some(first) = parts.iter().position(|p| p.bytes > 0 || p.blocked) else { return false };
+    if parts[first].bytes == 0 {
+        let part = &mut parts[first];
+        let answer = read(&targets[first], part.offset, part.budget.min(max_bytes), true).await;
+        part.take(answer);
+        part.done = true;
+    }
+    total(parts) > max_bytes && cut_to(parts, max_bytes)
+}
+
+/// Keeps whole batches in request order while they fit in `max_bytes`
+/// (the response's first batch always); drops the rest. Returns whether
+/// anything was dropped.
+fn cut_to(parts: &mut [Part], max_bytes: usize) -> bool {
+    let mut left = max_bytes;
+    let mut first = true;
+    let mut cut = false;
+    for part in parts.iter_mut() {
+        let mut kept = Vec::new();
+        for chunk in std::mem::take(&mut part.batches) {
+            let mut end = 0;
+            for Span { len, .. } in batch_spans(&chunk) {
+                if cut || (len > left && !first) {
+                    cut = true;
+                    break;
+                }
+                left = left.saturating_sub(len);
+                first = false;
+                end += len;
+            }
+            if end > 0 {
+                kept.push(chunk.slice(..end));
+            }
+        }
+        part.bytes = kept.iter().map(Bytes::len).sum();
+        part.batches = kept;
+        part.done = true;
+    }
+    cut
+}
+
+/// One stored batch in a read's bytes, from its header.
+struct Span {
+    len: usize,
+    last_offset: i64,
+    records: u64,
+}
+
+/// The stored batches in `bytes`. A header that does not parse ends the
+/// walk, with the rest as one span of no records.
+fn batch_spans(mut bytes: &[u8]) -> Vec<Span> {
+    let mut spans = Vec::new();
+    while !bytes.is_empty() {
+        let Ok(header) = BatchHeader::parse(bytes) else {
+            spans.push(Span { len: bytes.len(), last_offset: -1, records: 0 });
+            break;
+        };
+        let len = header.total_len().clamp(1, bytes.len());
+        spans.push(Span { len, last_offset: header.last_offset(), records: header.record_count.max(0) as u64 });
+        bytes = &bytes[len..];
+    }
+    spans
 }
 
 super::registry::api! {

@@ -70,7 +70,7 @@ pub fn start(
                         // do_send queues at once (never waits on a full mailbox), so order is kept.
                         let (reply, answer) = tokio::sync::oneshot::channel();
                         handle.addr.do_send(AppendWithReply { append, reply });
-                        Ok((answer, bytes, records))
+                        Ok(Sent { answer, offsets: handle.offsets.clone(), bytes, records })
                     }
                     Some(Err(e)) => Err((e.error_code(), e.to_string())),
                     None => Err((ResponseError::InvalidRecord.code(), "produce request carried null records".into())),
@@ -93,11 +93,16 @@ pub fn start(
     async move { answer(pending, deadline, acks, version, &metrics).await }
 }
 
-type Pending = Vec<(
-    kafka_protocol::messages::TopicName,
-    i32,
-    Result<(tokio::sync::oneshot::Receiver<Result<AppendOutcome, PartitionError>>, usize, i64), (i16, String)>,
-)>;
+/// An append sent to its partition actor.
+struct Sent {
+    answer: tokio::sync::oneshot::Receiver<Result<AppendOutcome, PartitionError>>,
+    /// The partition's offsets, as its actor last published them.
+    offsets: tokio::sync::watch::Receiver<tributary_actors::LogOffsets>,
+    bytes: usize,
+    records: i64,
+}
+
+type Pending = Vec<(kafka_protocol::messages::TopicName, i32, Result<Sent, (i16, String)>)>;
 
 async fn answer(
     pending: Pending,
@@ -110,12 +115,14 @@ async fn answer(
     for (topic, index, outcome) in pending {
         let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
         let response = match outcome {
-            Ok((append, bytes, records)) => match timed(deadline, append).await {
+            Ok(Sent { answer, offsets, bytes, records }) => match timed(deadline, answer).await {
                 Ok(Ok(appended)) => {
                     let label = metrics.topic(&topic);
                     metrics.bytes_in.get_or_create(&label).inc_by(bytes as u64);
                     metrics.records_in.get_or_create(&label).inc_by(records.max(0) as u64);
-                    let log_start = if version >= 5 { 0 } else { -1 };
+                    // Appends never move the log start; the actor publishes it when it opens the
+                    // log and after every retention or DeleteRecords step, so the watch has it.
+                    let log_start = if version >= 5 { offsets.borrow().log_start_offset } else { -1 };
                     response
                         .with_base_offset(appended.base_offset)
                         .with_log_start_offset(log_start)

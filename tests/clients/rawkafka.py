@@ -28,11 +28,64 @@ def record_batch(values, timestamp=1_000):
     return bytes(builder.build())
 
 
-def produce_v3(correlation_id, topic, partition, records, acks=-1):
+def produce_v3(correlation_id, topic, partition, records, acks=-1, version=3):
+    """Produce v3 to v8 share this request shape."""
     body = string(None) + struct.pack(">hi", acks, 10_000)
     body += struct.pack(">i", 1) + string(topic)
     body += struct.pack(">i", 1) + struct.pack(">i", partition) + struct.pack(">i", len(records)) + records
-    return request(0, 3, correlation_id, body)
+    return request(0, version, correlation_id, body)
+
+
+def parse_produce_v5(resp):
+    """(error_code, base_offset, log_start_offset) for a one-partition Produce v5 response."""
+    at = 4 + 4  # correlation id, topic count
+    (name_len,) = struct.unpack_from(">h", resp, at)
+    at += 2 + name_len + 4  # name, partition count
+    _, error_code, base_offset, _append_time, log_start = struct.unpack_from(">ihqqq", resp, at)
+    return error_code, base_offset, log_start
+
+
+def fetch_v5(correlation_id, topic, partitions, max_wait_ms=0, min_bytes=1, max_bytes=50 << 20):
+    """Fetch v5 of one topic; `partitions` is [(partition, fetch_offset, partition_max_bytes)], in request order."""
+    body = struct.pack(">iiiib", -1, max_wait_ms, min_bytes, max_bytes, 0)
+    body += struct.pack(">i", 1) + string(topic) + struct.pack(">i", len(partitions))
+    for partition, offset, partition_max in partitions:
+        body += struct.pack(">iqqi", partition, offset, -1, partition_max)  # -1: the follower's log start (v5+)
+    return request(1, 5, correlation_id, body)
+
+
+def parse_fetch_v5(resp):
+    """[(partition, error_code, high_watermark, log_start_offset, records bytes)] in response order."""
+    at = 4 + 4  # correlation id, throttle time
+    (topics,) = struct.unpack_from(">i", resp, at)
+    at += 4
+    out = []
+    for _ in range(topics):
+        (name_len,) = struct.unpack_from(">h", resp, at)
+        at += 2 + name_len
+        (count,) = struct.unpack_from(">i", resp, at)
+        at += 4
+        for _ in range(count):
+            partition, error, hw, _lso, log_start, aborted = struct.unpack_from(">ihqqqi", resp, at)
+            at += 4 + 2 + 8 + 8 + 8 + 4 + max(aborted, 0) * 16
+            (size,) = struct.unpack_from(">i", resp, at)
+            at += 4
+            records = resp[at:at + max(size, 0)]
+            at += max(size, 0)
+            out.append((partition, error, hw, log_start, records))
+    return out
+
+
+def batches(records):
+    """[(base_offset, record_count, length)] of the v2 batches in a records field."""
+    out = []
+    at = 0
+    while at + 61 <= len(records):
+        base, length = struct.unpack_from(">qi", records, at)
+        (count,) = struct.unpack_from(">i", records, at + 57)
+        out.append((base, count, 12 + length))
+        at += 12 + length
+    return out
 
 
 def api_versions(correlation_id, version=0):

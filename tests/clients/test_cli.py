@@ -2,6 +2,8 @@
 cluster status; tables for people, --format json for scripts, clear errors."""
 
 import json
+import os
+import signal
 import subprocess
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -105,3 +107,29 @@ def test_groups_and_cluster_status(broker):
     unreachable = subprocess.run([str(binary()), "--brokers", "127.0.0.1:1", "cluster", "status"],
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode != 0 and "cannot connect to 127.0.0.1:1" in unreachable.stderr
+
+
+def test_a_closed_stdout_ends_the_cli_quietly_as_it_ends_ls(broker):
+    """`tributary topic list | head -1`: once the reader has gone, the CLI dies
+    of SIGPIPE without a word, like `ls`, instead of panicking on EPIPE."""
+    cli(broker, "topic", "create", "piped", "-p", "1")
+    for args in (["topic", "list"], ["--format", "json", "topic", "list"], ["consume", "piped", "-n", "1"]):
+        if args[0] == "consume":
+            cli(broker, "produce", "piped", stdin="one line\n")
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first line is written: EPIPE for certain
+        try:
+            run = subprocess.run([str(binary()), "--brokers", broker.bootstrap, *args], stdout=write_end,
+                                 stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write_end)
+        assert run.returncode == -signal.SIGPIPE, (args, run.returncode, run.stderr)
+        assert run.stderr == "", args
+
+    # As a user types it: 20,000 lines are more than a pipe holds, so the CLI
+    # is still writing when `head` exits.
+    cli(broker, "produce", "piped", stdin="".join(f"record-{i}\n" for i in range(20_000)))
+    shell = subprocess.run(["bash", "-c", '"$0" --brokers "$1" consume piped -n 30000 | head -1; echo "status ${PIPESTATUS[0]}"',
+                            str(binary()), broker.bootstrap], capture_output=True, text=True, timeout=60)
+    assert shell.stdout.splitlines() == ["one line", "status 141"], shell.stdout
+    assert shell.stderr == ""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 import rawkafka
 from cluster import Cluster, ClusterBroker, free_port_on
@@ -324,3 +324,51 @@ def test_acks_all_needs_min_insync_replicas(cluster):
     cluster.wait_for("ISR of three", lambda l, r, isr: len(isr) == 3, timeout_s=30, topic=topic)
     conn.send(rawkafka.produce_v3(4, topic, 0, rawkafka.record_batch([b"all three again"]), acks=-1))
     assert rawkafka.parse_produce_v3(conn.recv_response())[1] == 0
+
+
+def test_topic_admin_rules_hold_through_the_controller(cluster):
+    """APPEND and SUBTRACT on list configs, and the '.'/'_' name collision rule,
+    go through the controller as on one broker."""
+    for node in (1, 2, 3):  # every broker counts three live ones, so any may take rf=3
+        cluster.wait_for_brokers(3, via=cluster.broker(node).bootstrap)
+    create(cluster, "lists", 1, 3)
+    resource = lambda *changes: ConfigResource(  # noqa: E731
+        ConfigResource.Type.TOPIC, "lists",
+        incremental_configs=[ConfigEntry(n, v, incremental_operation=op) for n, v, op in changes])
+
+    def policy(expected):
+        """The policy described, once every broker has applied the change (bounded wait)."""
+        plain = ConfigResource(ConfigResource.Type.TOPIC, "lists")
+        admins = [cluster.admin(cluster.broker(n).bootstrap) for n in (1, 2, 3)]  # alive until answered
+        deadline = time.monotonic() + 15
+        while True:
+            got = [a.describe_configs([plain])[plain].result(10)["cleanup.policy"].value for a in admins]
+            if got == [expected] * 3 or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
+
+    admin = cluster.admin(cluster.broker(2).bootstrap)
+    r = resource(("cleanup.policy", "compact", AlterConfigOpType.APPEND))
+    admin.incremental_alter_configs([r])[r].result(20)
+    assert policy("compact,delete") == ["compact,delete"] * 3
+    r = resource(("cleanup.policy", "delete", AlterConfigOpType.SUBTRACT))
+    admin.incremental_alter_configs([r])[r].result(20)
+    assert policy("compact") == ["compact"] * 3
+    r = resource(("min.insync.replicas", "2", AlterConfigOpType.APPEND))
+    with pytest.raises(KafkaException) as not_a_list:
+        admin.incremental_alter_configs([r])[r].result(20)
+    assert not_a_list.value.args[0].name() == "INVALID_REQUEST"
+
+    create(cluster, "lists.v1", 1, 3)
+    with pytest.raises(KafkaException) as collided:
+        create(cluster, "lists_v1", 1, 3)
+    assert collided.value.args[0].name() == "TOPIC_EXCEPTION" and "collides" in collided.value.args[0].str()
+
+    # Old configs are dropped before the controller sees them, so every broker's
+    # topic matches the metadata and is not re-configured on each reconcile.
+    create(cluster, "lists-legacy", 1, 3, {"message.format.version": "2.8", "retention.ms": "60000"})
+    time.sleep(3)
+    for node in (1, 2, 3):
+        altered = [line for line in cluster.broker(node).log().splitlines()
+                   if "altered topic config" in line and "lists-legacy" in line]
+        assert not altered, f"broker {node} re-configured it: {altered[:2]}"

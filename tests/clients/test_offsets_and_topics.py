@@ -6,7 +6,7 @@ import kafka.admin
 import kafka.errors
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic
 
 from helpers import consume_partitions, create_topic, fetch_error
 
@@ -157,3 +157,108 @@ def test_list_offsets_by_max_timestamp_with_admin_client(broker):
     earliest = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result(10)
     latest = admin.list_offsets({tp: OffsetSpec.latest()})[tp].result(10)
     assert (earliest.offset, latest.offset) == (0, 5)
+
+
+def alter(admin, resource_type, name, *changes):
+    """IncrementalAlterConfigs of (config, value, op) on one resource; its future."""
+    entries = [ConfigEntry(n, v, incremental_operation=op) for n, v, op in changes]
+    resource = ConfigResource(resource_type, name, incremental_configs=entries)
+    return admin.incremental_alter_configs([resource])[resource]
+
+
+def described(admin, resource_type, name, config):
+    resource = ConfigResource(resource_type, name)
+    return admin.describe_configs([resource])[resource].result(10)[config].value
+
+
+def test_incremental_alter_configs_appends_to_and_subtracts_from_list_configs(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = ConfigResource.Type.TOPIC
+    create_topic(broker.bootstrap, "listed", 1)
+    append, subtract = AlterConfigOpType.APPEND, AlterConfigOpType.SUBTRACT
+
+    alter(admin, topic, "listed", ("cleanup.policy", "compact", append)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact,delete", "appended to the default"
+    alter(admin, topic, "listed", ("cleanup.policy", "compact", append)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact,delete", "a value present is not added"
+    alter(admin, topic, "listed", ("cleanup.policy", "delete", subtract)).result(10)
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact"
+
+    with pytest.raises(KafkaException) as emptied:
+        alter(admin, topic, "listed", ("cleanup.policy", "compact", subtract)).result(10)
+    assert emptied.value.args[0].name() == "INVALID_CONFIG" and "cleanup.policy" in emptied.value.args[0].str()
+    with pytest.raises(KafkaException) as not_a_list:
+        alter(admin, topic, "listed", ("retention.ms", "1000", append)).result(10)
+    error = not_a_list.value.args[0]
+    assert error.name() == "INVALID_REQUEST", "Kafka's code for APPEND on a non-list config"
+    assert "not allowed for config key: retention.ms" in error.str()
+    with pytest.raises(KafkaException) as unknown:
+        alter(admin, topic, "listed", ("no.such.config", "x", subtract)).result(10)
+    assert unknown.value.args[0].name() == "INVALID_CONFIG"
+    assert described(admin, topic, "listed", "cleanup.policy") == "compact", "refused changes changed nothing"
+
+    # The broker-wide default is a list too; new topics follow it.
+    broker_resource = ConfigResource.Type.BROKER
+    alter(admin, broker_resource, "0", ("log.cleanup.policy", "compact", append)).result(10)
+    assert described(admin, broker_resource, "0", "log.cleanup.policy") == "compact,delete"
+    create_topic(broker.bootstrap, "listed-later", 1)
+    assert described(admin, topic, "listed-later", "cleanup.policy") == "compact,delete"
+    alter(admin, broker_resource, "0", ("log.cleanup.policy", "compact", subtract)).result(10)
+    assert described(admin, topic, "listed-later", "cleanup.policy") == "delete"
+
+
+def test_names_that_differ_only_in_dot_or_underscore_collide(broker):
+    """Kafka's metric names make '.' and '_' one: foo.bar and foo_bar cannot both exist."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    create_topic(broker.bootstrap, "clicks.eu", 1)
+    for validate_only in (True, False):
+        with pytest.raises(KafkaException) as collided:
+            admin.create_topics([NewTopic("clicks_eu", 1, 1)], validate_only=validate_only)["clicks_eu"].result(10)
+        error = collided.value.args[0]
+        assert error.name() == "TOPIC_EXCEPTION", "INVALID_TOPIC_EXCEPTION (17)"
+        assert "collides with existing topic 'clicks.eu'" in error.str()
+    assert "clicks_eu" not in admin.list_topics(timeout=10).topics
+    # Auto-creation by a producer is refused the same way.
+    kp = kafka.KafkaProducer(bootstrap_servers=broker.bootstrap, max_block_ms=3000)
+    with pytest.raises(kafka.errors.KafkaError):
+        kp.send("clicks_eu", b"x").get(timeout=10)
+    kp.close()
+    assert "clicks_eu" not in admin.list_topics(timeout=10).topics
+    # Once the first is gone, the other name is free.
+    admin.delete_topics(["clicks.eu"])["clicks.eu"].result(10)
+    create_topic(broker.bootstrap, "clicks_eu", 1)
+
+
+def test_old_topic_configs_are_accepted_and_ignored(broker):
+    """message.format.version and message.downconversion.enable, which old tools
+    still send: accepted with a valid value, kept nowhere, not described."""
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    old = {"message.format.version": "0.10.2-IV0", "message.downconversion.enable": "false"}
+    admin.create_topics([NewTopic("legacy", 1, 1, config={**old, "retention.ms": "60000"})])["legacy"].result(10)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, "legacy")
+    configs = admin.describe_configs([resource])[resource].result(10)
+    assert configs["retention.ms"].value == "60000"
+    assert not set(old) & set(configs), "ignored configs are not described"
+
+    set_op, delete_op = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    alter(admin, ConfigResource.Type.TOPIC, "legacy", ("message.downconversion.enable", "true", set_op),
+          ("message.format.version", "", delete_op)).result(10)
+    assert admin.describe_configs([resource])[resource].result(10)["retention.ms"].value == "60000"
+
+    # A bad value is still refused, naming the config.
+    for name, bad in (("message.format.version", "banana"), ("message.downconversion.enable", "sometimes")):
+        with pytest.raises(KafkaException) as refused:
+            admin.create_topics([NewTopic("legacy-bad", 1, 1, config={name: bad})])["legacy-bad"].result(10)
+        assert refused.value.args[0].name() == "INVALID_CONFIG" and name in refused.value.args[0].str()
+
+    # kafka-python's admin client, as an old tool would send them.
+    ka = kafka.admin.KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    ka.create_topics([kafka.admin.NewTopic("legacy-kp", num_partitions=1, replication_factor=1,
+                                           topic_configs={"message.format.version": "2.8"})])
+    assert "legacy-kp" in ka.list_topics()
+    ka.close()
+    # And the data path is unchanged: v2 batches in, v2 batches out.
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    p.produce("legacy", value=b"still v2")
+    assert p.flush(10) == 0
+    assert [m.value() for m in consume_partitions(broker.bootstrap, "legacy", [0], 1)[0]] == [b"still v2"]

@@ -9,6 +9,7 @@ import kafka.admin
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+import rawkafka
 from helpers import consume_partitions, create_topic, fetch_error
 
 FAST_RETENTION = "[topics]\nretention_check_interval_ms = 200\n"
@@ -181,3 +182,26 @@ def test_dynamic_broker_configs_set_topic_defaults_and_persist(broker):
     broker.restart()
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     assert topic_config("follows", "retention.ms") == "3600000", "dynamic broker configs survive a restart"
+
+
+def test_produce_responses_carry_the_log_start_offset(broker):
+    """Produce v5+ answers with the partition's log start offset: 0 at first,
+    where DeleteRecords moved it afterwards (a delete inside a batch included)."""
+    create_topic(broker.bootstrap, "started", 1)
+    conn = rawkafka.Conn(broker.bootstrap)
+
+    def produce(n, version=5):
+        conn.send(rawkafka.produce_v3(n, "started", 0, rawkafka.record_batch([b"a", b"b", b"c"]), version=version))
+        return rawkafka.parse_produce_v5(conn.recv_response())
+
+    assert produce(1) == (0, 0, 0)
+    assert produce(2) == (0, 3, 0)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for f in admin.delete_records([TopicPartition("started", 0, 4)]).values():
+        assert f.result(10).low_watermark == 4
+    assert produce(3) == (0, 6, 4), "the start DeleteRecords set, inside the second batch"
+    assert produce(4, version=8) == (0, 9, 4)
+    for f in admin.delete_records([TopicPartition("started", 0, -1)]).values():
+        assert f.result(10).low_watermark == 12
+    assert produce(5) == (0, 12, 12), "everything before the high watermark deleted"
+    conn.close()
