@@ -2,6 +2,7 @@
 cluster status; tables for people, --format json for scripts, clear errors."""
 
 import json
+import os
 import subprocess
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -105,3 +106,27 @@ def test_groups_and_cluster_status(broker):
     unreachable = subprocess.run([str(binary()), "--brokers", "127.0.0.1:1", "cluster", "status"],
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode != 0 and "cannot connect to 127.0.0.1:1" in unreachable.stderr
+
+
+def test_a_reader_that_leaves_ends_every_command_quietly(broker):
+    """`tributary ... | head -1`: a closed stdout means the reader has seen
+    enough, so every command exits 0 without a panic, as `ls | head` does."""
+    cli(broker, "topic", "create", "cli-pipe", "-p", "2")
+    cli(broker, "produce", "cli-pipe", stdin="".join(f"record-{i}\n" for i in range(20000)))
+    commands = [("topic", "list"), ("topic", "describe", "cli-pipe"), ("consume", "cli-pipe"),
+                ("--format", "json", "consume", "cli-pipe"), ("group", "list"), ("cluster", "status"),
+                ("--format", "json", "topic", "list")]
+    for args in commands:
+        read, write = os.pipe()
+        os.close(read)  # every write to stdout fails with EPIPE
+        try:
+            run = subprocess.run([str(binary()), "--brokers", broker.bootstrap, *args], stdout=write,
+                                 stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(write)
+        assert run.returncode == 0 and "panicked" not in run.stderr, (args, run.returncode, run.stderr)
+    # As a shell pipeline, with more output than a pipe holds.
+    run = subprocess.run(["bash", "-c", f"set -o pipefail; '{binary()}' --brokers {broker.bootstrap} consume cli-pipe | head -1"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "panicked" not in run.stderr, run.stderr
+    assert run.stdout.startswith("record-") and run.stdout.count("\n") == 1
