@@ -4,6 +4,9 @@ mod cli;
 mod cluster;
 mod config;
 mod connection;
+// The in-process connector; used by its test now, by embedded Connect and Streams later.
+#[allow(dead_code)]
+mod in_process;
 mod kafka;
 mod metrics;
 mod server;

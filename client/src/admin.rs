@@ -393,7 +393,7 @@ impl<C: Connector> Client<C> {
                 OffsetCommitRequestPartition::default()
                     .with_partition_index(o.partition)
                     .with_committed_offset(o.offset)
-                    .with_committed_metadata(o.metadata.as_deref().map(str_bytes)),
+                    .with_committed_metadata(Some(str_bytes(o.metadata.as_deref().unwrap_or("")))),
             );
         }
         let topics = by_topic

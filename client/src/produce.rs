@@ -118,7 +118,8 @@ impl<C: Connector> Producer<C> {
         if let Some(producer) = known {
             return Ok(producer);
         }
-        let request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+        // No transactional id: an idempotent producer only (the default is an empty id, which is refused).
+        let request = InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
         let response = self
             .client
             .retrying(|| async {
