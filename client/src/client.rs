@@ -97,7 +97,7 @@ impl<C: Connector> Clone for Client<C> {
 }
 
 struct Inner<C> {
-    connector: C,
+    connector: Rc<C>,
     config: Config,
     cache: RefCell<Cache>,
     /// One open connection per broker address.
@@ -117,7 +117,24 @@ impl<C: Connector> Client<C> {
     pub fn new(connector: C, config: Config) -> Client<C> {
         assert!(!config.bootstrap.is_empty(), "a client needs at least one bootstrap broker");
         assert!(config.retry.attempts > 0, "a request is tried at least once");
-        let inner = Inner { connector, config, cache: RefCell::default(), pool: RefCell::default() };
+        let inner =
+            Inner { connector: Rc::new(connector), config, cache: RefCell::default(), pool: RefCell::default() };
+        Client { inner: Rc::new(inner) }
+    }
+
+    /// A client with the same connector and config but connections (and
+    /// metadata) of its own. A broker answers one connection's requests one
+    /// after another (only produce pipelines), so a request the broker holds
+    /// (a join waiting for the rebalance, a long-polling fetch) holds up
+    /// everything behind it: group members and long polls get their own.
+    pub fn detached(&self) -> Client<C> {
+        let config = self.inner.config.clone();
+        let inner = Inner {
+            connector: self.inner.connector.clone(),
+            config,
+            cache: RefCell::default(),
+            pool: RefCell::default(),
+        };
         Client { inner: Rc::new(inner) }
     }
 

@@ -76,11 +76,14 @@ struct Joined {
 }
 
 impl<C: Connector> GroupMember<C> {
-    pub fn new(client: Client<C>, group: &str, topics: &[&str], config: GroupConfig) -> GroupMember<C> {
+    /// A member on connections of its own ([`Client::detached`]): the
+    /// coordinator holds a join until the rebalance completes, which must not
+    /// hold up other members or requests sharing a connection.
+    pub fn new(client: &Client<C>, group: &str, topics: &[&str], config: GroupConfig) -> GroupMember<C> {
         assert!(!topics.is_empty(), "a member subscribes to at least one topic");
         assert!(config.heartbeat_interval < config.session_timeout, "heartbeats come within a session");
         GroupMember {
-            client,
+            client: client.detached(),
             group: group.to_string(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             config,
