@@ -9,7 +9,7 @@
 //! reproducible.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -100,17 +100,22 @@ struct Inner<C> {
     connector: Rc<C>,
     config: Config,
     cache: RefCell<Cache>,
-    /// One open connection per broker address.
-    pool: RefCell<HashMap<BrokerAddress, Rc<Connection>>>,
+    /// One connection per broker address. A slot's lock is held while its
+    /// connection opens, so callers that want the same broker at once share
+    /// one connection. Ordered, so the choice of "any open connection" is
+    /// the same on every run (the simulation replays runs by seed).
+    pool: RefCell<BTreeMap<BrokerAddress, Slot>>,
 }
+
+type Slot = Rc<tokio::sync::Mutex<Option<Rc<Connection>>>>;
 
 /// What the client last heard of the cluster.
 #[derive(Default)]
 struct Cache {
     brokers: BTreeMap<i32, BrokerAddress>,
     controller: Option<i32>,
-    topics: HashMap<String, TopicInfo>,
-    coordinators: HashMap<String, BrokerAddress>,
+    topics: BTreeMap<String, TopicInfo>,
+    coordinators: BTreeMap<String, BrokerAddress>,
 }
 
 impl<C: Connector> Client<C> {
@@ -144,28 +149,36 @@ impl<C: Connector> Client<C> {
 
     /// The open connection to `address`, opened on first use or after it closed.
     pub async fn connection(&self, address: &BrokerAddress) -> Result<Rc<Connection>> {
-        if let Some(open) = self.pooled(address) {
-            return Ok(open);
+        let slot = self.inner.pool.borrow_mut().entry(address.clone()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(open) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(open.clone());
         }
+        let connection = self.open(address).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn open(&self, address: &BrokerAddress) -> Result<Rc<Connection>> {
         let config = &self.inner.config;
         let connect_failed = |source| Error::Connect { address: address.clone(), source };
         let streams = match tokio::time::timeout(config.connect_timeout, self.inner.connector.connect(address)).await {
             Ok(streams) => streams.map_err(connect_failed)?,
             Err(_) => return Err(connect_failed(std::io::ErrorKind::TimedOut.into())),
         };
-        let connection = Rc::new(Connection::open(address.clone(), streams, config.connection.clone()).await?);
-        self.inner.pool.borrow_mut().insert(address.clone(), connection.clone());
-        Ok(connection)
-    }
-
-    fn pooled(&self, address: &BrokerAddress) -> Option<Rc<Connection>> {
-        self.inner.pool.borrow().get(address).filter(|c| !c.is_closed()).cloned()
+        Ok(Rc::new(Connection::open(address.clone(), streams, config.connection.clone()).await?))
     }
 
     /// A connection to any broker: one already open, else the known brokers
     /// and then the bootstrap list in turn. [`Error::Unreachable`] if none answers.
     pub async fn any_broker(&self) -> Result<Rc<Connection>> {
-        let open = self.inner.pool.borrow().values().find(|c| !c.is_closed()).cloned();
+        // A slot being opened right now is passed over (its lock is taken).
+        let open = self
+            .inner
+            .pool
+            .borrow()
+            .values()
+            .find_map(|slot| slot.try_lock().ok().and_then(|c| c.as_ref().filter(|c| !c.is_closed()).cloned()));
         if let Some(open) = open {
             return Ok(open);
         }

@@ -73,7 +73,7 @@ fn admin_topics_partitions_configs_and_cluster() {
 
         let cluster = client.describe_cluster().await.unwrap();
         assert_eq!(cluster.cluster_id, "tributary-local");
-        assert_eq!(cluster.brokers.iter().map(|b| b.address.clone()).collect::<Vec<_>>(), [broker.address.clone()]);
+        assert_eq!(cluster.brokers.iter().map(|b| b.address.clone()).collect::<Vec<_>>(), std::slice::from_ref(&broker.address));
 
         client.delete_topics(&["admin-a", "admin-b"]).await.unwrap();
         assert!(client.list_topics().await.unwrap().is_empty());
