@@ -50,6 +50,9 @@ pub struct ConnectionSettings {
     pub max_in_flight: usize,
     /// Largest response frame read.
     pub max_response_bytes: usize,
+    /// Highest versions to speak, per API, below what both sides support
+    /// (to pin versions, or to test the oldest ones the client implements).
+    pub max_versions: Vec<(ApiKey, i16)>,
 }
 
 impl Default for ConnectionSettings {
@@ -59,6 +62,7 @@ impl Default for ConnectionSettings {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 16,
             max_response_bytes: 128 << 20,
+            max_versions: Vec::new(),
         }
     }
 }
@@ -196,7 +200,7 @@ impl Connection {
         let version = if code == ResponseError::UnsupportedVersion.code() { 0 } else { API_VERSIONS_VERSION };
         let response = frame::decode_response::<ApiVersionsRequest>(frame, version)?;
         check(response.error_code, || Subject::Request(ApiKey::ApiVersions))?;
-        Ok(Versions::new(&response.api_keys))
+        Ok(Versions::new(&response.api_keys, &self.settings.max_versions))
     }
 
     /// Encodes, queues and awaits one request, within its timeout.

@@ -41,6 +41,7 @@ pub use connector::{BrokerAddress, Connector, ReadHalf, Tcp, WriteHalf};
 pub use error::{Error, FrameProblem, Result, Subject};
 pub use fetch::{Consumer, FetchOptions, FetchedPartition, ListedOffset, OffsetSpec};
 pub use group::{range_assign, Assignment, GroupConfig, GroupMember};
+pub use kafka_protocol::messages::ApiKey;
 pub use kafka_protocol::records::Compression;
 pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};

@@ -2,10 +2,11 @@
 //! broker (its ApiVersions answer) and this client implement.
 //!
 //! Each range below is one the client's request builders are written for:
-//! every field they set exists at every version in it (checked against
-//! kafka-protocol's per-field version annotations; where a field is newer,
-//! as SyncGroup's protocol name, the builder sets it by version). The
-//! lower ends are Kafka 2.4's (KIP-896 keeps them in Kafka 4); the upper ends
+//! every field they set exists at every version in it (kafka-protocol's
+//! per-field version annotations; where a field is newer, as SyncGroup's
+//! protocol name, the builder sets it by version). The integration tests run
+//! the requests at both ends of every range against the broker
+//! (`ConnectionSettings::max_versions` pins the low end). The lower ends are Kafka 2.4's (KIP-896 keeps them in Kafka 4); the upper ends
 //! stop where a request changes shape (Fetch v13 names topics by id,
 //! FindCoordinator v4 batches keys, OffsetFetch v8 batches groups).
 
@@ -54,17 +55,23 @@ pub const API_VERSIONS_VERSION: i16 = 3;
 pub struct Versions {
     /// The broker's range per API key, as it answered.
     broker: BTreeMap<i16, (i16, i16)>,
+    /// Highest versions the caller allows, per API key (`ConnectionSettings::max_versions`).
+    caps: BTreeMap<i16, i16>,
 }
 
 impl Versions {
-    pub fn new(broker: &[ApiVersion]) -> Versions {
-        Versions { broker: broker.iter().map(|v| (v.api_key, (v.min_version, v.max_version))).collect() }
+    pub fn new(broker: &[ApiVersion], caps: &[(ApiKey, i16)]) -> Versions {
+        Versions {
+            broker: broker.iter().map(|v| (v.api_key, (v.min_version, v.max_version))).collect(),
+            caps: caps.iter().map(|(api, max)| (*api as i16, *max)).collect(),
+        }
     }
 
     /// The version to send `api` at to the broker at `address`.
     pub fn get(&self, api: ApiKey, address: &BrokerAddress) -> Result<i16> {
         let (_, client_min, client_max) =
             *IMPLEMENTED.iter().find(|(key, _, _)| *key == api).expect("every API the client sends is implemented");
+        let client_max = self.caps.get(&(api as i16)).map_or(client_max, |cap| client_max.min(*cap));
         let broker = self.broker.get(&(api as i16)).copied();
         let unsupported = || Error::Unsupported { api, address: address.clone(), client_min, client_max, broker };
         let (broker_min, broker_max) = broker.ok_or_else(unsupported)?;
@@ -87,15 +94,21 @@ mod tests {
                 ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max)
             })
             .collect();
-        Versions::new(&keys)
+        Versions::new(&keys, &[(ApiKey::Produce, 4)])
     }
 
     #[test]
     fn the_highest_common_version_is_chosen() {
         let at = BrokerAddress::new("b", 1);
-        let v = broker(&[(ApiKey::Fetch, 0, 17), (ApiKey::Produce, 3, 5), (ApiKey::LeaveGroup, 0, 2)]);
+        let v = broker(&[
+            (ApiKey::Fetch, 0, 17),
+            (ApiKey::Produce, 3, 5),
+            (ApiKey::LeaveGroup, 0, 2),
+            (ApiKey::Heartbeat, 0, 2),
+        ]);
+        assert_eq!(v.get(ApiKey::Heartbeat, &at).unwrap(), 2, "capped at what the broker has");
         assert_eq!(v.get(ApiKey::Fetch, &at).unwrap(), 12, "capped at what the client implements");
-        assert_eq!(v.get(ApiKey::Produce, &at).unwrap(), 5, "capped at what the broker has");
+        assert_eq!(v.get(ApiKey::Produce, &at).unwrap(), 4, "capped by the caller, under what the broker has");
         assert!(matches!(v.get(ApiKey::LeaveGroup, &at), Err(Error::Unsupported { broker: Some((0, 2)), .. })));
         assert!(matches!(v.get(ApiKey::Metadata, &at), Err(Error::Unsupported { broker: None, .. })));
     }

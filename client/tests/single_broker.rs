@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, eventually, local, Broker};
+use common::{client_at, eventually, local, Broker, Versions};
 use tributary_client::*;
 
 fn new_topic(name: &str, partitions: i32) -> NewTopic {
@@ -15,10 +15,19 @@ fn new_topic(name: &str, partitions: i32) -> NewTopic {
 }
 
 #[test]
-fn admin_topics_partitions_configs_and_cluster() {
+fn admin_at_the_newest_versions() {
+    admin_topics_partitions_configs_and_cluster(Versions::Newest);
+}
+
+#[test]
+fn admin_at_the_oldest_versions() {
+    admin_topics_partitions_configs_and_cluster(Versions::Oldest);
+}
+
+fn admin_topics_partitions_configs_and_cluster(versions: Versions) {
     let broker = Broker::start("");
     local(async {
-        let client = client(vec![broker.address.clone()], Duration::from_secs(10));
+        let client = client_at(vec![broker.address.clone()], Duration::from_secs(10), versions.caps());
         let mut topic = new_topic("admin-a", 2);
         topic.configs.push(("retention.ms".to_string(), "60000".to_string()));
         client.create_topics(&[topic.clone(), new_topic("admin-b", 1)]).await.unwrap();
@@ -73,7 +82,10 @@ fn admin_topics_partitions_configs_and_cluster() {
 
         let cluster = client.describe_cluster().await.unwrap();
         assert_eq!(cluster.cluster_id, "tributary-local");
-        assert_eq!(cluster.brokers.iter().map(|b| b.address.clone()).collect::<Vec<_>>(), std::slice::from_ref(&broker.address));
+        assert_eq!(
+            cluster.brokers.iter().map(|b| b.address.clone()).collect::<Vec<_>>(),
+            std::slice::from_ref(&broker.address)
+        );
 
         client.delete_topics(&["admin-a", "admin-b"]).await.unwrap();
         assert!(client.list_topics().await.unwrap().is_empty());
@@ -83,10 +95,19 @@ fn admin_topics_partitions_configs_and_cluster() {
 }
 
 #[test]
-fn produce_with_every_acks_and_idempotence_then_fetch_and_list_offsets() {
+fn data_at_the_newest_versions() {
+    produce_with_every_acks_and_idempotence_then_fetch_and_list_offsets(Versions::Newest);
+}
+
+#[test]
+fn data_at_the_oldest_versions() {
+    produce_with_every_acks_and_idempotence_then_fetch_and_list_offsets(Versions::Oldest);
+}
+
+fn produce_with_every_acks_and_idempotence_then_fetch_and_list_offsets(versions: Versions) {
     let broker = Broker::start("");
     local(async {
-        let client = client(vec![broker.address.clone()], Duration::from_secs(10));
+        let client = client_at(vec![broker.address.clone()], Duration::from_secs(10), versions.caps());
         client.create_topics(&[new_topic("data", 2)]).await.unwrap();
         let record = |i: usize| NewRecord {
             key: Some(Bytes::from(format!("k{i}"))),
@@ -98,6 +119,8 @@ fn produce_with_every_acks_and_idempotence_then_fetch_and_list_offsets() {
         let leader_acks =
             Producer::new(client.clone(), ProducerConfig { acks: Acks::Leader, ..ProducerConfig::default() });
         assert_eq!(leader_acks.send("data", 0, &batch(0)).await.unwrap(), Some(0));
+        let spoken = client.leader("data", 0).await.unwrap().version(ApiKey::Produce).unwrap();
+        assert_eq!(spoken, if matches!(versions, Versions::Oldest) { 3 } else { 9 });
         let all_acks = Producer::new(client.clone(), ProducerConfig::default());
         assert_eq!(all_acks.send("data", 0, &batch(5)).await.unwrap(), Some(5));
         let no_acks = Producer::new(client.clone(), ProducerConfig { acks: Acks::None, ..ProducerConfig::default() });
@@ -163,10 +186,19 @@ fn the_key_partitioner_is_javas() {
 }
 
 #[test]
-fn two_members_of_one_group_split_its_partitions_and_commit() {
+fn groups_at_the_newest_versions() {
+    two_members_of_one_group_split_its_partitions_and_commit(Versions::Newest);
+}
+
+#[test]
+fn groups_at_the_oldest_versions() {
+    two_members_of_one_group_split_its_partitions_and_commit(Versions::Oldest);
+}
+
+fn two_members_of_one_group_split_its_partitions_and_commit(versions: Versions) {
     let broker = Broker::start("");
     local(async {
-        let client = client(vec![broker.address.clone()], Duration::from_secs(10));
+        let client = client_at(vec![broker.address.clone()], Duration::from_secs(10), versions.caps());
         client.create_topics(&[new_topic("grouped", 4)]).await.unwrap();
         let config = GroupConfig { session_timeout: Duration::from_secs(10), ..GroupConfig::default() };
         let a = GroupMember::new(&client, "splitters", &["grouped"], config.clone());

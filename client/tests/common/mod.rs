@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tributary_client::{BrokerAddress, Client, Config, Retry, Tcp};
+use tributary_client::{ApiKey, BrokerAddress, Client, Config, Retry, Tcp, IMPLEMENTED};
 
 /// How long a broker may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,7 +41,29 @@ pub fn local<F: Future>(test: F) -> F::Output {
 
 /// A client of `bootstrap` that retries for up to `within` (leader elections take seconds).
 pub fn client(bootstrap: Vec<BrokerAddress>, within: Duration) -> Client<Tcp> {
+    client_at(bootstrap, within, Vec::new())
+}
+
+/// Versions to speak: the newest both sides have, or the oldest the client implements.
+#[derive(Clone, Copy, Debug)]
+pub enum Versions {
+    Newest,
+    Oldest,
+}
+
+impl Versions {
+    pub fn caps(self) -> Vec<(ApiKey, i16)> {
+        match self {
+            Versions::Newest => Vec::new(),
+            Versions::Oldest => IMPLEMENTED.iter().map(|(api, min, _)| (*api, *min)).collect(),
+        }
+    }
+}
+
+/// As [`client`], speaking at most `max_versions`.
+pub fn client_at(bootstrap: Vec<BrokerAddress>, within: Duration, max_versions: Vec<(ApiKey, i16)>) -> Client<Tcp> {
     let mut config = Config::new(bootstrap);
+    config.connection.max_versions = max_versions;
     config.retry =
         Retry { attempts: 200, within, backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(500) };
     config.connection.request_timeout = Duration::from_secs(10);
