@@ -16,6 +16,23 @@
 //! Nothing requires `Send`: the client runs on a tokio `LocalSet` (a
 //! current-thread runtime), so a connector's streams may be bound to it.
 //! Errors are one typed [`Error`].
+//!
+//! ```no_run
+//! use tributary_client::*;
+//!
+//! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! tokio::task::LocalSet::new().block_on(&runtime, async {
+//!     let client = Client::new(Tcp, Config::new(BrokerAddress::parse_list("127.0.0.1:9092")?));
+//!     let producer = Producer::idempotent(client.clone(), ProducerConfig::default());
+//!     let partitions = client.topic("orders").await?.partitions.len() as i32;
+//!     let partition = partition_for_key(b"user1", partitions);
+//!     producer.send("orders", partition, &[NewRecord::keyed("user1", "clicked")]).await?;
+//!     let fetched = client.fetch("orders", &[(partition, 0)], &FetchOptions::default()).await?;
+//!     println!("{} records", fetched[0].records.len());
+//!     Ok::<(), Error>(())
+//! })
+//! .unwrap();
+//! ```
 
 mod admin;
 mod client;
