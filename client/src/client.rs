@@ -62,6 +62,9 @@ pub struct Config {
     pub connection: ConnectionSettings,
     pub connect_timeout: Duration,
     pub retry: Retry,
+    /// A topic's cached metadata is asked for again after this long even
+    /// without an error (new partitions; Kafka's `metadata.max.age.ms`).
+    pub metadata_max_age: Duration,
     /// Milliseconds since the epoch, for records produced without a
     /// timestamp (the simulation passes its virtual clock).
     pub clock: fn() -> i64,
@@ -74,6 +77,7 @@ impl Config {
             connection: ConnectionSettings::default(),
             connect_timeout: Duration::from_secs(10),
             retry: Retry::default(),
+            metadata_max_age: Duration::from_secs(300),
             clock: system_now_ms,
         }
     }
@@ -114,7 +118,8 @@ type Slot = Rc<tokio::sync::Mutex<Option<Rc<Connection>>>>;
 struct Cache {
     brokers: BTreeMap<i32, BrokerAddress>,
     controller: Option<i32>,
-    topics: BTreeMap<String, TopicInfo>,
+    /// Each with when it was learned, for `Config::metadata_max_age`.
+    topics: BTreeMap<String, (TopicInfo, Instant)>,
     coordinators: BTreeMap<String, BrokerAddress>,
 }
 
@@ -229,16 +234,19 @@ impl<C: Connector> Client<C> {
         cache.controller = metadata.controller;
         for topic in &metadata.topics {
             match topic.error {
-                None => cache.topics.insert(topic.name.clone(), topic.clone()),
+                None => cache.topics.insert(topic.name.clone(), (topic.clone(), Instant::now())),
                 Some(_) => cache.topics.remove(&topic.name),
             };
         }
     }
 
-    /// The topic as metadata last described it, asked for if not cached.
+    /// The topic as metadata last described it, asked for if not cached or
+    /// older than `Config::metadata_max_age`.
     /// Its error (UNKNOWN_TOPIC_OR_PARTITION, ...) is raised.
     pub async fn topic(&self, name: &str) -> Result<TopicInfo> {
-        let cached = self.inner.cache.borrow().topics.get(name).cloned();
+        let max_age = self.inner.config.metadata_max_age;
+        let cached =
+            self.inner.cache.borrow().topics.get(name).filter(|(_, at)| at.elapsed() < max_age).map(|(t, _)| t.clone());
         if let Some(topic) = cached {
             return Ok(topic);
         }

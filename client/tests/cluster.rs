@@ -21,7 +21,15 @@ fn produce_follows_a_new_topic_and_a_killed_leader() {
         })
         .await;
         let topic = NewTopic { name: "moving".into(), partitions: 3, replication_factor: 3, configs: Vec::new() };
-        admin.create_topics(&[topic]).await.unwrap();
+        // Metadata may list a broker the controller has not registered yet: until it has, three replicas are refused.
+        eventually("a topic with three replicas", Duration::from_secs(30), || async {
+            match admin.create_topics(std::slice::from_ref(&topic)).await {
+                Ok(()) => Some(()),
+                Err(e) if e.kafka() == Some(ResponseError::InvalidReplicationFactor) => None,
+                Err(e) => panic!("creating the topic: {e}"),
+            }
+        })
+        .await;
 
         // Through broker 3 only, at once: it may not know the topic yet (UNKNOWN_TOPIC_OR_PARTITION, retried).
         let writer = client(vec![cluster.brokers[2].address.clone()], FAILOVER);
