@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::client::{str_bytes, topic_name, Client};
 use crate::connector::{BrokerAddress, Connector};
-use crate::error::{check, check_message, Error, Result, Subject};
+use crate::error::{check, check_message, Result, Subject};
 use crate::metadata::{BrokerInfo, TopicInfo};
 
 /// How long the broker may take over a topic change.
@@ -449,15 +449,7 @@ impl<C: Connector> Client<C> {
         let mut brokers = response
             .brokers
             .into_iter()
-            .map(|b| {
-                let port =
-                    u16::try_from(b.port).map_err(|_| Error::BadAddress { input: format!("{}:{}", b.host, b.port) })?;
-                Ok(BrokerInfo {
-                    id: b.broker_id.0,
-                    address: BrokerAddress::new(b.host.to_string(), port),
-                    rack: b.rack.map(|r| r.to_string()),
-                })
-            })
+            .map(|b| crate::metadata::broker_info(b.broker_id.0, &b.host, b.port, b.rack.as_deref()))
             .collect::<Result<Vec<_>>>()?;
         brokers.sort_by_key(|b| b.id);
         Ok(ClusterDescription {

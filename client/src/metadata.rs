@@ -69,20 +69,18 @@ pub struct Metadata {
     pub topics: Vec<TopicInfo>,
 }
 
+/// A broker as Metadata and DescribeCluster list it; a port outside u16 is a bad address.
+pub(crate) fn broker_info(id: i32, host: &str, port: i32, rack: Option<&str>) -> Result<BrokerInfo> {
+    let port = u16::try_from(port).map_err(|_| Error::BadAddress { input: format!("{host}:{port}") })?;
+    Ok(BrokerInfo { id, address: BrokerAddress::new(host.to_string(), port), rack: rack.map(str::to_string) })
+}
+
 impl Metadata {
     pub fn from_response(response: MetadataResponse) -> Result<Metadata> {
         let mut brokers = response
             .brokers
             .into_iter()
-            .map(|b| {
-                let port =
-                    u16::try_from(b.port).map_err(|_| Error::BadAddress { input: format!("{}:{}", b.host, b.port) })?;
-                Ok(BrokerInfo {
-                    id: b.node_id.0,
-                    address: BrokerAddress::new(b.host.to_string(), port),
-                    rack: b.rack.map(|r| r.to_string()),
-                })
-            })
+            .map(|b| broker_info(b.node_id.0, &b.host, b.port, b.rack.as_deref()))
             .collect::<Result<Vec<_>>>()?;
         brokers.sort_by_key(|b| b.id);
         let topics = response.topics.into_iter().map(topic_info).collect();
