@@ -14,8 +14,10 @@ if ! dpkg -s cmake libcurl4-openssl-dev nats-server >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake libcurl4-openssl-dev nats-server >/dev/null
 fi
 
-echo "== Python packages (tests/requirements.txt for the cluster helper, bench/requirements.txt for the plot)"
-python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt -r bench/requirements.txt
+# Python packages in the repo's .venv (Debian's system Python refuses pip installs):
+# tests/requirements.txt for the cluster helper, bench/requirements.txt for the plot.
+./scripts/venv.sh .venv tests/requirements.txt
+./scripts/venv.sh .venv bench/requirements.txt
 
 echo "== building the broker (release)"
 cargo build --release --locked
@@ -29,4 +31,4 @@ if ! [ -x bench/.peers/bin/tansu ]; then
     echo "== building Tansu 0.6.0 from crates.io (about 15 minutes on 2 cores)"
     cargo install tansu --version 0.6.0 --locked --features libsql,dynostore --root bench/.peers
 fi
-echo "ready: python3 bench/peers.py"
+echo "ready: .venv/bin/python bench/peers.py"
