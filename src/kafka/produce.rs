@@ -16,7 +16,7 @@ use tributary_actors::{AppendOutcome, AppendWithReply, PartitionError};
 use super::{message_since, RequestContext};
 
 /// Creates missing topics if allowed, then produces.
-pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> ProduceResponse {
     if ctx.config.topics.auto_create && matches!(req.acks, -1..=1) && req.transactional_id.is_none() {
         for topic in &req.topic_data {
             if ctx.broker.metadata().topic(&topic.name).is_none() {
@@ -38,7 +38,7 @@ pub fn start(
     ctx: &RequestContext,
     req: ProduceRequest,
     version: i16,
-) -> impl std::future::Future<Output = Option<ProduceResponse>> + 'static {
+) -> impl std::future::Future<Output = ProduceResponse> + 'static {
     let acks = req.acks;
     let refusal = if !matches!(acks, -1..=1) {
         Some((ResponseError::InvalidRequiredAcks.code(), format!("acks {acks} is invalid; use -1, 0 or 1")))
@@ -90,7 +90,7 @@ pub fn start(
     // acks=-1 waits for the in-sync replicas at most the request's timeout.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(req.timeout_ms.max(0) as u64);
     let metrics = ctx.metrics.clone();
-    async move { answer(pending, deadline, acks, version, &metrics).await }
+    async move { answer(pending, deadline, version, &metrics).await }
 }
 
 /// An append sent to its partition actor.
@@ -107,10 +107,9 @@ type Pending = Vec<(kafka_protocol::messages::TopicName, i32, Result<Sent, (i16,
 async fn answer(
     pending: Pending,
     deadline: tokio::time::Instant,
-    acks: i16,
     version: i16,
     metrics: &crate::metrics::Metrics,
-) -> Option<ProduceResponse> {
+) -> ProduceResponse {
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     for (topic, index, outcome) in pending {
         let response = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
@@ -147,10 +146,8 @@ async fn answer(
                 .push(TopicProduceResponse::default().with_name(topic).with_partition_responses(vec![response])),
         }
     }
-    if acks == 0 {
-        return None;
-    }
-    Some(ProduceResponse::default().with_responses(responses))
+    // With acks=0 this is built and not sent (`Api::answered`).
+    ProduceResponse::default().with_responses(responses)
 }
 
 /// An append's answer, or REQUEST_TIMED_OUT at `deadline` (the append may still
@@ -180,7 +177,7 @@ impl super::registry::Api for Produce {
         Some(super::registry::Access::new(super::registry::ResourceType::Topic, super::registry::Operation::Write));
 
     async fn handle(call: &super::Call, request: ProduceRequest) -> ProduceResponse {
-        handle(&call.ctx, request, call.version).await.unwrap_or_default()
+        handle(&call.ctx, request, call.version).await
     }
 
     fn answered(request: &ProduceRequest) -> bool {
@@ -195,6 +192,6 @@ impl super::registry::Api for Produce {
             return Err(request);
         }
         let answer = start(&call.ctx, request, call.version);
-        Ok(Box::pin(async move { answer.await.unwrap_or_default() }))
+        Ok(Box::pin(answer))
     }
 }
