@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         broker.create_topic("greetings", 2, BTreeMap::new()).await?;
 
         let records: Vec<NewRecord> =
-            ["hello", "bonjour", "hallo"].iter().map(|word| NewRecord::new("lang", word.to_string())).collect();
+            ["hello", "bonjour", "hallo"].iter().map(|word| NewRecord::keyed("lang", word.to_string())).collect();
         let appended = broker.produce("greetings", 0, &records).await?;
         println!("appended offsets {}..={}", appended.base_offset, appended.last_offset);
 

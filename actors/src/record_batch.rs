@@ -344,21 +344,10 @@ pub fn after_prefix(batch: &[u8]) -> &[u8] {
     &batch[MAGIC_OFFSET..]
 }
 
-/// A record to produce: what a producer sets, before the broker assigns offsets.
-#[derive(Debug, Clone, Default)]
-pub struct NewRecord {
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    pub headers: Vec<(String, Option<Bytes>)>,
-    /// Milliseconds since the epoch; `None` takes `default_timestamp`.
-    pub timestamp: Option<i64>,
-}
-
-impl NewRecord {
-    pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> NewRecord {
-        NewRecord { key: Some(key.into()), value: Some(value.into()), ..NewRecord::default() }
-    }
-}
+/// A record to produce: what a producer sets, before the broker assigns
+/// offsets. The client crate's type, so the embedded API and Kafka clients
+/// built on `tributary-client` hand the same records around.
+pub use tributary_client::NewRecord;
 
 /// Encodes `records` as one v2 batch (no producer id, base sequence -1).
 pub fn encode_batch(records: &[NewRecord], compression: Compression, default_timestamp: i64) -> Result<Bytes, String> {
@@ -409,7 +398,7 @@ mod tests {
         let records: Vec<NewRecord> = (0..n)
             .map(|i| NewRecord {
                 timestamp: Some(1_000 + i as i64),
-                ..NewRecord::new(format!("k{i}"), vec![b'v'; 100])
+                ..NewRecord::keyed(format!("k{i}"), vec![b'v'; 100])
             })
             .collect();
         encode_batch(&records, compression, 0).unwrap()

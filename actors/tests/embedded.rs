@@ -7,7 +7,7 @@ use tributary_actors::partition_actor::InjectPanic;
 use tributary_actors::{Broker, ClientError, Durability, NewRecord, OffsetQuery, PartitionError, StorageConfig};
 
 fn records(prefix: &str, n: usize) -> Vec<NewRecord> {
-    (0..n).map(|i| NewRecord::new(format!("{prefix}-k{i}"), format!("{prefix}-v{i}"))).collect()
+    (0..n).map(|i| NewRecord::keyed(format!("{prefix}-k{i}"), format!("{prefix}-v{i}"))).collect()
 }
 
 fn values(records: &[tributary_actors::Record]) -> Vec<String> {

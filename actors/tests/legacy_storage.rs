@@ -177,7 +177,7 @@ async fn check_single_records(broker: &Broker) {
 /// Producer 0's batch of sequence `seq`, sent again; returns its `(base, last)` offsets.
 async fn idempotent_append(broker: &Broker, seq: i32) -> (i64, i64) {
     let batch = encode_idempotent_batch(
-        &[NewRecord::new("", format!("idem-{seq}"))],
+        &[NewRecord::keyed("", format!("idem-{seq}"))],
         Compression::None,
         tributary_actors::now_ms(),
         Some((0, 0, seq)),

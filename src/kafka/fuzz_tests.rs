@@ -29,7 +29,7 @@ fn encode_request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
 }
 
 fn valid_requests() -> Vec<Bytes> {
-    let batch = encode_batch(&[NewRecord::new("k", "fuzz-value")], Compression::None, 1).unwrap();
+    let batch = encode_batch(&[NewRecord::keyed("k", "fuzz-value")], Compression::None, 1).unwrap();
     let produce =
         ProduceRequest::default()
             .with_acks(-1)
@@ -97,7 +97,7 @@ fn arbitrary_frames_never_panic_or_touch_stored_data() {
         let session = std::sync::Arc::new(Session::new("127.0.0.1:40000".parse().unwrap(), "PLAINTEXT"));
         let broker = ctx.broker.clone();
         ctx.cluster.create_topic(&broker, "kept", 1, 1, BTreeMap::new()).await.unwrap();
-        let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::new(format!("k{i}"), format!("v{i}"))).collect();
+        let kept: Vec<NewRecord> = (0..10).map(|i| NewRecord::keyed(format!("k{i}"), format!("v{i}"))).collect();
         broker.produce("kept", 0, &kept).await.unwrap();
 
         // Cases are generated up front, then run through the async handler one by one.

@@ -39,7 +39,7 @@ fn topic_name(name: &str) -> TopicName {
 /// producer id, epoch and base sequence.
 fn encode(records: &[RecordId], producer: Option<(i64, i16, i32)>, timestamp: i64) -> Result<Bytes, String> {
     let records: Vec<NewRecord> =
-        records.iter().map(|r| NewRecord::new(format!("p{}", r.producer), r.value())).collect();
+        records.iter().map(|r| NewRecord::keyed(format!("p{}", r.producer), r.value())).collect();
     encode_idempotent_batch(&records, Compression::None, timestamp, producer)
 }
 
