@@ -42,9 +42,7 @@ pub use partition_actor::{
     PartitionError, PartitionSize, Read,
 };
 pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
-pub use record_batch::{
-    encode_batch, encode_idempotent_batch, validate_batches, BatchError, NewRecord, ValidatedBatch,
-};
+pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, Sequenced, ValidatedBatch};
 pub use topic_registry::{
     AllocateProducerId, AlterBrokerConfig, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic,
     MetadataSnapshot, PartitionHandle, SetBrokerOverrides, TopicError, TopicRegistry, TopicView,
@@ -62,8 +60,13 @@ pub enum ClientError {
     Topic(TopicError),
     /// The actor's mailbox is closed (the system is shutting down).
     Mailbox(MailboxError),
-    Encoding(String),
+    /// The records cannot be one batch (none, or too many).
+    Encoding(tributary_client::Error),
+    /// Stored batches that do not decode.
+    Decoding(Source),
 }
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +79,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Topic(e) => write!(f, "{e}"),
             ClientError::Mailbox(e) => write!(f, "actor unavailable: {e}"),
             ClientError::Encoding(e) => write!(f, "record encoding: {e}"),
+            ClientError::Decoding(e) => write!(f, "stored records do not decode: {e}"),
         }
     }
 }
@@ -187,7 +191,7 @@ impl Broker {
         let unknown = || ClientError::UnknownTopicOrPartition { topic: topic.to_string(), partition };
         let view = snapshot.topic(topic).ok_or_else(unknown)?;
         let handle = usize::try_from(partition).ok().and_then(|i| view.partitions.get(i)).ok_or_else(unknown)?;
-        let batch = encode_batch(records, Compression::None, now_ms()).map_err(ClientError::Encoding)?;
+        let batch = encode_batch(records, Compression::None, now_ms(), None).map_err(ClientError::Encoding)?;
         let append = view.prepare_append(&batch).map_err(ClientError::Batch)?;
         handle.addr.send(append).await.map_err(ClientError::Mailbox)?.map_err(ClientError::Partition)
     }
@@ -208,7 +212,7 @@ impl Broker {
             .map_err(ClientError::Mailbox)?
             .map_err(ClientError::Partition)?;
         let mut buf = read.records;
-        let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| ClientError::Encoding(e.to_string()))?;
+        let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| ClientError::Decoding(e.into()))?;
         Ok(sets.into_iter().flat_map(|s| s.records).filter(|r| r.offset >= offset).collect())
     }
 

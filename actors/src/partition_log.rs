@@ -1081,7 +1081,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        validate_batches(&encode_batch(&records, compression, 0).unwrap(), 1 << 20).unwrap()
+        validate_batches(&encode_batch(&records, compression, 0, None).unwrap(), 1 << 20).unwrap()
     }
 
     /// A leader's log: `epochs` as (epoch, batches of 2 records) in order.
@@ -1389,7 +1389,7 @@ mod tests {
         ];
         for (i, records) in rounds.iter().enumerate() {
             let codec = if i % 2 == 0 { Compression::Lz4 } else { Compression::None };
-            let b = validate_batches(&encode_batch(records, codec, 0).unwrap(), 1 << 20).unwrap();
+            let b = validate_batches(&encode_batch(records, codec, 0, None).unwrap(), 1 << 20).unwrap();
             log.append_groups(&[AppendGroup::new(&b)]).unwrap();
         }
         // Offsets: a1 0, b1 1, c1 2 | a2 3, c-tombstone 4 | b2 5, d-tombstone 6 | a3 7 (active).

@@ -6,8 +6,7 @@
 //! rest, and for uncompressed batches walks the record lengths. Compressed
 //! batches are never decompressed on the produce path.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use bytes::Bytes;
 
 /// Base offset (8) + batch length (4): the part of a batch not counted in `batch_length`.
 pub const LOG_OVERHEAD: usize = 12;
@@ -345,54 +344,16 @@ pub fn after_prefix(batch: &[u8]) -> &[u8] {
 }
 
 /// A record to produce: what a producer sets, before the broker assigns
-/// offsets. The client crate's type, so the embedded API and Kafka clients
-/// built on `tributary-client` hand the same records around.
-pub use tributary_client::NewRecord;
-
-/// Encodes `records` as one v2 batch (no producer id, base sequence -1).
-pub fn encode_batch(records: &[NewRecord], compression: Compression, default_timestamp: i64) -> Result<Bytes, String> {
-    encode_idempotent_batch(records, compression, default_timestamp, None)
-}
-
-/// Encodes `records` as one v2 batch; with `producer` = (id, epoch, base
-/// sequence) it is an idempotent producer's batch.
-pub fn encode_idempotent_batch(
-    records: &[NewRecord],
-    compression: Compression,
-    default_timestamp: i64,
-    producer: Option<(i64, i16, i32)>,
-) -> Result<Bytes, String> {
-    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
-    let encoded: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch wherever offset - sequence changes;
-            // this keeps it constant (base sequence -1 without a producer).
-            sequence: base_sequence + i as i32,
-            timestamp: r.timestamp.unwrap_or(default_timestamp),
-            key: r.key.clone(),
-            value: r.value.clone(),
-            headers: r.headers.iter().map(|(k, v)| (k.clone().into(), v.clone())).collect(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression };
-    RecordBatchEncoder::encode(&mut buf, encoded.iter(), &options).map_err(|e| e.to_string())?;
-    Ok(buf.freeze())
-}
+/// offsets, and the one encoder of produced batches. The client crate's,
+/// so the embedded API and Kafka clients built on `tributary-client` hand
+/// the same records around and encode them the same way.
+pub use tributary_client::{encode_batch, NewRecord, Sequenced};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::Compression;
 
     pub(crate) fn encode(n: usize, compression: Compression) -> Bytes {
         let records: Vec<NewRecord> = (0..n)
@@ -401,7 +362,7 @@ mod tests {
                 ..NewRecord::keyed(format!("k{i}"), vec![b'v'; 100])
             })
             .collect();
-        encode_batch(&records, compression, 0).unwrap()
+        encode_batch(&records, compression, 0, None).unwrap()
     }
 
     #[test]
@@ -459,6 +420,7 @@ mod tests {
             &[NewRecord { value: Some(Bytes::from_static(b"v")), ..NewRecord::default() }],
             Compression::Gzip,
             0,
+            None,
         );
         let keyless = validate_batches(&keyless.unwrap(), 1 << 20).unwrap();
         assert_eq!(require_keys(&keyless), Err(BatchError::MissingKey));

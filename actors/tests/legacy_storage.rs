@@ -15,8 +15,8 @@ use tributary_actors::group_coordinator::GroupRequest;
 use tributary_actors::offset_store::{CommittedOffset, GroupRecord};
 use tributary_actors::stored::{CURRENT_FORMAT, FORMAT_DB, FORMAT_KEY};
 use tributary_actors::{
-    encode_idempotent_batch, AllocateProducerId, Broker, GroupAnswer, MetadataSnapshot, NewRecord, OffsetQuery,
-    OffsetStore, StorageConfig,
+    encode_batch, AllocateProducerId, Broker, GroupAnswer, MetadataSnapshot, NewRecord, OffsetQuery, OffsetStore,
+    Sequenced, StorageConfig,
 };
 
 type FormatValue = U32<heed::byteorder::BigEndian>;
@@ -176,11 +176,11 @@ async fn check_single_records(broker: &Broker) {
 
 /// Producer 0's batch of sequence `seq`, sent again; returns its `(base, last)` offsets.
 async fn idempotent_append(broker: &Broker, seq: i32) -> (i64, i64) {
-    let batch = encode_idempotent_batch(
+    let batch = encode_batch(
         &[NewRecord::keyed("", format!("idem-{seq}"))],
         Compression::None,
         tributary_actors::now_ms(),
-        Some((0, 0, seq)),
+        Some(Sequenced { producer_id: 0, producer_epoch: 0, base_sequence: seq }),
     )
     .unwrap();
     let snapshot = broker.metadata();

@@ -90,6 +90,9 @@ pub enum Error {
         #[source]
         source: Source,
     },
+    /// A batch to produce must hold at least one record and at most `MAX_BATCH_RECORDS`.
+    #[error("a record batch holds 1 to {} records, not {records}", crate::records::MAX_BATCH_RECORDS)]
+    BatchSize { records: usize },
     /// A record batch in a fetch response could not be decoded.
     #[error("cannot decode the records of {topic}-{partition}")]
     Records {

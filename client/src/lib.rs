@@ -64,5 +64,5 @@ pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 pub use partitioner::{murmur2, partition_for_key};
 pub use produce::{Acks, Producer, ProducerConfig};
-pub use records::{ConsumedRecord, NewRecord, MAX_BATCH_RECORDS};
+pub use records::{decode_batches, encode_batch, ConsumedRecord, Decoded, NewRecord, Sequenced, MAX_BATCH_RECORDS};
 pub use versions::IMPLEMENTED;

@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use crate::client::{topic_name, Client};
 use crate::connector::Connector;
 use crate::error::{check, check_message, kafka_error, Result, Subject};
-use crate::records::{encode_batch, NewRecord, Sequenced};
+use crate::records::{batch_len, encode_batch, NewRecord, Sequenced};
 
 /// How many replicas must have a batch before the broker answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,7 +142,7 @@ impl<C: Connector> Producer<C> {
     ) -> Result<Option<i64>> {
         let turn = state.partitions.borrow_mut().entry((topic.to_string(), partition)).or_default().clone();
         let mut sequence = turn.lock().await;
-        let count = i32::try_from(records.len()).expect("a batch holds at most MAX_BATCH_RECORDS");
+        let count = batch_len(records)?;
         if sequence.next > i32::MAX - count {
             // Sequences do not wrap here: a new producer id starts them at 0.
             *state.producer.borrow_mut() = None;

@@ -50,14 +50,24 @@ pub struct Sequenced {
     pub base_sequence: i32,
 }
 
-/// Encodes `records` as one v2 batch.
+/// How many records `records` makes as one batch: 1 to [`MAX_BATCH_RECORDS`],
+/// else [`Error::BatchSize`].
+pub fn batch_len(records: &[NewRecord]) -> Result<i32> {
+    match records.len() {
+        0 => Err(Error::BatchSize { records: 0 }),
+        n if n > MAX_BATCH_RECORDS => Err(Error::BatchSize { records: n }),
+        n => Ok(i32::try_from(n).expect("MAX_BATCH_RECORDS fits an i32")),
+    }
+}
+
+/// Encodes `records` as one v2 batch (1 to [`MAX_BATCH_RECORDS`] of them).
 pub fn encode_batch(
     records: &[NewRecord],
     compression: Compression,
     now_ms: i64,
     producer: Option<Sequenced>,
 ) -> Result<Bytes> {
-    assert!(!records.is_empty() && records.len() <= MAX_BATCH_RECORDS, "a batch holds 1..={MAX_BATCH_RECORDS} records");
+    batch_len(records)?;
     let producer = producer.unwrap_or(Sequenced { producer_id: -1, producer_epoch: -1, base_sequence: -1 });
     let encoded: Vec<Record> = records
         .iter()
@@ -72,8 +82,11 @@ pub fn encode_batch(
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch wherever offset - sequence
-            // changes; this keeps it constant (-1 without a producer).
-            sequence: if producer.base_sequence < 0 { -1 } else { producer.base_sequence.wrapping_add(i as i32) },
+            // changes, so the sequence counts up from the base even without
+            // a producer (base -1, as the batch header then says). A batch
+            // that wrapped would be split here; the producer takes a new
+            // producer id before its sequences reach i32::MAX.
+            sequence: producer.base_sequence.wrapping_add(i as i32),
             timestamp: r.timestamp.unwrap_or(now_ms),
             key: r.key.clone(),
             value: r.value.clone(),
@@ -148,6 +161,21 @@ fn whole_batch_size(data: &Bytes) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_make_one_batch_with_or_without_a_producer() {
+        let records: Vec<NewRecord> = (0..5).map(|i| NewRecord::keyed(format!("k{i}"), "v")).collect();
+        let producer = Sequenced { producer_id: 5, producer_epoch: 1, base_sequence: 7 };
+        for sequenced in [None, Some(producer)] {
+            let batch = encode_batch(&records, Compression::None, 1000, sequenced).unwrap();
+            let size = whole_batch_size(&batch).unwrap();
+            assert_eq!(size, batch.len(), "{sequenced:?}: one batch, not one per record");
+            let base_sequence = i32::from_be_bytes(batch[53..57].try_into().unwrap());
+            assert_eq!(base_sequence, sequenced.map_or(-1, |p| p.base_sequence));
+            assert_eq!(decode_batches("t", 0, batch, 0).unwrap().records.len(), 5);
+        }
+        assert!(matches!(encode_batch(&[], Compression::None, 0, None), Err(Error::BatchSize { records: 0 })));
+    }
 
     #[test]
     fn batches_round_trip_and_a_cut_batch_waits() {

@@ -29,7 +29,7 @@ fn encode_request<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
 }
 
 fn valid_requests() -> Vec<Bytes> {
-    let batch = encode_batch(&[NewRecord::keyed("k", "fuzz-value")], Compression::None, 1).unwrap();
+    let batch = encode_batch(&[NewRecord::keyed("k", "fuzz-value")], Compression::None, 1, None).unwrap();
     let produce =
         ProduceRequest::default()
             .with_acks(-1)

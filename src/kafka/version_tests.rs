@@ -74,7 +74,7 @@ fn every_api_answers_at_every_advertised_version() {
         let ctx = super::test_context(&data_dir).await;
         let broker = ctx.broker.clone();
         ctx.cluster.create_topic(&broker, "cov", 1, 1, BTreeMap::new()).await.unwrap();
-        let batch = encode_batch(&[NewRecord::keyed("k", "v")], Compression::None, 1_000).unwrap();
+        let batch = encode_batch(&[NewRecord::keyed("k", "v")], Compression::None, 1_000, None).unwrap();
 
         for v in versions(ApiKey::ApiVersions) {
             let r: ApiVersionsResponse = call(&ctx, ApiKey::ApiVersions, v, &ApiVersionsRequest::default()).await;

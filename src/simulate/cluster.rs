@@ -7,7 +7,6 @@
 //! and what it committed to LMDB stays on disk for the restart.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -15,13 +14,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, LocalSet};
-use tokio::time::Instant;
 
 use super::net::{SimNet, SimNetHandle};
 use crate::cluster::metadata::NodeId;
@@ -29,16 +24,8 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::kafka::{RequestContext, Session};
 
-type Reply = oneshot::Sender<Result<Bytes, String>>;
-/// A request frame to write at an instant, and where its response goes.
-type Outgoing = (Instant, Bytes, Reply);
-/// A request on client connection `.0` (`None`: a connection of its own).
-type KafkaCall = (Option<u64>, Outgoing);
-
-/// Bytes an in-memory client connection buffers each way before a writer waits.
-const PIPE_BYTES: usize = 1 << 20;
-/// Largest response a simulated client reads.
-const MAX_RESPONSE_BYTES: usize = 128 << 20;
+/// Client connections handed to a broker: the broker end of an in-memory stream.
+type Accepted = tokio::io::DuplexStream;
 
 /// The shared key of simulated clusters (the network is simulated; it only has to match).
 const SIM_KEY: &str = "51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab51ab";
@@ -56,7 +43,8 @@ pub struct SimBroker {
 
 struct Running {
     task: JoinHandle<()>,
-    kafka: mpsc::UnboundedSender<KafkaCall>,
+    /// Client connections to serve; `connection::serve` runs each on this broker's `LocalSet`.
+    kafka: mpsc::UnboundedSender<Accepted>,
     ready: Rc<RefCell<Option<Arc<RequestContext>>>>,
 }
 
@@ -112,7 +100,7 @@ impl SimBroker {
         assert!(self.running.is_none(), "broker {} is already running", self.id);
         self.starts += 1;
         let local = LocalSet::new();
-        let (kafka, mut calls) = mpsc::unbounded_channel::<KafkaCall>();
+        let (kafka, mut accepted) = mpsc::unbounded_channel::<Accepted>();
         let ready = Rc::new(RefCell::new(None));
         let config = self.config.clone();
         let network = Arc::new(SimNetHandle(net.clone()));
@@ -130,16 +118,19 @@ impl SimBroker {
             *published.borrow_mut() = Some(context.clone());
             // Never sent: a simulated broker stops by crashing, which drops every connection with it.
             let (_shutdown, running) = watch::channel(false);
-            let mut connections: BTreeMap<u64, mpsc::UnboundedSender<Outgoing>> = BTreeMap::new();
             let mut opened = 0u64;
-            while let Some((connection, outgoing)) = calls.recv().await {
+            while let Some(stream) = accepted.recv().await {
                 opened += 1;
-                let queue = match connection {
-                    Some(id) => connections.entry(id).or_insert_with(|| connect(&context, &running, opened)),
-                    // A connection of its own, closed once its one request is written.
-                    None => &connect(&context, &running, opened),
-                };
-                let _ = queue.send(outgoing);
+                let peer = std::net::SocketAddr::from(([10, 0, 0, 100], 1024 + (opened % 60_000) as u16));
+                let (read, write) = tokio::io::split(stream);
+                let serve = crate::connection::serve(
+                    read,
+                    write,
+                    Session::new(peer, "PLAINTEXT"),
+                    context.clone(),
+                    running.clone(),
+                );
+                tokio::task::spawn_local(serve);
             }
         });
         let task = tokio::task::spawn_local(Skewed { local: Box::pin(local), skew_ms: self.skew_ms.clone() });
@@ -160,88 +151,16 @@ impl SimBroker {
         self.write_stall_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Hands a Kafka request frame (without its length prefix), sent on client
-    /// connection `connection`, to the broker, to arrive at `arrival`. The
-    /// answer is the response frame with its length prefix.
-    pub fn send_kafka(
-        &self,
-        connection: Option<u64>,
-        arrival: Instant,
-        frame: Bytes,
-    ) -> Option<oneshot::Receiver<Result<Bytes, String>>> {
-        let running = self.running.as_ref()?;
-        running.ready.borrow().as_ref()?;
-        let (tx, rx) = oneshot::channel();
-        running.kafka.send((connection, (arrival, frame, tx))).ok()?;
-        Some(rx)
-    }
-}
-
-/// Opens a client connection to this broker: an in-memory pipe whose broker
-/// end runs `connection::serve`, the loop every socket runs (request budget,
-/// in-flight cap, pipelining, answers in order). The client end writes each
-/// request at its arrival instant, in the order they were sent, and hands
-/// responses back in order. Every simulated request expects a response.
-fn connect(context: &Arc<RequestContext>, shutdown: &watch::Receiver<bool>, n: u64) -> mpsc::UnboundedSender<Outgoing> {
-    let (client, server) = tokio::io::duplex(PIPE_BYTES);
-    let (server_read, server_write) = tokio::io::split(server);
-    let peer = std::net::SocketAddr::from(([10, 0, 0, 100], 1024 + (n % 60_000) as u16));
-    let session = Session::new(peer, "PLAINTEXT");
-    tokio::task::spawn_local(crate::connection::serve(
-        server_read,
-        server_write,
-        session,
-        context.clone(),
-        shutdown.clone(),
-    ));
-    let (client_read, client_write) = tokio::io::split(client);
-    let waiting: Rc<RefCell<VecDeque<Reply>>> = Rc::default();
-    let (queue, requests) = mpsc::unbounded_channel();
-    tokio::task::spawn_local(write_requests(client_write, requests, waiting.clone()));
-    tokio::task::spawn_local(read_responses(client_read, waiting));
-    queue
-}
-
-/// Writes each request, length-prefixed, at its arrival instant. Ends when
-/// the connection's sender is dropped, which closes the pipe.
-async fn write_requests(
-    mut pipe: tokio::io::WriteHalf<tokio::io::DuplexStream>,
-    mut requests: mpsc::UnboundedReceiver<Outgoing>,
-    waiting: Rc<RefCell<VecDeque<Reply>>>,
-) {
-    while let Some((arrival, frame, reply)) = requests.recv().await {
-        tokio::time::sleep_until(arrival).await;
-        waiting.borrow_mut().push_back(reply);
-        let mut bytes = BytesMut::with_capacity(4 + frame.len());
-        bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&frame);
-        if pipe.write_all(&bytes).await.is_err() {
-            return;
+    /// Hands the broker end of a client connection to the broker, which
+    /// serves it with `connection::serve`, the loop every socket runs
+    /// (request budget, in-flight cap, pipelining, answers in order).
+    /// `false` (refused) unless the broker is up and serving Kafka.
+    pub fn accept(&self, stream: tokio::io::DuplexStream) -> bool {
+        let Some(running) = self.running.as_ref() else { return false };
+        if running.ready.borrow().is_none() {
+            return false;
         }
-    }
-}
-
-/// Hands each response frame to the oldest request waiting for one. Ends
-/// when the broker closes the connection; requests still waiting then see
-/// their reply dropped, as a client sees a reset.
-async fn read_responses(mut pipe: tokio::io::ReadHalf<tokio::io::DuplexStream>, waiting: Rc<RefCell<VecDeque<Reply>>>) {
-    loop {
-        let mut len = [0u8; 4];
-        if pipe.read_exact(&mut len).await.is_err() {
-            return;
-        }
-        let size = u32::from_be_bytes(len) as usize;
-        let Some(reply) = waiting.borrow_mut().pop_front() else { return };
-        if size > MAX_RESPONSE_BYTES {
-            let _ = reply.send(Err(format!("response of {size} bytes is over {MAX_RESPONSE_BYTES}")));
-            return;
-        }
-        let mut frame = vec![0u8; 4 + size];
-        frame[..4].copy_from_slice(&len);
-        if pipe.read_exact(&mut frame[4..]).await.is_err() {
-            return;
-        }
-        let _ = reply.send(Ok(Bytes::from(frame)));
+        running.kafka.send(stream).is_ok()
     }
 }
 
@@ -265,6 +184,3 @@ async fn boot(
     let metrics = Arc::new(crate::metrics::Metrics::new());
     Ok(Arc::new(RequestContext::new(broker, config, metrics, cluster)))
 }
-
-/// How long a simulated client waits for any answer.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(8);

@@ -13,30 +13,29 @@
 
 mod checker;
 mod cluster;
+mod connector;
 mod faults;
 mod net;
 mod scenario;
 mod workload;
 mod world;
 
-use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context;
-use kafka_protocol::messages::{fetch_request, ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tributary_actors::replication::{DescribeRole, Role};
+use tributary_client::{Client, FetchOptions, NewTopic};
 
 use self::checker::{FinalLogs, Violation};
 use self::cluster::SimBroker;
+use self::connector::SimConnector;
 pub use self::scenario::Scenario;
 use self::world::{Shared, World};
 
@@ -46,6 +45,8 @@ const VIRTUAL_EPOCH_MS: i64 = 1_767_225_600_000;
 const FORMATION_LIMIT: Duration = Duration::from_secs(60);
 /// Fetch rounds per partition when reading the final logs.
 const MAX_FINAL_FETCHES: usize = 10_000;
+/// Failed requests tolerated (each after a pause) when reading the final logs.
+const MAX_FINAL_TRIES: u32 = 20;
 
 /// What one seed did.
 pub struct RunReport {
@@ -115,7 +116,7 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
     }
     world.event("cluster formed; workload and faults start");
     let start = tokio::time::Instant::now();
-    let (stop, give_up) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+    let (stop, give_up) = (workload::Flag::new(), workload::Flag::new());
     let mut producers = Vec::new();
     let w = &scenario.workload;
     for i in 0..(w.idempotent_producers + w.plain_producers) {
@@ -139,7 +140,7 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
     let injector = tokio::task::spawn_local(faults::inject(world.clone(), plan.clone()));
 
     tokio::time::sleep_until(start + scenario.duration()).await;
-    stop.set(true);
+    stop.raise();
     injector.abort();
     let _ = injector.await;
     heal(&world).await;
@@ -159,7 +160,7 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    give_up.set(true);
+    give_up.raise();
     for task in producers.into_iter().chain(consumers).chain([observer]) {
         let _ = task.await;
     }
@@ -170,12 +171,13 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
             partition: None,
         });
     }
-    let (logs, existing) = read_final_logs(&world, &mut violations).await;
+    let checker = workload::admin_client(&world, "checker");
+    let (logs, existing) = read_final_logs(&world, &checker, &mut violations).await;
     for g in 0..w.consumer_groups {
         let topic = &scenario.topics[0];
         let mut read = false;
         for _ in 0..20 {
-            if workload::read_commits(&world, &format!("group-{g}"), &topic.name, topic.partitions).await {
+            if workload::read_commits(&world, &checker, &format!("group-{g}"), &topic.name, topic.partitions).await {
                 read = true;
                 break;
             }
@@ -226,32 +228,15 @@ async fn form(world: &Shared) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let client = workload::admin_client(world, "formation");
     for topic in &world.scenario.topics {
-        let mut created = false;
-        for _ in 0..50 {
-            let Some(node) = world.any_running() else { break };
-            let request =
-                kafka_protocol::messages::CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![
-                    kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.name.clone())))
-                        .with_num_partitions(topic.partitions)
-                        .with_replication_factor(topic.replication_factor)
-                        .with_configs(vec![
-                            kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_static_str("min.insync.replicas"))
-                                .with_value(Some(StrBytes::from_string(topic.min_insync_replicas.to_string()))),
-                        ]),
-                ]);
-            let answer: Result<kafka_protocol::messages::CreateTopicsResponse, String> =
-                world.call(node, ApiKey::CreateTopics, 5, &request).await;
-            let code = answer.map(|r| r.topics.first().map_or(-1, |t| t.error_code));
-            if matches!(code, Ok(0) | Ok(36)) {
-                created = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if !created {
+        let new = NewTopic {
+            name: topic.name.clone(),
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            configs: vec![("min.insync.replicas".to_string(), topic.min_insync_replicas.to_string())],
+        };
+        if !workload::create(world, &client, &new, 50).await {
             return Err(format!("topic {} could not be created", topic.name));
         }
     }
@@ -322,24 +307,34 @@ async fn health(world: &Shared) -> Result<(), String> {
 }
 
 /// Reads every partition from its leader, from offset 0 to the high watermark.
-async fn read_final_logs(world: &Shared, violations: &mut Vec<Violation>) -> (FinalLogs, BTreeSet<String>) {
+async fn read_final_logs(
+    world: &Shared,
+    client: &Client<SimConnector>,
+    violations: &mut Vec<Violation>,
+) -> (FinalLogs, BTreeSet<String>) {
     let mut logs = FinalLogs::new();
     let mut existing = BTreeSet::new();
-    let Some(node) = world.any_running() else { return (logs, existing) };
-    let Ok(metadata) = world.metadata(node, None).await else {
+    let mut metadata = None;
+    for _ in 0..MAX_FINAL_TRIES {
+        match client.metadata(None).await {
+            Ok(answer) => {
+                metadata = Some(answer);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    let Some(metadata) = metadata else {
         violations.push(Violation { invariant: "final read", detail: "metadata unavailable".into(), partition: None });
         return (logs, existing);
     };
     for topic in &metadata.topics {
-        let Some(name) = topic.name.as_ref().map(|n| n.0.to_string()) else { continue };
-        existing.insert(name.clone());
+        existing.insert(topic.name.clone());
         for p in &topic.partitions {
-            let key = (name.clone(), p.partition_index);
-            let leader = p.leader_id.0;
-            let read = if leader < 0 {
-                Err("no leader".to_string())
-            } else {
-                read_partition(world, &name, p.partition_index, leader as u64).await
+            let key = (topic.name.clone(), p.index);
+            let read = match p.leader {
+                None => Err("no leader".to_string()),
+                Some(leader) => read_partition(world, client, &topic.name, p.index, leader).await,
             };
             match read {
                 Ok(log) => {
@@ -347,7 +342,7 @@ async fn read_final_logs(world: &Shared, violations: &mut Vec<Violation>) -> (Fi
                 }
                 Err(e) => violations.push(Violation {
                     invariant: "final read",
-                    detail: format!("{name}-{}: {e}", p.partition_index),
+                    detail: format!("{}-{}: {e}", topic.name, p.index),
                     partition: Some(key),
                 }),
             }
@@ -358,50 +353,40 @@ async fn read_final_logs(world: &Shared, violations: &mut Vec<Violation>) -> (Fi
 
 async fn read_partition(
     world: &Shared,
+    client: &Client<SimConnector>,
     topic: &str,
     partition: i32,
-    leader: u64,
+    leader: i32,
 ) -> Result<std::collections::BTreeMap<i64, Option<checker::RecordId>>, String> {
+    let options =
+        FetchOptions { max_wait: Duration::ZERO, min_bytes: 0, max_bytes: 4 << 20, partition_max_bytes: 4 << 20 };
     let mut log = std::collections::BTreeMap::new();
     let mut next = 0i64;
+    let mut failures = 0;
     for _ in 0..MAX_FINAL_FETCHES {
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(0)
-            .with_max_bytes(4 << 20)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(next)
-                    .with_partition_max_bytes(4 << 20)])]);
-        let response: FetchResponse = match world.call(leader, ApiKey::Fetch, 11, &request).await {
-            Ok(r) => r,
-            Err(_) => continue,
+        let fetched = match client.fetch(topic, &[(partition, next)], &options).await {
+            Ok(mut fetched) if fetched.len() == 1 => fetched.remove(0),
+            Ok(fetched) => return Err(format!("a fetch of one partition answered {} partitions", fetched.len())),
+            Err(e) if failures < MAX_FINAL_TRIES && e.is_retriable() => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
         };
-        let Some(p) = response.responses.first().and_then(|t| t.partitions.first()) else {
-            return Err("empty fetch response".into());
-        };
-        if p.error_code != 0 {
-            return Err(format!("fetch error {}", p.error_code));
-        }
-        let read = match &p.records {
-            Some(records) => workload::decode(records)?,
-            None => Vec::new(),
-        };
-        for (offset, record) in read {
-            if offset >= next {
-                log.insert(offset, record);
-                next = offset + 1;
+        for record in fetched.records {
+            if record.offset >= next {
+                log.insert(record.offset, record.value.as_deref().and_then(checker::RecordId::parse));
+                next = record.offset + 1;
             }
         }
-        if next >= p.high_watermark {
+        next = next.max(fetched.next_offset);
+        if next >= fetched.high_watermark {
             world.event(format!(
                 "final read of {topic}-{partition} from broker {leader}: {} records, high watermark {}, log start {}",
                 log.len(),
-                p.high_watermark,
-                p.log_start_offset
+                fetched.high_watermark,
+                fetched.log_start_offset
             ));
             return Ok(log);
         }

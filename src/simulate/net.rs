@@ -135,15 +135,6 @@ impl SimNet {
         }
     }
 
-    /// A request's trip on an ordered client connection (TCP): never lost,
-    /// and never before the connection's previous request.
-    pub fn ordered_trip(&self) -> Duration {
-        let mut s = self.lock();
-        s.stats.messages += 1;
-        let [min, max] = s.latency_ms;
-        Duration::from_millis(s.rng.gen_range(min..=max))
-    }
-
     fn inbox(&self, node: NodeId) -> Option<mpsc::UnboundedSender<Delivery>> {
         self.lock().inboxes.get(&node).cloned()
     }
