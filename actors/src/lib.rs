@@ -21,6 +21,7 @@ pub mod partition_actor;
 pub mod partition_log;
 pub mod producer_state;
 pub mod record_batch;
+mod record_walk;
 pub mod replication;
 pub mod stored;
 pub mod topic_registry;

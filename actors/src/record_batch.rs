@@ -8,6 +8,8 @@
 
 use bytes::Bytes;
 
+use crate::record_walk::{self, RecordProblem};
+
 /// Base offset (8) + batch length (4): the part of a batch not counted in `batch_length`.
 pub const LOG_OVERHEAD: usize = 12;
 /// Size of the fixed v2 batch header, up to and including the record count.
@@ -15,7 +17,7 @@ pub const BATCH_HEADER_LEN: usize = 61;
 
 const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
-const CRC_OFFSET: usize = 17;
+pub(crate) const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 /// The CRC-32C of a batch covers everything from its attributes on.
 pub const CRC_COVERS_FROM: usize = ATTRIBUTES_OFFSET;
@@ -61,6 +63,8 @@ pub enum BatchError {
     MissingKey,
     /// The records inside could not be decoded (bad compression or record framing).
     Undecodable(String),
+    /// The records, decompressed if need be, are not what the header declares.
+    InvalidRecords(RecordProblem),
 }
 
 impl BatchError {
@@ -70,9 +74,10 @@ impl BatchError {
         match self {
             BatchError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
             BatchError::TooLarge { .. } => E::MessageTooLarge.code(),
-            BatchError::InvalidRecordCount { .. } | BatchError::Empty | BatchError::MissingKey => {
-                E::InvalidRecord.code()
-            }
+            BatchError::InvalidRecordCount { .. }
+            | BatchError::InvalidRecords(_)
+            | BatchError::Empty
+            | BatchError::MissingKey => E::InvalidRecord.code(),
             _ => E::CorruptMessage.code(),
         }
     }
@@ -102,6 +107,7 @@ impl std::fmt::Display for BatchError {
             BatchError::Empty => write!(f, "produce request carried no record batch"),
             BatchError::MissingKey => write!(f, "compacted topic cannot accept a record without a key"),
             BatchError::Undecodable(e) => write!(f, "records cannot be decoded: {e}"),
+            BatchError::InvalidRecords(problem) => write!(f, "{problem}"),
         }
     }
 }
@@ -258,45 +264,13 @@ fn validate_one(buf: &[u8], header: &BatchHeader, max_batch_bytes: usize) -> Res
             detail: "last offset delta must be record count - 1",
         });
     }
-    if header.compression() == 0 {
-        check_uncompressed_records(&buf[BATCH_HEADER_LEN..total], header.record_count)?;
-    }
+    let body = &buf[BATCH_HEADER_LEN..total];
+    let walked = match header.compression() {
+        0 => record_walk::check_uncompressed(body, header.record_count),
+        codec => record_walk::check_compressed(codec, body, header.record_count, max_batch_bytes),
+    };
+    walked.map_err(BatchError::InvalidRecords)?;
     Ok(total)
-}
-
-/// Walks the length prefixes of uncompressed records: they must tile the body
-/// exactly and number `declared`.
-fn check_uncompressed_records(mut body: &[u8], declared: i32) -> Result<(), BatchError> {
-    let mut seen = 0i32;
-    while !body.is_empty() {
-        if seen == declared {
-            return Err(BatchError::InvalidRecordCount { declared, detail: "more records present than declared" });
-        }
-        let (len, used) = read_varint(body)
-            .ok_or(BatchError::InvalidRecordCount { declared, detail: "record length varint is malformed" })?;
-        if len <= 0 || (len as usize) > body.len() - used {
-            return Err(BatchError::InvalidRecordCount { declared, detail: "record length runs past the batch" });
-        }
-        body = &body[used + len as usize..];
-        seen += 1;
-    }
-    if seen != declared {
-        return Err(BatchError::InvalidRecordCount { declared, detail: "fewer records present than declared" });
-    }
-    Ok(())
-}
-
-/// Reads a zigzag varint (Kafka's record encoding). Returns the value and bytes used.
-fn read_varint(buf: &[u8]) -> Option<(i64, usize)> {
-    let mut raw: u64 = 0;
-    for (i, byte) in buf.iter().take(10).enumerate() {
-        raw |= ((byte & 0x7f) as u64) << (7 * i);
-        if byte & 0x80 == 0 {
-            let value = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 /// The first 16 bytes a stored batch begins with: the broker's base offset and
@@ -409,7 +383,32 @@ mod tests {
         b[23..27].copy_from_slice(&3i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(validate_batches(&b.freeze(), 1 << 20), Err(BatchError::InvalidRecordCount { .. })));
+        let refused = validate_batches(&b.freeze(), 1 << 20);
+        assert!(
+            matches!(refused, Err(BatchError::InvalidRecords(RecordProblem::Count { declared: 4, .. }))),
+            "{refused:?}"
+        );
+    }
+
+    /// A compressed batch that claims 2^31-1 records with garbage inside (CRC
+    /// correct) is refused, not stored with its claim moving the log end.
+    #[test]
+    fn a_compressed_batch_with_a_false_count_is_refused() {
+        for (codec, compression) in [(1, Compression::Gzip), (4, Compression::Zstd), (3, Compression::Lz4)] {
+            let good = encode(2, compression);
+            let mut b = BytesMut::from(&good[..BATCH_HEADER_LEN]);
+            b.extend_from_slice(&[0x42; 18]);
+            let len = (b.len() - LOG_OVERHEAD) as i32;
+            b[8..12].copy_from_slice(&len.to_be_bytes());
+            b[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+            b[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+            assert_eq!(be_i16(&b, ATTRIBUTES_OFFSET) & 0x07, codec);
+            let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+            b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+            let refused = validate_batches(&b.freeze(), 1 << 20);
+            assert!(matches!(refused, Err(BatchError::InvalidRecords(_))), "{compression:?}: {refused:?}");
+            assert_eq!(refused.unwrap_err().error_code(), kafka_protocol::ResponseError::InvalidRecord.code());
+        }
     }
 
     #[test]

@@ -121,3 +121,36 @@ def test_batch_over_max_message_bytes_is_refused(broker):
     codes = sorted(e.code() if e else 0 for e in errors)
     assert codes == sorted([0, KafkaError.MSG_SIZE_TOO_LARGE])
     assert [m.value() for m in consume_partitions(broker.bootstrap, "tiny", [0], 1)[0]] == [b"small"]
+
+
+INVALID_RECORD = 87
+
+
+def lying_compressed_batch(codec):
+    """A 79-byte batch with codec `codec` that claims 2^31-1 records, garbage
+    inside and a correct CRC: what librdkafka then loops on if it is stored."""
+    from kafka.record.util import calc_crc32c
+
+    body = b"\x42" * 18
+    attributes = codec
+    after_crc = struct.pack(">hiqqqhi", attributes, 2**31 - 2, 1_000, 1_000, -1, -1, -1)
+    after_crc += struct.pack(">i", 2**31 - 1) + body
+    crc = calc_crc32c(after_crc)
+    batch_length = 4 + 1 + 4 + len(after_crc)  # leader epoch, magic, crc, the rest
+    batch = struct.pack(">qiib", 0, batch_length, -1, 2) + struct.pack(">I", crc) + after_crc
+    assert len(batch) == 79
+    return batch
+
+
+def test_compressed_batches_that_lie_about_their_records_are_refused(broker):
+    seed(broker)
+    conn = Conn(broker.bootstrap)
+    for n, codec in enumerate([1, 2, 3, 4], start=1):  # gzip, snappy, lz4, zstd
+        conn.send(produce_v3(n, "victim", 0, lying_compressed_batch(codec)))
+        assert parse_produce_v3(conn.recv_response())[:2] == (n, INVALID_RECORD), f"codec {codec}"
+    # The log end did not move: the next good batch lands at offset 20, and a
+    # consumer reads everything back.
+    conn.send(produce_v3(9, "victim", 0, record_batch([b"after-the-liars"])))
+    assert parse_produce_v3(conn.recv_response()) == (9, 0, 20)
+    conn.close()
+    assert_intact(broker, extra=["after-the-liars"])
