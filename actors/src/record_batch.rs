@@ -390,6 +390,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 4096, ..Default::default() })]
+
+        /// Fuzzing batch validation, every codec: valid batches with bytes
+        /// flipped (the CRC then fixed or not) and cut short never panic, and
+        /// a batch that is accepted decodes (kafka-protocol's decoder, as a
+        /// consumer's) to exactly the records its header counts.
+        #[test]
+        fn mutated_batches_are_refused_or_decode_as_declared(
+            codec in 0usize..5,
+            records in 1usize..12,
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 0..6),
+            fix_crc in proptest::prelude::any::<bool>(),
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let codecs = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+            let mut b = BytesMut::from(&encode(records, codecs[codec])[..]);
+            for (at, mask) in flips {
+                let at = at % b.len();
+                b[at] ^= mask;
+            }
+            if let Some(cut) = cut {
+                let keep = b.len().saturating_sub(cut).max(1);
+                b.truncate(keep);
+            }
+            if fix_crc && b.len() > BATCH_HEADER_LEN {
+                let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+                b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+            }
+            if let Ok(batches) = validate_batches(&b.freeze(), 1 << 20) {
+                for batch in batches {
+                    let mut bytes = batch.bytes.clone();
+                    let decoded = kafka_protocol::records::RecordBatchDecoder::decode(&mut bytes);
+                    let decoded = decoded.map_err(|e| proptest::test_runner::TestCaseError::fail(format!("accepted but undecodable: {e}")))?;
+                    proptest::prop_assert_eq!(decoded.records.len(), batch.record_count() as usize);
+                }
+            }
+        }
+    }
+
     /// A compressed batch that claims 2^31-1 records with garbage inside (CRC
     /// correct) is refused, not stored with its claim moving the log end.
     #[test]

@@ -20,9 +20,10 @@ const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
 const DECOMPRESSED_PER_BATCH_BYTE: u64 = 16;
 /// zstd frames may ask for windows up to 2^this bytes (16 MiB) of decoder memory.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
-/// xerial snappy framing (Kafka's snappy): this header, then [u32 length][raw block]...
+/// xerial snappy framing (Kafka's snappy): a header (this magic, version 1,
+/// compatible version 1), then [u32 length][raw block]...
 const SNAPPY_XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
-const SNAPPY_XERIAL_HEADER_LEN: usize = 16;
+const SNAPPY_XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
 
 /// Why a batch's records are not what its header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,8 +244,13 @@ struct Snappy<'a> {
 
 impl<'a> Snappy<'a> {
     fn new(body: &'a [u8], limit: u64) -> io::Result<Snappy<'a>> {
-        let framed = body.len() >= SNAPPY_XERIAL_HEADER_LEN && body.starts_with(SNAPPY_XERIAL_MAGIC);
-        let rest = if framed { &body[SNAPPY_XERIAL_HEADER_LEN..] } else { body };
+        let framed = body.starts_with(SNAPPY_XERIAL_MAGIC);
+        // The magic with another header (version fields) is neither framing for
+        // certain: refused, so no reader takes it one way and another the other.
+        if framed && !body.starts_with(SNAPPY_XERIAL_HEADER) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "snappy: unknown xerial header version"));
+        }
+        let rest = if framed { &body[SNAPPY_XERIAL_HEADER.len()..] } else { body };
         Ok(Snappy { rest, framed, block: Vec::new(), at: 0, left: limit })
     }
 
