@@ -13,17 +13,22 @@
 //! answered, then is handled alone. A reader task owns the socket's read half,
 //! so no frame is ever half-read when the loop turns to a finished response.
 //!
-//! Memory: before reading a frame's body the reader takes its size from the
-//! broker-wide request budget (`limits.max_queued_request_bytes`), returned
-//! when the request is answered. A full budget stops reading, and TCP's flow
-//! control stops the clients.
+//! Memory: once a frame's body starts to arrive, the reader takes the
+//! frame's size from the broker-wide request budget
+//! (`limits.max_queued_request_bytes`), returned when the request is
+//! answered. A full budget stops reading, and TCP's flow control stops the
+//! clients. A declared frame whose body does not come holds nothing, and one
+//! that comes slowly is cut off ([`Pace`]), so no connection holds the
+//! budget for more than a few seconds without sending.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::kafka::{self, RequestContext, Session, Started};
@@ -39,6 +44,11 @@ pub enum FrameError {
     /// HTTP request: a client pointed at the wrong port or protocol.
     WrongProtocol(&'static str),
     Invalid(i32),
+    /// The body of a `len`-byte frame did not arrive at the pace required.
+    TooSlow {
+        len: usize,
+        received: usize,
+    },
     Io(std::io::Error),
 }
 
@@ -52,8 +62,38 @@ impl std::fmt::Display for FrameError {
                 write!(f, "the client sent {what} on a plaintext Kafka listener (check its security.protocol and port)")
             }
             FrameError::Invalid(len) => write!(f, "request frame length {len} is invalid"),
+            FrameError::TooSlow { len, received } => write!(
+                f,
+                "request body of {len} bytes arrived too slowly ({received} read; \
+                 limits.request_read_timeout_ms and limits.min_request_read_bytes_per_sec)"
+            ),
             FrameError::Io(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// How fast a request body must arrive: its first byte within `grace` of
+/// the length prefix, and all of it by `grace` plus its size at
+/// `min_bytes_per_sec`. The time spent waiting for the request budget does
+/// not count (the broker is the slow one then).
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub grace: Duration,
+    pub min_bytes_per_sec: u64,
+}
+
+impl Pace {
+    fn of(limits: &crate::config::LimitsSection) -> Pace {
+        Pace {
+            grace: Duration::from_millis(limits.request_read_timeout_ms),
+            min_bytes_per_sec: limits.min_request_read_bytes_per_sec,
+        }
+    }
+
+    /// When `received` bytes of a body started at `start` must be in.
+    fn due(&self, start: tokio::time::Instant, received: usize) -> tokio::time::Instant {
+        let at_floor = Duration::from_secs_f64(received as f64 / self.min_bytes_per_sec as f64);
+        start + self.grace + at_floor
     }
 }
 
@@ -63,8 +103,9 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     max_frame_bytes: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    let pace = Pace { grace: Duration::from_secs(60), min_bytes_per_sec: 1 };
     match read_frame_len(reader, max_frame_bytes).await? {
-        Some(len) => Ok(Some(read_frame_body(reader, len).await?)),
+        Some(len) => Ok(Some(read_frame_body(reader, len, pace, tokio::time::Instant::now()).await?)),
         None => Ok(None),
     }
 }
@@ -103,14 +144,35 @@ fn wrong_protocol(prefix: [u8; 4]) -> Option<FrameError> {
     }
 }
 
-/// Reads into spare capacity: zeroing a buffer the socket then overwrites cost
-/// 5% of the broker's CPU under produce load.
-async fn read_frame_body<R: AsyncReadExt + Unpin>(reader: &mut R, len: usize) -> Result<Bytes, FrameError> {
+/// Waits for the first byte of a frame's body, within the pace's grace.
+async fn await_body<R: AsyncBufRead + Unpin>(reader: &mut R, len: usize, pace: Pace) -> Result<(), FrameError> {
+    match tokio::time::timeout(pace.grace, reader.fill_buf()).await {
+        Ok(Ok([])) => Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(FrameError::Io(e)),
+        Err(_) => Err(FrameError::TooSlow { len, received: 0 }),
+    }
+}
+
+/// Reads a `len`-byte body begun at `start`, at `pace`. Reads into spare
+/// capacity: zeroing a buffer the socket then overwrites cost 5% of the
+/// broker's CPU under produce load.
+async fn read_frame_body<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    len: usize,
+    pace: Pace,
+    start: tokio::time::Instant,
+) -> Result<Bytes, FrameError> {
     let mut frame = BytesMut::with_capacity(len);
-    // Bounded: each turn reads at least one byte or fails.
+    // Bounded: each turn reads at least one byte, fails, or is cut off by the pace.
     while frame.len() < len {
         let remaining = (len - frame.len()) as u64;
-        let n = (&mut *reader).take(remaining).read_buf(&mut frame).await.map_err(FrameError::Io)?;
+        let due = pace.due(start, frame.len());
+        let read = tokio::time::timeout_at(due, (&mut *reader).take(remaining).read_buf(&mut frame)).await;
+        let n = match read {
+            Err(_) => return Err(FrameError::TooSlow { len, received: frame.len() }),
+            Ok(read) => read.map_err(FrameError::Io)?,
+        };
         if n == 0 {
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -149,8 +211,12 @@ pub async fn serve<R, W>(
     let limits = &ctx.config.limits;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Incoming>(1);
     let budget = ctx.request_memory.clone();
-    let reader =
-        actix::spawn(read_frames(read_half, limits.max_frame_bytes, limits.idle_timeout_ms, budget, frames_tx));
+    let reading = Reading {
+        max_frame_bytes: limits.max_frame_bytes,
+        idle: Duration::from_millis(limits.idle_timeout_ms.max(1)),
+        pace: Pace::of(limits),
+    };
+    let reader = actix::spawn(read_frames(read_half, reading, budget, frames_tx));
     let mut in_flight = futures::stream::FuturesOrdered::new();
     // Bounded by the idle timeout and shutdown: each turn reads one request or answers one.
     loop {
@@ -215,37 +281,56 @@ pub async fn serve<R, W>(
     reader.abort();
 }
 
+/// The reader's limits.
+#[derive(Clone, Copy)]
+struct Reading {
+    max_frame_bytes: usize,
+    /// No frame begun within this long: the connection is idle.
+    idle: Duration,
+    pace: Pace,
+}
+
 /// Reads frames into `frames` until the stream ends, fails, or idles.
 async fn read_frames(
     read_half: impl AsyncRead + Unpin,
-    max_frame_bytes: usize,
-    idle_timeout_ms: u64,
+    limits: Reading,
     budget: Arc<Semaphore>,
     frames: tokio::sync::mpsc::Sender<Incoming>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let idle = Duration::from_millis(idle_timeout_ms.max(1));
     // Bounded by the connection: ends at end of stream, an error, or when the request loop is gone.
     loop {
-        let incoming = match tokio::time::timeout(idle, read_frame_len(&mut reader, max_frame_bytes)).await {
-            Ok(Ok(Some(len))) => {
-                // len <= max_frame_bytes <= the budget (checked at config load), so this is satisfiable.
-                let Ok(permit) = budget.clone().acquire_many_owned(len as u32).await else { return };
-                match tokio::time::timeout(idle, read_frame_body(&mut reader, len)).await {
-                    Ok(Ok(frame)) => Incoming::Frame(frame, permit),
-                    Ok(Err(e)) => Incoming::Failed(e),
-                    Err(_) => Incoming::Failed(FrameError::Io(std::io::ErrorKind::TimedOut.into())),
-                }
-            }
-            Ok(Ok(None)) => Incoming::Closed,
-            Ok(Err(e)) => Incoming::Failed(e),
-            Err(_) => Incoming::Idle,
-        };
+        let incoming =
+            match tokio::time::timeout(limits.idle, read_frame_len(&mut reader, limits.max_frame_bytes)).await {
+                Ok(Ok(Some(len))) => match read_paced(&mut reader, len, limits.pace, &budget).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return,
+                    Err(e) => Incoming::Failed(e),
+                },
+                Ok(Ok(None)) => Incoming::Closed,
+                Ok(Err(e)) => Incoming::Failed(e),
+                Err(_) => Incoming::Idle,
+            };
         let last = matches!(incoming, Incoming::Closed | Incoming::Failed(_));
         if frames.send(incoming).await.is_err() || last {
             return;
         }
     }
+}
+
+/// Reads a `len`-byte body once it starts to arrive, holding its size of
+/// the budget from then on. `Ok(None)`: the budget is gone (shutdown).
+async fn read_paced<R: AsyncBufRead + AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    pace: Pace,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<Incoming>, FrameError> {
+    await_body(reader, len, pace).await?;
+    // len <= max_frame_bytes <= the budget (checked at config load), so this is satisfiable.
+    let Ok(permit) = budget.clone().acquire_many_owned(len as u32).await else { return Ok(None) };
+    let frame = read_frame_body(reader, len, pace, tokio::time::Instant::now()).await?;
+    Ok(Some(Incoming::Frame(frame, permit)))
 }
 
 /// Writes one answer; `false` means the connection must close.
@@ -313,7 +398,12 @@ mod tests {
         client.write_all(&[0, 0, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0, 6, 7, 8, 9, 10, 11, 12]).await.unwrap();
         let budget = Arc::new(Semaphore::new(10));
         let (tx, mut frames) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(read_frames(read_half, 16, 60_000, budget.clone(), tx));
+        let reading = Reading {
+            max_frame_bytes: 16,
+            idle: Duration::from_secs(60),
+            pace: Pace { grace: Duration::from_secs(60), min_bytes_per_sec: 1 },
+        };
+        tokio::spawn(read_frames(read_half, reading, budget.clone(), tx));
         let Some(Incoming::Frame(first, permit)) = frames.recv().await else { panic!("first frame") };
         assert_eq!(first.as_ref(), &[1, 2, 3, 4, 5, 6]);
         let waited = tokio::time::timeout(Duration::from_millis(100), frames.recv()).await;
@@ -321,5 +411,70 @@ mod tests {
         drop(permit);
         let Some(Incoming::Frame(second, _permit)) = frames.recv().await else { panic!("second frame") };
         assert_eq!(second.as_ref(), &[7, 8, 9, 10, 11, 12]);
+    }
+
+    fn paced(grace_ms: u64, min_bytes_per_sec: u64) -> Reading {
+        Reading {
+            max_frame_bytes: 1 << 20,
+            idle: Duration::from_secs(600),
+            pace: Pace { grace: Duration::from_millis(grace_ms), min_bytes_per_sec },
+        }
+    }
+
+    /// A declared frame whose body never comes holds none of the budget,
+    /// and the connection is cut off after the grace.
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_frame_without_a_body_holds_no_budget() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (read_half, _write_half) = tokio::io::split(server);
+        client.write_all(&(1u32 << 19).to_be_bytes()).await.unwrap();
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let (tx, mut frames) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(read_frames(read_half, paced(5_000, 1 << 20), budget.clone(), tx));
+        tokio::time::sleep(Duration::from_millis(4_900)).await;
+        assert_eq!(budget.available_permits(), 1 << 20, "nothing taken before the body comes");
+        let started = tokio::time::Instant::now();
+        let Some(Incoming::Failed(FrameError::TooSlow { received: 0, .. })) = frames.recv().await else {
+            panic!("cut off for sending no body")
+        };
+        assert!(started.elapsed() <= Duration::from_millis(200), "cut off at the grace");
+    }
+
+    /// A body that trickles in is cut off once it falls behind the floor.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_is_cut_off() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (read_half, _write_half) = tokio::io::split(server);
+        let budget = Arc::new(Semaphore::new(1 << 20));
+        let (tx, mut frames) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(read_frames(read_half, paced(1_000, 100), budget.clone(), tx));
+        client.write_all(&[0, 0, 3, 232, 1]).await.unwrap(); // 1000 bytes declared, one sent
+        let sent = tokio::spawn(async move {
+            for _ in 0..999 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if client.write_all(&[1]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let Some(Incoming::Failed(FrameError::TooSlow { len: 1000, received })) = frames.recv().await else {
+            panic!("cut off for trickling")
+        };
+        assert!(received < 10, "{received} bytes read before the cut");
+        assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
+        sent.abort();
+        // A body at the floor's pace or faster is read whole.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (read_half, _write_half) = tokio::io::split(server);
+        let (tx, mut frames) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(read_frames(read_half, paced(1_000, 100), budget, tx));
+        client.write_all(&[0, 0, 0, 200]).await.unwrap();
+        for _ in 0..20 {
+            client.write_all(&[7; 10]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(90)).await;
+        }
+        let Some(Incoming::Frame(frame, _permit)) = frames.recv().await else { panic!("read at the floor") };
+        assert_eq!(frame.len(), 200);
     }
 }
