@@ -62,6 +62,7 @@ pub struct LimitsSection {
     pub max_frame_bytes: usize,
     pub max_queued_request_bytes: usize,
     pub max_connections: usize,
+    pub max_partitions_per_broker: usize,
     pub idle_timeout_ms: u64,
     pub request_read_timeout_ms: u64,
     pub min_request_read_bytes_per_sec: u64,
@@ -86,6 +87,7 @@ pub struct TopicsSection {
     pub auto_create: bool,
     pub num_partitions: i32,
     pub max_partitions_per_topic: i32,
+    pub max_auto_created_per_request: usize,
     pub max_message_bytes: i32,
     pub retention_ms: i64,
     pub retention_bytes: i64,
@@ -119,6 +121,9 @@ impl BrokerConfig {
         }
         if l.max_connections == 0 || l.max_fetch_bytes == 0 {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");
+        }
+        if l.max_partitions_per_broker == 0 {
+            bail!("limits.max_partitions_per_broker must be positive");
         }
         if !matches!(self.storage.durability.as_str(), "fsync" | "interval") {
             bail!("storage.durability must be \"fsync\" or \"interval\", not {:?}", self.storage.durability);

@@ -120,7 +120,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(metrics::Metrics::new());
+    let open_files = kafka::capacity::raise_fd_limit();
     let ctx = node::start(config, metrics.clone()).await?;
+    tracing::info!(open_files, partitions = ctx.partition_cap, "partition replicas this broker takes");
     let (stop_http, http_stop) = tokio::sync::watch::channel(false);
     let http = ctx.config.metrics.listen.parse::<std::net::SocketAddr>().ok().map(|addr| {
         let routes = metrics::routes(http::Router::new(), metrics, ctx.broker.clone(), ctx.cluster.clone());

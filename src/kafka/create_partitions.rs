@@ -23,7 +23,10 @@ pub async fn handle(ctx: &RequestContext, req: CreatePartitionsRequest) -> Creat
 async fn grow(ctx: &RequestContext, topic: &CreatePartitionsTopic, validate_only: bool) -> Result<(), (i16, String)> {
     let name = topic.name.0.to_string();
     let max = ctx.config.topics.max_partitions_per_topic;
-    match ctx.cluster.metadata().topics.get(&name).map(|t| t.partitions.len() as i32) {
+    let metadata = ctx.cluster.metadata();
+    let existing = metadata.topics.get(&name);
+    let replication = existing.and_then(|t| t.partitions.first()).map_or(1, |p| p.replicas.len());
+    match existing.map(|t| t.partitions.len() as i32) {
         None => return Err((ResponseError::UnknownTopicOrPartition.code(), format!("topic '{name}' does not exist"))),
         Some(n) if topic.count <= n => {
             let why = format!("topic '{name}' has {n} partitions; the new count {} must be larger", topic.count);
@@ -36,8 +39,10 @@ async fn grow(ctx: &RequestContext, topic: &CreatePartitionsTopic, validate_only
             let why = "manual replica assignment is not supported".to_string();
             return Err((ResponseError::InvalidReplicaAssignment.code(), why));
         }
-        Some(_) if validate_only => return Ok(()),
-        Some(_) => {}
+        Some(n) => super::capacity::admit(ctx, (topic.count - n) as usize * replication)?,
+    }
+    if validate_only {
+        return Ok(());
     }
     let count = topic.count;
     let command = crate::cluster::metadata::Command::CreatePartitions { name: name.clone(), count };

@@ -97,6 +97,9 @@ async fn create(
     if cluster.metadata().topics.contains_key(&name) {
         return fail(result, ResponseError::TopicAlreadyExists.code(), format!("topic '{name}' already exists"));
     }
+    if let Err((code, why)) = super::capacity::admit(ctx, count as usize * rf as usize) {
+        return fail(result, code, why);
+    }
     if validate_only {
         // It never reaches the controller, whose apply refuses a colliding name.
         let metadata = cluster.metadata();

@@ -23,6 +23,7 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
     let topics = match req.topics {
         None => ctx.broker.metadata().topics.values().map(|t| describe(ctx, t, version)).collect(),
         Some(requested) => {
+            let mut creations = ctx.config.topics.max_auto_created_per_request;
             let mut out = Vec::with_capacity(requested.len());
             for topic in requested {
                 let name = match topic.name {
@@ -44,7 +45,7 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
                         }
                     }
                 };
-                out.push(lookup_or_create(ctx, &name, allow_create, version).await);
+                out.push(lookup_or_create(ctx, &name, allow_create.then_some(&mut creations), version).await);
             }
             out
         }
@@ -81,11 +82,12 @@ pub fn cluster_brokers(
     (brokers, controller)
 }
 
-/// Looks a topic up, creating it if allowed; errors become a topic entry with an error code.
-pub async fn lookup_or_create(
+/// Looks a topic up, creating it if `creations` (creations this request has
+/// left) allows; errors become a topic entry with an error code.
+async fn lookup_or_create(
     ctx: &RequestContext,
     name: &str,
-    allow_create: bool,
+    creations: Option<&mut usize>,
     version: i16,
 ) -> MetadataResponseTopic {
     if let Some(view) = ctx.broker.metadata().topic(name) {
@@ -94,9 +96,14 @@ pub async fn lookup_or_create(
     if tributary_actors::config::validate_topic_name(name).is_err() {
         return error_topic(Some(name), ResponseError::InvalidTopicException.code());
     }
-    if !allow_create {
+    let Some(creations) = creations else {
         return error_topic(Some(name), ResponseError::UnknownTopicOrPartition.code());
+    };
+    if *creations == 0 {
+        // This request has created its share: the client asks again.
+        return error_topic(Some(name), ResponseError::LeaderNotAvailable.code());
     }
+    *creations -= 1;
     match auto_create(ctx, name).await {
         Ok(view) => describe(ctx, &view, version),
         Err(code) => error_topic(Some(name), code),
@@ -113,6 +120,8 @@ pub async fn auto_create(ctx: &RequestContext, name: &str) -> Result<Arc<TopicVi
         return Err(ResponseError::InvalidTopicException.code());
     }
     let partitions = ctx.config.topics.num_partitions;
+    let replicas = partitions as usize * ctx.cluster.default_replication_factor() as usize;
+    super::capacity::admit(ctx, replicas).map_err(|(code, _)| code)?;
     match ctx.cluster.create_topic(&ctx.broker, name, partitions, -1, BTreeMap::new()).await {
         Ok(view) => Ok(view),
         Err((code, _)) if code == ResponseError::TopicAlreadyExists.code() => {

@@ -3,6 +3,7 @@
 //! `registry!` below), pass the authorization hook, and let the registry
 //! decode, run and encode it at the version the client asked for.
 
+pub mod capacity;
 mod registry;
 mod session;
 
@@ -64,6 +65,8 @@ pub struct RequestContext {
     pub request_memory: Arc<tokio::sync::Semaphore>,
     /// The one authorization hook (`registry::Authorizer`) every request passes.
     pub authorizer: Arc<dyn registry::Authorizer>,
+    /// Partition replicas this broker takes (`capacity::partition_cap`).
+    pub partition_cap: usize,
 }
 
 impl RequestContext {
@@ -75,7 +78,8 @@ impl RequestContext {
     ) -> RequestContext {
         let request_memory = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queued_request_bytes));
         let authorizer = Arc::new(registry::AllowAll);
-        RequestContext { broker, config, metrics, cluster, request_memory, authorizer }
+        let partition_cap = capacity::partition_cap(&config.limits, capacity::fd_limit());
+        RequestContext { broker, config, metrics, cluster, request_memory, authorizer, partition_cap }
     }
 
     pub fn node_id(&self) -> i32 {

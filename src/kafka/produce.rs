@@ -18,10 +18,11 @@ use super::{message_since, RequestContext};
 /// Creates missing topics if allowed, then produces.
 pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> ProduceResponse {
     if ctx.config.topics.auto_create && matches!(req.acks, -1..=1) && req.transactional_id.is_none() {
-        for topic in &req.topic_data {
-            if ctx.broker.metadata().topic(&topic.name).is_none() {
-                let _ = super::metadata::auto_create(ctx, &topic.name).await;
-            }
+        let creations = ctx.config.topics.max_auto_created_per_request;
+        // Past its share of creations a topic answers as unknown, and the client retries.
+        let unknown = req.topic_data.iter().filter(|t| ctx.broker.metadata().topic(&t.name).is_none());
+        for topic in unknown.take(creations) {
+            let _ = super::metadata::auto_create(ctx, &topic.name).await;
         }
     }
     start(ctx, req, version).await

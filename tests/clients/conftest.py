@@ -51,8 +51,10 @@ class ProcessControl:
 class BrokerProcess(ProcessControl):
     """One broker process; restartable over the same data dir and port."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra_config: str = ""):
+    def __init__(self, data_dir: Path, log_path: Path, extra_config: str = "", open_files=None):
         self.data_dir = data_dir
+        # A limit on open files (soft and hard), to run the broker short of descriptors.
+        self.open_files = open_files
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
@@ -69,7 +71,7 @@ class BrokerProcess(ProcessControl):
             [str(binary()), "start", "--config", str(self.config_path),
              "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
-            stdout=log, stderr=log, env=env)
+            stdout=log, stderr=log, env=env, preexec_fn=self._limit_files)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,6 +82,11 @@ class BrokerProcess(ProcessControl):
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"broker did not listen within {START_TIMEOUT_S}s; see {self.log_path}")
+
+    def _limit_files(self):
+        if self.open_files is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def restart(self):
         self.stop()
@@ -101,9 +108,9 @@ def broker_factory(tmp_path):
     """For tests that need their own config."""
     made = []
 
-    def make(extra_config: str = "") -> BrokerProcess:
+    def make(extra_config: str = "", open_files=None) -> BrokerProcess:
         n = len(made)
-        b = BrokerProcess(tmp_path / f"data{n}", tmp_path / f"broker{n}.log", extra_config)
+        b = BrokerProcess(tmp_path / f"data{n}", tmp_path / f"broker{n}.log", extra_config, open_files)
         b.start()
         made.append(b)
         return b

@@ -95,3 +95,109 @@ def test_declared_frames_that_never_or_slowly_arrive_do_not_stall_others(broker)
     assert values == [f"kept-{i}" for i in range(20)] + [f"during-{i}" for i in range(5)] + [
         f"after-{i}" for i in range(5)
     ]
+
+
+POLICY_VIOLATION = 44
+LEADER_NOT_AVAILABLE = 5
+
+
+def test_partitions_past_what_the_broker_can_open_are_refused_whole(broker_factory):
+    """Finding 3: CreatePartitions to 10,000 answered success, then partitions
+    failed to open ("Too many open files"), accept() failed, and after a
+    restart other topics answered NOT_LEADER_OR_FOLLOWER forever. With 1,024
+    descriptors the broker takes (1024 - 512 - 128) / 3 = 128 partitions."""
+    from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+    broker = broker_factory(open_files=1024)
+    seed(broker)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+
+    def error_of(futures):
+        # The dict stays whole: confluent-kafka sets each future through it.
+        try:
+            next(iter(futures.values())).result(15)
+            return None
+        except Exception as e:  # noqa: BLE001 - the KafkaException carries the code
+            return e.args[0].code()
+
+    assert error_of(admin.create_partitions([NewPartitions("victim", 10_000)])) == POLICY_VIOLATION
+    assert error_of(admin.create_topics([NewTopic("huge", 200, 1)])) == POLICY_VIOLATION
+    assert error_of(admin.create_topics([NewTopic("fits", 100, 1)])) is None
+    assert error_of(admin.create_topics([NewTopic("past-it", 30, 1)])) == POLICY_VIOLATION
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics["victim"].partitions) == 1 and "huge" not in topics and "past-it" not in topics
+    assert "partition replicas this broker takes" in broker.log()
+    broker.restart()
+    bystander_round_trip(broker, "after-restart")
+    values = [m.value().decode() for m in consume_partitions(broker.bootstrap, "victim", [0], 25)[0]]
+    assert values == [f"kept-{i}" for i in range(20)] + [f"after-restart-{i}" for i in range(5)]
+
+
+def metadata_v1(correlation_id, names):
+    """Metadata v1 (which always allows auto-creation) for `names`."""
+    from rawkafka import request, string
+
+    body = struct.pack(">i", len(names)) + b"".join(string(n) for n in names)
+    return request(3, 1, correlation_id, body)
+
+
+def topic_errors_v1(resp):
+    """{topic: error_code} from a Metadata v1 response."""
+    at = 4
+
+    def i32():
+        nonlocal at
+        (v,) = struct.unpack_from(">i", resp, at)
+        at += 4
+        return v
+
+    def i16():
+        nonlocal at
+        (v,) = struct.unpack_from(">h", resp, at)
+        at += 2
+        return v
+
+    def text():
+        nonlocal at
+        n = i16()
+        if n < 0:
+            return None
+        v = resp[at:at + n].decode()
+        at += n
+        return v
+
+    for _ in range(i32()):  # brokers: node id, host, port, rack
+        i32(), text(), i32(), text()
+    i32()  # controller
+    errors = {}
+    for _ in range(i32()):
+        code, name = i16(), text()
+        at += 1  # is_internal
+        for _ in range(i32()):  # partitions: error, index, leader, replicas, isr
+            i16(), i32(), i32()
+            for _ in range(2):
+                count = i32()
+                at += 4 * count
+        errors[name] = code
+    return errors
+
+
+def test_one_metadata_request_auto_creates_a_bounded_number_of_topics(broker):
+    """Finding 6: one Metadata request naming 100,000 unknown topics created
+    topics without a limit (13.9 GB RSS in 90 s). A request creates at most
+    topics.max_auto_created_per_request (100); the rest answer
+    LEADER_NOT_AVAILABLE, so a real client asks again."""
+    from confluent_kafka.admin import AdminClient
+
+    from rawkafka import Conn
+
+    names = [f"auto-{i}" for i in range(2_000)]
+    conn = Conn(broker.bootstrap, timeout=60)
+    conn.send(metadata_v1(11, names))
+    errors = topic_errors_v1(conn.recv_response())
+    conn.close()
+    codes = sorted(errors.values())
+    assert codes.count(0) == 100 and codes.count(LEADER_NOT_AVAILABLE) == 1_900, set(codes)
+    topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
+    assert len([t for t in topics if t.startswith("auto-")]) == 100
+    bystander_round_trip(broker, "after")
