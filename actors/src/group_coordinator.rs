@@ -6,7 +6,10 @@
 //! assignments without interpreting them (range, roundrobin, cooperative-sticky
 //! are all client-side). JoinGroup and SyncGroup answers are parked as oneshot
 //! senders until the rebalance step they wait for completes. A 100 ms tick
-//! expires sessions, rebalance timeouts and the initial rebalance delay.
+//! expires sessions, rebalance timeouts and the initial rebalance delay; it
+//! runs only while the group has members (or ids handed out, or a
+//! rebalance), so the thousands of groups that only commit offsets cost no
+//! CPU while idle.
 //!
 //! Invariants: a member id is in `members` at most once; a static instance id
 //! maps to exactly one live member; every parked answer is sent exactly once
@@ -237,6 +240,8 @@ pub struct GroupCoordinator {
     initial_join_until: Option<Instant>,
     next_join_order: u64,
     empty_since_ms: Option<i64>,
+    /// The tick's interval while it runs (`schedule_ticks`).
+    ticking: Option<SpawnHandle>,
 }
 
 impl GroupCoordinator {
@@ -257,6 +262,7 @@ impl GroupCoordinator {
             initial_join_until: None,
             next_join_order: 0,
             empty_since_ms: None,
+            ticking: None,
         }
     }
 
@@ -787,7 +793,29 @@ impl GroupCoordinator {
         topics
     }
 
-    fn tick(&mut self) {
+    /// Whether anything in the group waits on time: a member's session, an
+    /// id handed out, a rebalance.
+    fn needs_ticks(&self) -> bool {
+        !self.members.is_empty() || !self.pending_members.is_empty() || self.state == GroupState::PreparingRebalance
+    }
+
+    /// Starts the tick if the group needs it and it is not running.
+    fn schedule_ticks(&mut self, ctx: &mut Context<Self>) {
+        if self.ticking.is_none() && self.needs_ticks() {
+            self.ticking = Some(ctx.run_interval(TICK, |act, ctx| act.tick(ctx)));
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.expire();
+        if !self.needs_ticks() {
+            if let Some(handle) = self.ticking.take() {
+                ctx.cancel_future(handle);
+            }
+        }
+    }
+
+    fn expire(&mut self) {
         let now = Instant::now();
         self.pending_members.retain(|_, deadline| *deadline > now);
         // Members waiting in a join are bounded by the rebalance timeout, not the session.
@@ -843,7 +871,8 @@ impl Actor for GroupCoordinator {
             Ok(None) => self.empty_since_ms = Some(crate::now_ms()),
             Err(e) => tracing::error!(group = %self.group_id, error = %e, "cannot load group record"),
         }
-        ctx.run_interval(TICK, |act, _| act.tick());
+        self.ticking = None;
+        self.schedule_ticks(ctx);
     }
 }
 
@@ -866,7 +895,10 @@ impl Handler<GroupRequest> for GroupCoordinator {
     /// receivers get the same), and the supervisor restarts the coordinator.
     fn handle(&mut self, msg: GroupRequest, ctx: &mut Context<Self>) -> Self::Result {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.dispatch(msg))) {
-            Ok(answer) => Box::pin(async move { Ok(answer.await) }),
+            Ok(answer) => {
+                self.schedule_ticks(ctx);
+                Box::pin(async move { Ok(answer.await) })
+            }
             Err(_) => {
                 tracing::error!(group = %self.group_id, "group coordinator panicked; restarting");
                 ctx.stop();
