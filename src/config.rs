@@ -62,6 +62,7 @@ pub struct LimitsSection {
     pub max_frame_bytes: usize,
     pub max_queued_request_bytes: usize,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub max_partitions_per_broker: usize,
     pub idle_timeout_ms: u64,
     pub request_read_timeout_ms: u64,
@@ -121,6 +122,9 @@ impl BrokerConfig {
         }
         if l.max_connections == 0 || l.max_fetch_bytes == 0 {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");
+        }
+        if l.max_connections_per_ip == 0 {
+            bail!("limits.max_connections_per_ip must be positive");
         }
         if l.max_partitions_per_broker == 0 {
             bail!("limits.max_partitions_per_broker must be positive");

@@ -198,14 +198,13 @@ enum Incoming {
 pub async fn serve<R, W>(
     read_half: R,
     write_half: W,
-    session: Session,
+    session: Arc<Session>,
     ctx: Arc<RequestContext>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: AsyncRead + Unpin + 'static,
     W: AsyncWrite + Unpin,
 {
-    let session = Arc::new(session);
     let peer = session.peer;
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let limits = &ctx.config.limits;
@@ -246,6 +245,7 @@ pub async fn serve<R, W>(
                 break;
             }
         };
+        session.request_started();
         let answer = match kafka::dispatch(&ctx, &session, frame) {
             Ok(Started::Pipelined(answer)) => {
                 in_flight.push_back(
@@ -339,6 +339,7 @@ async fn write_answer<W: AsyncWriteExt + Unpin>(
     session: &Session,
     answer: Result<Option<Bytes>, kafka::RequestError>,
 ) -> bool {
+    session.request_answered();
     match answer {
         Ok(Some(response)) => {
             let written = async {

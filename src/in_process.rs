@@ -45,7 +45,7 @@ impl Connector for InProcess {
         self.opened.set(n);
         let (client, broker) = tokio::io::duplex(PIPE_BYTES);
         let (broker_read, broker_write) = tokio::io::split(broker);
-        let session = Session::new(SocketAddr::from(([127, 0, 0, 1], n)), LISTENER);
+        let session = std::sync::Arc::new(Session::new(SocketAddr::from(([127, 0, 0, 1], n)), LISTENER));
         tokio::task::spawn_local(crate::connection::serve(
             broker_read,
             broker_write,

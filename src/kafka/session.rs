@@ -4,7 +4,11 @@
 //! authenticated) is there for the requests after it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Longest client software name or version kept (KIP-511 allows any string;
 /// the broker keeps a bounded copy).
@@ -16,6 +20,11 @@ pub struct Session {
     /// The listener the connection came in on.
     pub listener: &'static str,
     client: Mutex<ClientSoftware>,
+    opened: Instant,
+    /// Requests read and not yet answered.
+    busy: AtomicUsize,
+    /// When `busy` last fell to zero (or the connection opened), ms after `opened`.
+    quiet_since_ms: AtomicU64,
 }
 
 /// What the client's ApiVersions told us: the client id of its header, and
@@ -35,7 +44,38 @@ impl std::fmt::Display for ClientSoftware {
 
 impl Session {
     pub fn new(peer: SocketAddr, listener: &'static str) -> Session {
-        Session { peer, listener, client: Mutex::new(ClientSoftware::default()) }
+        Session {
+            peer,
+            listener,
+            client: Mutex::new(ClientSoftware::default()),
+            opened: Instant::now(),
+            busy: AtomicUsize::new(0),
+            quiet_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A request was read; the connection is busy until it is answered.
+    pub fn request_started(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was answered (or dropped with the connection).
+    pub fn request_answered(&self) {
+        let before = self.busy.fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "an answer follows a request");
+        if before == 1 {
+            let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.quiet_since_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the connection has had no request in hand; `None` while it has one.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let quiet = Duration::from_millis(self.quiet_since_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(quiet))
     }
 
     /// The client host as Kafka prints it in group descriptions ("/1.2.3.4").

@@ -126,7 +126,7 @@ impl SimBroker {
                 let serve = crate::connection::serve(
                     read,
                     write,
-                    Session::new(peer, "PLAINTEXT"),
+                    Arc::new(Session::new(peer, "PLAINTEXT")),
                     context.clone(),
                     running.clone(),
                 );

@@ -243,3 +243,39 @@ def test_groups_that_only_commit_offsets_cost_no_cpu_while_idle(broker):
     # 33% of a core before the fix would be 1.65 s here.
     assert used < 0.5, f"idle broker with {groups} committed-only groups used {used:.2f} CPU s in 5 s"
     bystander_round_trip(broker, "after")
+
+
+def connect_from(source_ip, broker):
+    host, port = broker.bootstrap.split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source_ip, 0))
+    sock.settimeout(5)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def test_one_address_cannot_take_every_slot_and_a_full_broker_makes_room(broker_factory):
+    """Finding 7: with 1,024 idle connections held, new clients were refused
+    for up to 10 minutes, and nothing limited one address. Now one address
+    holds at most limits.max_connections_per_ip, and a full broker closes its
+    longest-idle connection for a new client."""
+    broker = broker_factory("[limits]\nmax_connections = 40\nmax_connections_per_ip = 30\n")
+    seed(broker)
+    held = [connect_from("127.0.0.2", broker) for _ in range(30)]
+    refused = connect_from("127.0.0.2", broker)
+    assert closed_within(refused, 5), "a 31st connection from one address was kept"
+    assert not any(closed_within(sock, 0.05) for sock in held[:3]), "a held connection was closed early"
+    held += [connect_from("127.0.0.3", broker) for _ in range(10)]
+    try:
+        time.sleep(6)  # every held connection is now idle past the eviction age
+        bystander_round_trip(broker, "while-full")
+        log = broker.log()
+        assert "max_connections_per_ip reached" in log
+        assert "closing the longest-idle connection" in log
+        closed = sum(closed_within(sock, 0.05) for sock in held)
+        assert 1 <= closed <= 4, f"{closed} idle connections closed to admit one client"
+    finally:
+        for sock in held:
+            sock.close()
+    values = [m.value().decode() for m in consume_partitions(broker.bootstrap, "victim", [0], 25)[0]]
+    assert values[20:] == [f"while-full-{i}" for i in range(5)]
