@@ -65,8 +65,9 @@ pub struct LimitsSection {
     pub max_connections_per_ip: usize,
     pub max_partitions_per_broker: usize,
     pub idle_timeout_ms: u64,
-    pub request_read_timeout_ms: u64,
-    pub min_request_read_bytes_per_sec: u64,
+    pub transfer_timeout_ms: u64,
+    pub min_transfer_bytes_per_sec: u64,
+    pub max_queued_response_bytes: usize,
     pub max_fetch_wait_ms: u64,
     pub max_fetch_bytes: usize,
     pub shutdown_grace_secs: u64,
@@ -117,14 +118,17 @@ impl BrokerConfig {
         if l.max_queued_request_bytes < l.max_frame_bytes || l.max_queued_request_bytes > 1 << 40 {
             bail!("limits.max_queued_request_bytes must be at least limits.max_frame_bytes and at most 1 TiB");
         }
-        if l.request_read_timeout_ms == 0 || l.min_request_read_bytes_per_sec == 0 {
-            bail!("limits.request_read_timeout_ms and limits.min_request_read_bytes_per_sec must be positive");
+        if l.transfer_timeout_ms == 0 || l.min_transfer_bytes_per_sec == 0 {
+            bail!("limits.transfer_timeout_ms and limits.min_transfer_bytes_per_sec must be positive");
         }
         if l.max_connections == 0 || l.max_fetch_bytes == 0 {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");
         }
         if l.max_connections_per_ip == 0 {
             bail!("limits.max_connections_per_ip must be positive");
+        }
+        if l.max_queued_response_bytes < 1 << 20 {
+            bail!("limits.max_queued_response_bytes must be at least 1 MiB");
         }
         if l.max_partitions_per_broker == 0 {
             bail!("limits.max_partitions_per_broker must be positive");

@@ -65,7 +65,7 @@ impl std::fmt::Display for FrameError {
             FrameError::TooSlow { len, received } => write!(
                 f,
                 "request body of {len} bytes arrived too slowly ({received} read; \
-                 limits.request_read_timeout_ms and limits.min_request_read_bytes_per_sec)"
+                 limits.transfer_timeout_ms and limits.min_transfer_bytes_per_sec)"
             ),
             FrameError::Io(e) => write!(f, "{e}"),
         }
@@ -85,8 +85,8 @@ pub struct Pace {
 impl Pace {
     fn of(limits: &crate::config::LimitsSection) -> Pace {
         Pace {
-            grace: Duration::from_millis(limits.request_read_timeout_ms),
-            min_bytes_per_sec: limits.min_request_read_bytes_per_sec,
+            grace: Duration::from_millis(limits.transfer_timeout_ms),
+            min_bytes_per_sec: limits.min_transfer_bytes_per_sec,
         }
     }
 
@@ -221,7 +221,7 @@ pub async fn serve<R, W>(
     loop {
         let incoming = tokio::select! {
             answered = in_flight.next(), if !in_flight.is_empty() => {
-                if !write_answer(&mut writer, &session, answered.expect("not empty")).await {
+                if !write_answer(&mut writer, &session, reading.pace, answered.expect("not empty")).await {
                     break;
                 }
                 continue;
@@ -264,11 +264,11 @@ pub async fn serve<R, W>(
         // Everything before this request is answered first, in order.
         let mut ok = true;
         while let Some(answered) = in_flight.next().await {
-            ok = ok && write_answer(&mut writer, &session, answered).await;
+            ok = ok && write_answer(&mut writer, &session, reading.pace, answered).await;
         }
         let answered = answer.await;
         drop(permit);
-        if !ok || !write_answer(&mut writer, &session, answered).await {
+        if !ok || !write_answer(&mut writer, &session, reading.pace, answered).await {
             break;
         }
     }
@@ -276,7 +276,7 @@ pub async fn serve<R, W>(
     // as far as the connection still takes writes.
     let mut writable = true;
     while let Some(answered) = in_flight.next().await {
-        writable = writable && write_answer(&mut writer, &session, answered).await;
+        writable = writable && write_answer(&mut writer, &session, reading.pace, answered).await;
     }
     reader.abort();
 }
@@ -333,24 +333,54 @@ async fn read_paced<R: AsyncBufRead + AsyncRead + Unpin>(
     Ok(Some(Incoming::Frame(frame, permit)))
 }
 
+/// Bytes written to the stream at a time, each with its own deadline.
+const WRITE_CHUNK: usize = 64 << 10;
+
+/// Writes and flushes `response` at `pace`: each chunk must be taken by the
+/// time the bytes before it are due. `Ok(false)`: the client fell behind.
+async fn write_paced<W: AsyncWriteExt + Unpin>(writer: &mut W, response: &[u8], pace: Pace) -> std::io::Result<bool> {
+    let start = tokio::time::Instant::now();
+    let mut written = 0;
+    // Bounded by the response: each turn writes one chunk or gives up.
+    for chunk in response.chunks(WRITE_CHUNK) {
+        let due = pace.due(start, written + chunk.len());
+        match tokio::time::timeout_at(due, writer.write_all(chunk)).await {
+            Ok(result) => result?,
+            Err(_) => return Ok(false),
+        }
+        written += chunk.len();
+    }
+    match tokio::time::timeout_at(pace.due(start, written), writer.flush()).await {
+        Ok(result) => result.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Writes one answer; `false` means the connection must close.
 async fn write_answer<W: AsyncWriteExt + Unpin>(
     writer: &mut W,
     session: &Session,
+    pace: Pace,
     answer: Result<Option<Bytes>, kafka::RequestError>,
 ) -> bool {
     session.request_answered();
     match answer {
         Ok(Some(response)) => {
-            let written = async {
-                writer.write_all(&response).await?;
-                writer.flush().await
-            };
-            if let Err(e) = written.await {
-                tracing::debug!(peer = %session.peer, error = %e, "write failed");
-                return false;
+            // A client that does not take its answer at the pace holds its
+            // share of the response budget no longer than that.
+            match write_paced(writer, &response, pace).await {
+                Ok(true) => true,
+                Err(e) => {
+                    tracing::debug!(peer = %session.peer, error = %e, "write failed");
+                    false
+                }
+                Ok(false) => {
+                    let (listener, client) = (session.listener, session.client_software());
+                    tracing::warn!(peer = %session.peer, listener, %client, bytes = response.len(),
+                        "closing connection: the client did not take its response (limits.transfer_timeout_ms and limits.min_transfer_bytes_per_sec)");
+                    false
+                }
             }
-            true
         }
         Ok(None) => true,
         Err(e) => {

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub records_out: Family<TopicLabel, Counter>,
     pub request_seconds: LatencyFamily,
     pub connections: Gauge,
+    /// Response bytes encoded and not yet taken by clients (kafka::response_memory).
+    pub response_bytes_queued: Gauge,
     topics: Gauge,
     partitions: Gauge,
     under_replicated: Gauge,
@@ -78,6 +80,7 @@ impl Metrics {
             records_out: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             connections: Gauge::default(),
+            response_bytes_queued: Gauge::default(),
             topics: Gauge::default(),
             partitions: Gauge::default(),
             under_replicated: Gauge::default(),
@@ -89,6 +92,11 @@ impl Metrics {
         registry.register("records_out", "Records fetched, per topic (whole batches)", m.records_out.clone());
         registry.register("request_seconds", "Request handling time, per Kafka API", m.request_seconds.clone());
         registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register(
+            "response_bytes_queued",
+            "Response bytes encoded and not yet taken by clients (limits.max_queued_response_bytes)",
+            m.response_bytes_queued.clone(),
+        );
         registry.register("topics", "Topics", m.topics.clone());
         registry.register("partitions", "Partitions led by this broker", m.partitions.clone());
         registry.register(

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tributary_actors::record_batch::BatchHeader;
 use tributary_actors::{LogOffsets, PartitionError, PartitionHandle, Read, ReadOutcome};
 
+use super::response_memory::Charge;
 use super::RequestContext;
 use crate::metrics::Metrics;
 
@@ -77,7 +78,8 @@ fn route(
     Route::Refuse(ResponseError::NotLeaderOrFollower.code())
 }
 
-pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(call: &super::Call, req: FetchRequest, version: i16) -> FetchResponse {
+    let ctx = &call.ctx;
     let limits = &ctx.config.limits;
     let wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(limits.max_fetch_wait_ms));
     let deadline = Instant::now() + wait;
@@ -88,6 +90,9 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
 
     let mut targets = resolve(ctx, req, version);
     let mut parts: Vec<Part> = targets.iter().map(Part::new).collect();
+    // Response bytes held: what has been read so far, so a long poll waiting
+    // for data holds none. Each round reserves room before it reads.
+    let mut held: Option<Charge> = None;
     for _ in 0..MAX_WAIT_ROUNDS {
         // Mark the offsets seen before reading: a commit after this point wakes the wait below.
         for (t, _) in targets.iter_mut().zip(&parts).filter(|(_, p)| !p.done) {
@@ -96,8 +101,15 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
             }
         }
         let left = max_bytes.saturating_sub(total(&parts));
-        read_round(&targets, &mut parts, left).await;
+        // No room before the deadline: answer with what has been read.
+        let Some(room) = ctx.response_memory.reserve(left, deadline).await else { break };
+        read_round(&targets, &mut parts, room.bytes()).await;
         let full = ensure_progress(&targets, &mut parts, max_bytes).await;
+        held = Some(match held {
+            Some(held) => held.absorb(room),
+            None => room,
+        });
+        held = held.map(|h| h.resize(total(&parts)));
         let any_error = parts.iter().any(|p| p.error != 0);
         if full || total(&parts) >= min_bytes.min(max_bytes) || any_error || Instant::now() >= deadline {
             break;
@@ -105,6 +117,9 @@ pub async fn handle(ctx: &RequestContext, req: FetchRequest, version: i16) -> Fe
         if !wait_for_data(&mut targets, &parts, deadline).await {
             break;
         }
+    }
+    if let Some(held) = held {
+        call.reserve_response(held);
     }
     respond(&targets, parts, version, read_committed, &ctx.metrics)
 }
@@ -406,5 +421,5 @@ fn batch_spans(mut bytes: &[u8]) -> Vec<Span> {
 
 super::registry::api! {
     Fetch: FetchRequest => FetchResponse, versions 4..=12, access Topic Read,
-    |call, request| handle(&call.ctx, request, call.version).await
+    |call, request| handle(call, request, call.version).await
 }

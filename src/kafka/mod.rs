@@ -5,6 +5,7 @@
 
 pub mod capacity;
 mod registry;
+pub mod response_memory;
 mod session;
 
 registry::registry! {
@@ -67,6 +68,9 @@ pub struct RequestContext {
     pub authorizer: Arc<dyn registry::Authorizer>,
     /// Partition replicas this broker takes (`capacity::partition_cap`).
     pub partition_cap: usize,
+    /// Response bytes encoded and not yet taken by clients
+    /// (limits.max_queued_response_bytes); a fetch is sized to what is left.
+    pub response_memory: Arc<response_memory::ResponseMemory>,
 }
 
 impl RequestContext {
@@ -79,7 +83,11 @@ impl RequestContext {
         let request_memory = Arc::new(tokio::sync::Semaphore::new(config.limits.max_queued_request_bytes));
         let authorizer = Arc::new(registry::AllowAll);
         let partition_cap = capacity::partition_cap(&config.limits, capacity::fd_limit());
-        RequestContext { broker, config, metrics, cluster, request_memory, authorizer, partition_cap }
+        let response_memory = response_memory::ResponseMemory::new(
+            config.limits.max_queued_response_bytes,
+            metrics.response_bytes_queued.clone(),
+        );
+        RequestContext { broker, config, metrics, cluster, request_memory, authorizer, partition_cap, response_memory }
     }
 
     pub fn node_id(&self) -> i32 {
@@ -219,8 +227,7 @@ pub fn dispatch(ctx: &Arc<RequestContext>, session: &Arc<Session>, frame: Bytes)
             return Err(RequestError::Unauthorized { api: req.api });
         }
     }
-    let call =
-        Call { ctx: ctx.clone(), session: session.clone(), header: req.header, api: req.api, version: req.version };
+    let call = Call::new(ctx.clone(), session.clone(), req.header, req.api, req.version);
     (entry.serve)(call, req.body)
 }
 

@@ -9,6 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use super::response_memory::Charge;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -73,9 +75,27 @@ pub struct Call {
     pub header: RequestHeader,
     pub api: ApiKey,
     pub version: i16,
+    /// Response bytes the handler reserved before building its answer (a
+    /// fetch), charged to the encoded answer instead of a new charge.
+    reservation: std::cell::RefCell<Option<Charge>>,
 }
 
 impl Call {
+    pub fn new(
+        ctx: Arc<RequestContext>,
+        session: Arc<Session>,
+        header: RequestHeader,
+        api: ApiKey,
+        version: i16,
+    ) -> Call {
+        Call { ctx, session, header, api, version, reservation: std::cell::RefCell::new(None) }
+    }
+
+    /// Hands the answer the response bytes reserved for it.
+    pub fn reserve_response(&self, charge: Charge) {
+        *self.reservation.borrow_mut() = Some(charge);
+    }
+
     /// The client id the request header carries ("" when absent).
     pub fn client_id(&self) -> String {
         self.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default()
@@ -169,7 +189,14 @@ fn finish<T: Encodable>(
     response: Option<T>,
 ) -> Result<Option<Bytes>, RequestError> {
     let encoded = match response {
-        Some(body) => encode_response(call.api, call.header.correlation_id, call.version, &body).map(Some),
+        Some(body) => encode_response(call.api, call.header.correlation_id, call.version, &body).map(|bytes| {
+            // The answer holds its share of the response budget until the connection drops it.
+            let charge = match call.reservation.borrow_mut().take() {
+                Some(reserved) => reserved.resize(bytes.len()),
+                None => call.ctx.response_memory.charge(bytes.len()),
+            };
+            Some(charge.attach(bytes))
+        }),
         None => Ok(None),
     };
     call.ctx.metrics.observe_request(call.api, began.elapsed());

@@ -279,3 +279,72 @@ def test_one_address_cannot_take_every_slot_and_a_full_broker_makes_room(broker_
             sock.close()
     values = [m.value().decode() for m in consume_partitions(broker.bootstrap, "victim", [0], 25)[0]]
     assert values[20:] == [f"while-full-{i}" for i in range(5)]
+
+
+def queued_response_bytes(broker):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("tributary_response_bytes_queued "):
+                return float(line.split()[1])
+    raise AssertionError("no tributary_response_bytes_queued metric")
+
+
+def anon_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon")
+
+
+def test_clients_that_never_read_their_fetches_cannot_grow_memory(broker):
+    """Finding 2: each connection could hold one fetch answer of up to
+    max_fetch_bytes that its client never reads; 100 such connections took
+    the broker to 4.9 GB. Responses now come out of one budget
+    (limits.max_queued_response_bytes, 256 MiB), fetches are sized to what is
+    left, and a client that stops taking its answer is cut off at the
+    transfer pace, after which everyone is served again."""
+    from rawkafka import fetch_v5
+
+    seed(broker)
+    create_topic(broker.bootstrap, "bulk", 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": 1 << 20})
+    payload = b"b" * 1024
+    for i in range(60_000):  # about 60 MiB
+        while True:
+            try:
+                producer.produce("bulk", value=payload)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    base = anon_rss_mib(broker.proc.pid)
+    stuck = []
+    for n in range(40):
+        sock = connect(broker)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(fetch_v5(n, "bulk", [(0, 0, 50 << 20)], max_wait_ms=0, max_bytes=50 << 20))
+        stuck.append(sock)
+    try:
+        time.sleep(3)
+        grew = anon_rss_mib(broker.proc.pid) - base
+        # 40 answers of 50 MB each would be 2,000 MiB; the budget is 256 MiB.
+        assert grew < 700, f"anonymous memory grew by {grew:.0f} MiB with 40 unread fetches"
+        # Other clients are served: at once if room is left, else once the stuck are cut off.
+        values = [m.value().decode() for m in consume_partitions(broker.bootstrap, "victim", [0], 20)[0]]
+        assert values == [f"kept-{i}" for i in range(20)]
+        held = queued_response_bytes(broker)
+        assert 50 << 20 <= held <= (256 << 20) + (1 << 20), f"{held} response bytes queued"
+        # The connections whose big answers sit unread are cut off about 5 s plus
+        # what they took at 1 MiB/s after their answers began, and the budget is free.
+        time.sleep(15)
+        assert queued_response_bytes(broker) < 1 << 20
+        # (Their sockets are closed; the kernel still holds the unsent tail, probing the
+        # zero windows with backoff, which is the kernel's memory, not the broker's.)
+        cut = broker.log().count("did not take its response")
+        assert cut >= 4, f"only {cut} connections that read nothing were cut off"
+    finally:
+        for sock in stuck:
+            sock.close()
+    bystander_round_trip(broker, "after")
