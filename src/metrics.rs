@@ -61,6 +61,8 @@ pub struct Metrics {
     partitions: Gauge,
     under_replicated: Gauge,
     group_lag: Family<LagLabel, Gauge>,
+    /// Appends failed on storage, from `partition_actor::STORAGE_ERRORS` at each scrape.
+    storage_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +83,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             connections: Gauge::default(),
             response_bytes_queued: Gauge::default(),
+            storage_errors: Counter::default(),
             topics: Gauge::default(),
             partitions: Gauge::default(),
             under_replicated: Gauge::default(),
@@ -92,6 +95,11 @@ impl Metrics {
         registry.register("records_out", "Records fetched, per topic (whole batches)", m.records_out.clone());
         registry.register("request_seconds", "Request handling time, per Kafka API", m.request_seconds.clone());
         registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register(
+            "storage_errors",
+            "Appends that failed on storage (a full disk, an LMDB map that cannot grow)",
+            m.storage_errors.clone(),
+        );
         registry.register(
             "response_bytes_queued",
             "Response bytes encoded and not yet taken by clients (limits.max_queued_response_bytes)",
@@ -122,6 +130,8 @@ impl Metrics {
     pub async fn render(&self, broker: &Broker, cluster: &crate::cluster::Cluster) -> String {
         let snapshot = broker.metadata();
         self.topics.set(snapshot.topics.len() as i64);
+        let failed = tributary_actors::partition_actor::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
+        self.storage_errors.inc_by(failed.saturating_sub(self.storage_errors.get()));
         let metadata = cluster.metadata();
         let led: Vec<_> = metadata
             .topics

@@ -276,9 +276,17 @@ pub struct PartitionActor {
     high_watermark: i64,
     /// acks=-1 appends written but not yet below the high watermark, oldest first.
     commit_waiters: std::collections::VecDeque<(AppendOutcome, AppendReply)>,
+    /// When a failed append was last logged, and how many failed since (see `append_failed`).
+    append_failures: (Option<tokio::time::Instant>, u64),
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
 }
+
+/// Appends that failed on storage (a full disk, a map that cannot grow), over
+/// every partition of the process, for the broker's metrics.
+pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A partition logs its failed appends at most this often (with the count since).
+const APPEND_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl PartitionActor {
     pub fn new(
@@ -306,6 +314,7 @@ impl PartitionActor {
             replica_set: None,
             high_watermark: 0,
             commit_waiters: Default::default(),
+            append_failures: (None, 0),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
@@ -496,11 +505,32 @@ impl PartitionActor {
                 self.advance_high_watermark();
             }
             Err(e) => {
+                self.append_failed(&e, pending.len() as u64);
                 for append in pending {
                     let _ = append.reply.send(Err(e.clone()));
                 }
             }
         }
+    }
+
+    /// Counts and logs (at most every `APPEND_FAILURE_LOG_EVERY`) appends
+    /// that failed: clients such as librdkafka only report a timeout, so the
+    /// broker's log and metrics are where a full disk shows.
+    fn append_failed(&mut self, error: &PartitionError, appends: u64) {
+        if !matches!(error, PartitionError::Storage(_)) {
+            return;
+        }
+        STORAGE_ERRORS.fetch_add(appends, std::sync::atomic::Ordering::Relaxed);
+        let (last, since) = &mut self.append_failures;
+        *since += appends;
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < APPEND_FAILURE_LOG_EVERY) {
+            return;
+        }
+        tracing::error!(topic = %self.topic, partition = self.partition, failed_appends = *since, error = %error,
+            "appends failed on storage");
+        *last = Some(now);
+        *since = 0;
     }
 }
 

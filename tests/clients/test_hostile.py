@@ -348,3 +348,27 @@ def test_clients_that_never_read_their_fetches_cannot_grow_memory(broker):
         for sock in stuck:
             sock.close()
     bystander_round_trip(broker, "after")
+
+
+def test_appends_that_fail_on_storage_are_logged_and_counted(broker_factory):
+    """Finding 5, in part: failed produces were never logged (librdkafka
+    reports only _MSG_TIMED_OUT). A partition whose map cannot grow past
+    storage.max_partition_bytes fails its appends; the broker logs that
+    (rate-limited) and counts it in tributary_storage_errors_total."""
+    import urllib.request
+
+    broker = broker_factory("[storage]\ninitial_map_bytes = 1048576\nmax_partition_bytes = 4194304\n")
+    create_topic(broker.bootstrap, "small", 1)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 10_000, "retries": 0})
+    failed = []
+    for i in range(12_000):  # about 12 MiB into a 4 MiB partition
+        producer.produce("small", value=b"s" * 1024, on_delivery=lambda err, _m: err and failed.append(err))
+        producer.poll(0)
+    producer.flush(30)
+    assert failed, "every append fit in 4 MiB"
+    assert any(e.code() == 56 for e in failed), {e.code() for e in failed}  # KAFKA_STORAGE_ERROR
+    assert "appends failed on storage" in broker.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.metrics_port}/metrics", timeout=10) as r:
+        counted = [line for line in r.read().decode().splitlines() if line.startswith("tributary_storage_errors_total ")]
+    assert counted and float(counted[0].split()[1]) > 0, counted
+
