@@ -81,6 +81,7 @@ pub struct StorageSection {
     pub storage_threads: usize,
     pub initial_map_bytes: usize,
     pub max_partition_bytes: usize,
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

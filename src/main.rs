@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod config;
 mod connection;
+mod disk;
 mod http;
 // The in-process connector; used by its test now, by embedded Connect and Streams later.
 #[allow(dead_code)]

@@ -40,7 +40,11 @@ pub async fn start(config: BrokerConfig, metrics: Arc<crate::metrics::Metrics>) 
         adopt_local_topics(&cluster, &broker, &data_dir).await?;
     }
     replica_manager::start(cluster.clone(), broker.clone());
-    Ok(RequestContext::new(broker, Arc::new(config), metrics, cluster))
+    let min_free = config.storage.min_free_bytes;
+    let mut ctx = RequestContext::new(broker, Arc::new(config), metrics, cluster);
+    ctx.disk = crate::disk::DiskReserve::new(min_free);
+    ctx.disk.watch(data_dir);
+    Ok(ctx)
 }
 
 /// A data dir written before the control plane keeps its topics (and dynamic

@@ -71,6 +71,8 @@ pub struct RequestContext {
     /// Response bytes encoded and not yet taken by clients
     /// (limits.max_queued_response_bytes); a fetch is sized to what is left.
     pub response_memory: Arc<response_memory::ResponseMemory>,
+    /// Produce's share of the disk: refused while less than storage.min_free_bytes would be left.
+    pub disk: Arc<crate::disk::DiskReserve>,
 }
 
 impl RequestContext {
@@ -87,7 +89,19 @@ impl RequestContext {
             config.limits.max_queued_response_bytes,
             metrics.response_bytes_queued.clone(),
         );
-        RequestContext { broker, config, metrics, cluster, request_memory, authorizer, partition_cap, response_memory }
+        // The simulation's brokers keep no reserve (their disk is a scratch dir, and the run must replay).
+        let disk = crate::disk::DiskReserve::new(0);
+        RequestContext {
+            broker,
+            config,
+            metrics,
+            cluster,
+            request_memory,
+            authorizer,
+            partition_cap,
+            response_memory,
+            disk,
+        }
     }
 
     pub fn node_id(&self) -> i32 {

@@ -28,6 +28,12 @@ pub async fn handle(ctx: &RequestContext, req: ProduceRequest, version: i16) -> 
     start(ctx, req, version).await
 }
 
+/// The record bytes a produce request carries.
+fn request_bytes(req: &ProduceRequest) -> u64 {
+    let partitions = req.topic_data.iter().flat_map(|t| t.partition_data.iter());
+    partitions.map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64)).sum()
+}
+
 /// Whether `start` can run without creating topics first.
 pub fn all_topics_known(ctx: &RequestContext, req: &ProduceRequest) -> bool {
     let snapshot = ctx.broker.metadata();
@@ -48,6 +54,9 @@ pub fn start(
             ResponseError::TransactionalIdAuthorizationFailed.code(),
             "transactions are not supported yet".to_string(),
         ))
+    } else if !ctx.disk.admit(request_bytes(&req)) {
+        let why = "the broker's disk is nearly full (under storage.min_free_bytes free); delete topics or records to make room";
+        Some((ResponseError::KafkaStorageError.code(), why.to_string()))
     } else {
         None
     };

@@ -372,3 +372,58 @@ def test_appends_that_fail_on_storage_are_logged_and_counted(broker_factory):
         counted = [line for line in r.read().decode().splitlines() if line.startswith("tributary_storage_errors_total ")]
     assert counted and float(counted[0].split()[1]) > 0, counted
 
+
+
+def test_a_full_disk_can_be_cleared_through_the_api(tmp_path):
+    """Finding 5: on a full disk DeleteTopics failed with KAFKA_STORAGE_ERROR,
+    because its metadata write needs space. Produce now stops while less
+    than storage.min_free_bytes is free, which keeps that room for deletes
+    and retention. The data dir is a 64 MiB tmpfs the test mounts."""
+    import subprocess
+
+    from confluent_kafka.admin import AdminClient
+
+    from conftest import BrokerProcess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    broker = None
+    try:
+        config = "[storage]\nmin_free_bytes = 16777216\ninitial_map_bytes = 1048576\n"
+        broker = BrokerProcess(small / "data", tmp_path / "broker.log", config)
+        broker.start()
+        create_topic(broker.bootstrap, "filler", 1)
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 10_000, "retries": 0,
+                             "linger.ms": 5})
+        failed = []
+        for i in range(80_000):  # at most 80 MiB into 64 MiB
+            try:
+                producer.produce("filler", value=b"f" * 1024, on_delivery=lambda err, _m: err and failed.append(err))
+            except BufferError:
+                producer.poll(0.1)
+            producer.poll(0)
+            if len(failed) > 100:
+                break
+        producer.flush(30)
+        assert any(e.code() == 56 for e in failed), "produce never hit the reserve"
+        deadline = time.monotonic() + 5  # logged at the next sample of the free space
+        while "disk nearly full" not in broker.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = broker.log()
+        assert "disk nearly full" in log
+        assert "Input/output error" not in log and "No space left" not in log, "the disk itself filled up"
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.delete_topics(["filler"])["filler"].result(30)
+        deadline = time.monotonic() + 30
+        while "disk has room again" not in broker.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        create_topic(broker.bootstrap, "victim", 1)
+        bystander_round_trip(broker, "after-delete")
+        broker.restart()
+        values = [m.value().decode() for m in consume_partitions(broker.bootstrap, "victim", [0], 5)[0]]
+        assert values == [f"after-delete-{i}" for i in range(5)]
+    finally:
+        if broker is not None:
+            broker.stop()
+        subprocess.run(["umount", "-l", str(small)], check=False)
