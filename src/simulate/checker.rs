@@ -52,6 +52,8 @@ pub struct History {
     pub leader_conflicts: Vec<String>,
     /// (group, partition) -> the highest acknowledged commit.
     pub commits: BTreeMap<(String, PartitionKey), i64>,
+    /// Partition offsets whose commit was acknowledged, counted each time.
+    pub commits_acked: u64,
     pub commit_regressions: Vec<String>,
     pub topics_created: BTreeSet<String>,
     /// Errors that must not happen (an idempotent producer told its sequence is out of order...).
@@ -93,6 +95,7 @@ impl History {
     }
 
     pub fn commit_acked(&mut self, group: &str, partition: &PartitionKey, offset: i64) {
+        self.commits_acked += 1;
         let best = self.commits.entry((group.to_string(), partition.clone())).or_insert(offset);
         *best = (*best).max(offset);
     }

@@ -61,6 +61,8 @@ pub struct RunReport {
     pub virtual_time: Duration,
     pub real_time: Duration,
     pub acked_records: usize,
+    /// Partition offsets group members committed and were told so.
+    pub acked_commits: u64,
     pub faults: usize,
     pub messages: u64,
     pub lost: u64,
@@ -440,6 +442,7 @@ async fn finish(world: &Shared, seed: u64, faults: usize, violations: Vec<Violat
         virtual_time: world.now(),
         real_time: Duration::ZERO,
         acked_records: history.acks.iter().map(|a| a.records.len()).sum(),
+        acked_commits: history.commits_acked,
         faults,
         messages: stats.messages,
         lost: stats.lost,
@@ -589,6 +592,7 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
     let (mut virtual_time, mut real_time) = (Duration::ZERO, Duration::ZERO);
     let (mut acked, mut faults, mut crashes, mut messages, mut lost, mut duplicated) =
         (0usize, 0usize, 0usize, 0u64, 0u64, 0u64);
+    let mut commits = 0u64;
     let started = std::time::Instant::now();
     for (seed, result) in results_rx {
         match result {
@@ -596,6 +600,7 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
                 virtual_time += report.virtual_time;
                 real_time += report.real_time;
                 acked += report.acked_records;
+                commits += report.acked_commits;
                 faults += report.faults;
                 crashes += report.crashes;
                 messages += report.messages;
@@ -648,6 +653,7 @@ pub fn command(args: SimulateArgs) -> anyhow::Result<()> {
     println!("{:<34} {:>12}", "faults injected", faults);
     println!("{:<34} {:>12}", "broker crashes", crashes);
     println!("{:<34} {:>12}", "records acknowledged and checked", acked);
+    println!("{:<34} {:>12}", "group commits acknowledged", commits);
     println!("{:<34} {:>12}", "messages (lost, duplicated)", format!("{messages} ({lost}, {duplicated})"));
     if !failed.is_empty() {
         let shown: Vec<String> = failed.iter().take(20).map(|s| s.to_string()).collect();

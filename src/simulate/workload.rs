@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tributary_actors::replication::{DescribeRole, Role};
 use tributary_actors::{encode_batch, NewRecord, Sequenced};
 use tributary_client::{
-    ApiKey, Client, Error, FetchOptions, NewTopic, PartitionOffset, Producer, ProducerConfig, ResponseError, Retry,
+    ApiKey, Client, Error, FetchOptions, GroupConfig, GroupMember, NewTopic, PartitionOffset, Producer, ProducerConfig,
+    ResponseError, Retry,
 };
 
 use super::checker::{Ack, PartitionKey, RecordId};
@@ -362,70 +363,110 @@ async fn send_window(
     }
 }
 
-/// A consumer group member that reads every partition of the first topic
-/// from its leaders and commits its position; it also reads its committed
-/// offsets back, which must never be below an acknowledged commit.
+/// A consumer group member (the client's `GroupMember`: join, range
+/// assignment, sync, heartbeat, commit as a member of its generation) that
+/// reads its partitions of the first topic from their leaders and commits
+/// its positions; it also reads its committed offsets back, which must
+/// never be below an acknowledged commit. A generation error means join again.
 pub async fn consumer(world: Shared, group: String, stop: Flag) {
     let client = world.client(&format!("consumer-{group}"), brief_retry());
     let topic = world.scenario.topics[0].clone();
+    let member = GroupMember::new(&client, &group, &[topic.name.as_str()], member_config());
     let options = FetchOptions { max_wait: FETCH_WAIT, min_bytes: 1, max_bytes: 1 << 20, partition_max_bytes: 1 << 20 };
     let mut positions: BTreeMap<i32, i64> = (0..topic.partitions).map(|p| (p, 0)).collect();
     let mut round = 0u64;
+    // Bounded by `stop`: each turn joins once and reads until the generation ends.
     while !stop.is_raised() {
-        round += 1;
-        // One partition at a time, so one partition's trouble does not hold up the others' reads.
-        for partition in 0..topic.partitions {
-            let key: PartitionKey = (topic.name.clone(), partition);
-            let Some(fetched) =
-                unless(&stop, client.fetch(&topic.name, &[(partition, positions[&partition])], &options)).await
-            else {
-                return;
-            };
-            let fetched = match fetched {
-                Ok(fetched) => fetched,
-                Err(e @ (Error::Records { .. } | Error::Decode { .. })) => {
-                    world.history.borrow_mut().fatal.push(format!("consumer of group {group}: {e}"));
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            for record in fetched.into_iter().flat_map(|p| p.records) {
-                if record.offset < positions[&partition] {
-                    continue;
-                }
-                if let Some(id) = record.value.as_deref().and_then(RecordId::parse) {
-                    world.history.borrow_mut().read(world.now(), &key, record.offset, id);
-                }
-                positions.insert(partition, record.offset + 1);
+        let assignment = match unless(&stop, member.join()).await {
+            None => return,
+            Some(Ok(assignment)) => assignment,
+            Some(Err(e)) => {
+                world.event(format!("consumer of group {group}: join failed: {e}"));
+                backoff(&world).await;
+                continue;
             }
+        };
+        let mine = assignment.partitions.get(&topic.name).cloned().unwrap_or_default();
+        let mut beat = tokio::time::Instant::now();
+        // Bounded by `stop`: each turn reads each partition once, commits, and heartbeats when due.
+        while !stop.is_raised() {
+            round += 1;
+            for &partition in &mine {
+                let key: PartitionKey = (topic.name.clone(), partition);
+                let position = positions[&partition];
+                let Some(fetched) = unless(&stop, client.fetch(&topic.name, &[(partition, position)], &options)).await
+                else {
+                    return;
+                };
+                let fetched = match fetched {
+                    Ok(fetched) => fetched,
+                    Err(e @ (Error::Records { .. } | Error::Decode { .. })) => {
+                        world.history.borrow_mut().fatal.push(format!("consumer of group {group}: {e}"));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                for record in fetched.into_iter().flat_map(|p| p.records) {
+                    if record.offset < positions[&partition] {
+                        continue;
+                    }
+                    if let Some(id) = record.value.as_deref().and_then(RecordId::parse) {
+                        world.history.borrow_mut().read(world.now(), &key, record.offset, id);
+                    }
+                    positions.insert(partition, record.offset + 1);
+                }
+            }
+            let offsets: Vec<PartitionOffset> =
+                mine.iter().map(|p| PartitionOffset::new(&topic.name, *p, positions[p])).collect();
+            let Some(committed) = unless(&stop, member.commit(&offsets)).await else { return };
+            match committed {
+                Ok(()) => {
+                    for offset in offsets {
+                        world.history.borrow_mut().commit_acked(
+                            &group,
+                            &(offset.topic, offset.partition),
+                            offset.offset,
+                        );
+                    }
+                }
+                Err(e) if rejoin(&e) => break,
+                Err(_) => {}
+            }
+            if round % 3 == 0
+                && unless(&stop, read_commits(&world, &client, &group, &topic.name, topic.partitions)).await.is_none()
+            {
+                return;
+            }
+            if beat.elapsed() >= member.config().heartbeat_interval {
+                beat = tokio::time::Instant::now();
+                match unless(&stop, member.heartbeat()).await {
+                    None => return,
+                    Some(Err(e)) if rejoin(&e) => break,
+                    Some(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(world.scenario.workload.commit_every_ms)).await;
         }
-        if unless(&stop, commit(&world, &client, &group, &topic.name, &positions)).await.is_none() {
-            return;
-        }
-        if round % 3 == 0
-            && unless(&stop, read_commits(&world, &client, &group, &topic.name, topic.partitions)).await.is_none()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(world.scenario.workload.commit_every_ms)).await;
+    }
+    // Leaving lets the group rebalance now; a failure only means its session times out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), member.leave()).await;
+}
+
+/// The member's timeouts: a session long enough to ride out most faults.
+fn member_config() -> GroupConfig {
+    GroupConfig {
+        session_timeout: Duration::from_secs(10),
+        rebalance_timeout: Duration::from_secs(10),
+        heartbeat_interval: Duration::from_secs(1),
     }
 }
 
-/// Commits `positions` as an admin does (no member, generation -1); an
-/// acknowledged commit must be readable from then on.
-async fn commit(
-    world: &Shared,
-    client: &Client<SimConnector>,
-    group: &str,
-    topic: &str,
-    positions: &BTreeMap<i32, i64>,
-) {
-    let offsets: Vec<PartitionOffset> = positions.iter().map(|(p, o)| PartitionOffset::new(topic, *p, *o)).collect();
-    if client.commit_offsets(group, &offsets).await.is_ok() {
-        for offset in offsets {
-            world.history.borrow_mut().commit_acked(group, &(offset.topic, offset.partition), offset.offset);
-        }
-    }
+/// Whether a member's request failed because its generation is over.
+fn rejoin(error: &Error) -> bool {
+    matches!(
+        error.kafka(),
+        Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration | ResponseError::UnknownMemberId)
+    )
 }
 
 /// Reads the group's committed offsets back (OffsetFetch) into the history.
