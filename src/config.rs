@@ -119,8 +119,10 @@ impl BrokerConfig {
         if l.max_queued_request_bytes < l.max_frame_bytes || l.max_queued_request_bytes > 1 << 40 {
             bail!("limits.max_queued_request_bytes must be at least limits.max_frame_bytes and at most 1 TiB");
         }
-        if l.transfer_timeout_ms == 0 || l.min_transfer_bytes_per_sec == 0 {
-            bail!("limits.transfer_timeout_ms and limits.min_transfer_bytes_per_sec must be positive");
+        if !(1..=3_600_000).contains(&l.transfer_timeout_ms) || l.min_transfer_bytes_per_sec < 1024 {
+            bail!(
+                "limits.transfer_timeout_ms must be 1 to 3600000 and limits.min_transfer_bytes_per_sec at least 1024"
+            );
         }
         if l.max_connections == 0 || l.max_fetch_bytes == 0 {
             bail!("limits.max_connections and limits.max_fetch_bytes must be positive");

@@ -209,13 +209,13 @@ pub async fn serve<R, W>(
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let limits = &ctx.config.limits;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Incoming>(1);
-    let budget = ctx.request_memory.clone();
+    let budget = Budget { memory: ctx.request_memory.clone(), large_turn: ctx.large_frame_turn.clone() };
     let reading = Reading {
         max_frame_bytes: limits.max_frame_bytes,
         idle: Duration::from_millis(limits.idle_timeout_ms.max(1)),
         pace: Pace::of(limits),
     };
-    let reader = actix::spawn(read_frames(read_half, reading, budget, frames_tx));
+    let reader = actix::spawn(read_frames(read_half, reading, budget, session.clone(), frames_tx));
     let mut in_flight = futures::stream::FuturesOrdered::new();
     // Bounded by the idle timeout and shutdown: each turn reads one request or answers one.
     loop {
@@ -245,7 +245,6 @@ pub async fn serve<R, W>(
                 break;
             }
         };
-        session.request_started();
         let answer = match kafka::dispatch(&ctx, &session, frame) {
             Ok(Started::Pipelined(answer)) => {
                 in_flight.push_back(
@@ -272,13 +271,14 @@ pub async fn serve<R, W>(
             break;
         }
     }
+    // Nothing more is read: a frame the reader took budget for would never be served.
+    reader.abort();
     // Requests already started are answered (their appends are queued anyway),
     // as far as the connection still takes writes.
     let mut writable = true;
     while let Some(answered) = in_flight.next().await {
         writable = writable && write_answer(&mut writer, &session, reading.pace, answered).await;
     }
-    reader.abort();
 }
 
 /// The reader's limits.
@@ -294,7 +294,8 @@ struct Reading {
 async fn read_frames(
     read_half: impl AsyncRead + Unpin,
     limits: Reading,
-    budget: Arc<Semaphore>,
+    budget: Budget,
+    session: Arc<Session>,
     frames: tokio::sync::mpsc::Sender<Incoming>,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
@@ -302,7 +303,11 @@ async fn read_frames(
     loop {
         let incoming =
             match tokio::time::timeout(limits.idle, read_frame_len(&mut reader, limits.max_frame_bytes)).await {
-                Ok(Ok(Some(len))) => match read_paced(&mut reader, len, limits.pace, &budget).await {
+                Ok(Ok(Some(len))) => match {
+                    // In hand from its length on, so a connection sending a body is not idle.
+                    session.request_started();
+                    read_paced(&mut reader, len, limits.pace, &budget).await
+                } {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return,
                     Err(e) => Incoming::Failed(e),
@@ -318,19 +323,79 @@ async fn read_frames(
     }
 }
 
-/// Reads a `len`-byte body once it starts to arrive, holding its size of
+/// Frames up to this size take their whole size of the budget at their
+/// first body byte; larger ones take it as their bytes arrive, one at a time
+/// broker-wide (standard clients send requests of about 1 MB).
+const LARGE_FRAME: usize = 1 << 20;
+
+/// The request budget and the turn large frames take to read against it.
+#[derive(Clone)]
+pub struct Budget {
+    pub memory: Arc<Semaphore>,
+    pub large_turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Reads a `len`-byte body once it starts to arrive, holding its share of
 /// the budget from then on. `Ok(None)`: the budget is gone (shutdown).
 async fn read_paced<R: AsyncBufRead + AsyncRead + Unpin>(
     reader: &mut R,
     len: usize,
     pace: Pace,
-    budget: &Arc<Semaphore>,
+    budget: &Budget,
 ) -> Result<Option<Incoming>, FrameError> {
     await_body(reader, len, pace).await?;
+    if len > LARGE_FRAME {
+        return read_large(reader, len, pace, budget).await;
+    }
     // len <= max_frame_bytes <= the budget (checked at config load), so this is satisfiable.
-    let Ok(permit) = budget.clone().acquire_many_owned(len as u32).await else { return Ok(None) };
+    let Ok(permit) = budget.memory.clone().acquire_many_owned(len as u32).await else { return Ok(None) };
     let frame = read_frame_body(reader, len, pace, tokio::time::Instant::now()).await?;
     Ok(Some(Incoming::Frame(frame, permit)))
+}
+
+/// A large body, read in `LARGE_FRAME` steps, each taken from the budget
+/// before it is read: a large frame holds only what it has been sent, so one
+/// sent slowly cannot hold the budget it has not used. Only one large frame
+/// reads at a time, so partly read frames never wait on each other for the
+/// budget (which small requests keep moving). Waiting does not count
+/// against the pace.
+async fn read_large<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+    pace: Pace,
+    budget: &Budget,
+) -> Result<Option<Incoming>, FrameError> {
+    let _turn = budget.large_turn.lock().await;
+    let mut start = tokio::time::Instant::now();
+    let mut frame = BytesMut::with_capacity(len);
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    // Bounded by the frame: each turn takes and reads one step.
+    while frame.len() < len {
+        let step = (len - frame.len()).min(LARGE_FRAME);
+        let waiting = tokio::time::Instant::now();
+        let Ok(more) = budget.memory.clone().acquire_many_owned(step as u32).await else { return Ok(None) };
+        start += waiting.elapsed();
+        match held.as_mut() {
+            Some(held) => held.merge(more),
+            None => held = Some(more),
+        }
+        let target = frame.len() + step;
+        // Bounded: each turn reads at least one byte, fails, or is cut off by the pace.
+        while frame.len() < target {
+            let due = pace.due(start, frame.len());
+            let mut limited = (&mut *reader).take((target - frame.len()) as u64);
+            let n = match tokio::time::timeout_at(due, limited.read_buf(&mut frame)).await {
+                Err(_) => return Err(FrameError::TooSlow { len, received: frame.len() }),
+                Ok(read) => read.map_err(FrameError::Io)?,
+            };
+            if n == 0 {
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+    let held = held.expect("a large frame holds at least one step");
+    assert_eq!(held.num_permits(), len, "a frame holds exactly its size");
+    Ok(Some(Incoming::Frame(frame.freeze(), held)))
 }
 
 /// Bytes written to the stream at a time, each with its own deadline.
@@ -356,6 +421,15 @@ async fn write_paced<W: AsyncWriteExt + Unpin>(writer: &mut W, response: &[u8], 
     }
 }
 
+/// Marks a request answered when dropped, after its answer is written.
+struct Answered<'a>(&'a Session);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.0.request_answered();
+    }
+}
+
 /// Writes one answer; `false` means the connection must close.
 async fn write_answer<W: AsyncWriteExt + Unpin>(
     writer: &mut W,
@@ -363,7 +437,8 @@ async fn write_answer<W: AsyncWriteExt + Unpin>(
     pace: Pace,
     answer: Result<Option<Bytes>, kafka::RequestError>,
 ) -> bool {
-    session.request_answered();
+    // Out of hand once written (or failed), so a client taking a large answer is not idle.
+    let _answered = Answered(session);
     match answer {
         Ok(Some(response)) => {
             // A client that does not take its answer at the pace holds its
@@ -434,7 +509,7 @@ mod tests {
             idle: Duration::from_secs(60),
             pace: Pace { grace: Duration::from_secs(60), min_bytes_per_sec: 1 },
         };
-        tokio::spawn(read_frames(read_half, reading, budget.clone(), tx));
+        tokio::spawn(read_frames(read_half, reading, shared(&budget), session(), tx));
         let Some(Incoming::Frame(first, permit)) = frames.recv().await else { panic!("first frame") };
         assert_eq!(first.as_ref(), &[1, 2, 3, 4, 5, 6]);
         let waited = tokio::time::timeout(Duration::from_millis(100), frames.recv()).await;
@@ -442,6 +517,41 @@ mod tests {
         drop(permit);
         let Some(Incoming::Frame(second, _permit)) = frames.recv().await else { panic!("second frame") };
         assert_eq!(second.as_ref(), &[7, 8, 9, 10, 11, 12]);
+    }
+
+    fn shared(memory: &Arc<Semaphore>) -> Budget {
+        Budget { memory: memory.clone(), large_turn: Arc::default() }
+    }
+
+    fn session() -> Arc<Session> {
+        Arc::new(Session::new("127.0.0.1:4000".parse().unwrap(), "PLAINTEXT"))
+    }
+
+    /// A large frame takes the budget as its bytes arrive: half sent, it
+    /// holds one step, not its size.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_frame_holds_only_what_it_was_sent() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (read_half, _write_half) = tokio::io::split(server);
+        let memory = Arc::new(Semaphore::new(8 << 20));
+        let (tx, mut frames) = tokio::sync::mpsc::channel(4);
+        let reading = Reading { max_frame_bytes: 8 << 20, ..paced(5_000, 1 << 20) };
+        tokio::spawn(read_frames(read_half, reading, shared(&memory), session(), tx));
+        let len = 3 << 20;
+        client.write_all(&(len as u32).to_be_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let half = vec![9u8; len / 2];
+            client.write_all(&half).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            client.write_all(&half).await.unwrap();
+            client
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held = (8 << 20) - memory.available_permits();
+        assert!(held <= 2 << 20, "{held} bytes held for 1.5 MiB sent");
+        let Some(Incoming::Frame(frame, permit)) = frames.recv().await else { panic!("the large frame") };
+        assert_eq!((frame.len(), permit.num_permits()), (len, len));
+        drop(writer);
     }
 
     fn paced(grace_ms: u64, min_bytes_per_sec: u64) -> Reading {
@@ -461,7 +571,7 @@ mod tests {
         client.write_all(&(1u32 << 19).to_be_bytes()).await.unwrap();
         let budget = Arc::new(Semaphore::new(1 << 20));
         let (tx, mut frames) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(read_frames(read_half, paced(5_000, 1 << 20), budget.clone(), tx));
+        tokio::spawn(read_frames(read_half, paced(5_000, 1 << 20), shared(&budget), session(), tx));
         tokio::time::sleep(Duration::from_millis(4_900)).await;
         assert_eq!(budget.available_permits(), 1 << 20, "nothing taken before the body comes");
         let started = tokio::time::Instant::now();
@@ -478,7 +588,7 @@ mod tests {
         let (read_half, _write_half) = tokio::io::split(server);
         let budget = Arc::new(Semaphore::new(1 << 20));
         let (tx, mut frames) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(read_frames(read_half, paced(1_000, 100), budget.clone(), tx));
+        tokio::spawn(read_frames(read_half, paced(1_000, 100), shared(&budget), session(), tx));
         client.write_all(&[0, 0, 3, 232, 1]).await.unwrap(); // 1000 bytes declared, one sent
         let sent = tokio::spawn(async move {
             for _ in 0..999 {
@@ -499,7 +609,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1024);
         let (read_half, _write_half) = tokio::io::split(server);
         let (tx, mut frames) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(read_frames(read_half, paced(1_000, 100), budget, tx));
+        tokio::spawn(read_frames(read_half, paced(1_000, 100), shared(&budget), session(), tx));
         client.write_all(&[0, 0, 0, 200]).await.unwrap();
         for _ in 0..20 {
             client.write_all(&[7; 10]).await.unwrap();

@@ -52,10 +52,12 @@ impl DiskReserve {
             return true;
         }
         let cost = bytes.saturating_mul(2);
-        let admitted = self.admitted_since.fetch_add(cost, Ordering::Relaxed) + cost;
-        let left = self.free_at_sample.load(Ordering::Relaxed).saturating_sub(admitted);
-        if left < self.min_free {
-            self.admitted_since.fetch_sub(cost, Ordering::Relaxed);
+        let free = self.free_at_sample.load(Ordering::Relaxed);
+        let admitted = self.admitted_since.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |admitted| {
+            let after = admitted.saturating_add(cost);
+            (free.saturating_sub(after) >= self.min_free).then_some(after)
+        });
+        if admitted.is_err() {
             self.short.store(true, Ordering::Relaxed);
             return false;
         }

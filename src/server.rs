@@ -109,6 +109,24 @@ impl Open {
     }
 }
 
+/// Takes a connection out of the table and the counts when dropped.
+struct Gone {
+    id: u64,
+    open: Arc<Mutex<Open>>,
+    count: Arc<watch::Sender<usize>>,
+    ctx: Arc<RequestContext>,
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.ctx.metrics.connections.dec();
+        // A poisoned lock (a panic while it was held) still holds a consistent table: every change is one call.
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.remove(self.id);
+        self.count.send_modify(|n| *n -= 1);
+    }
+}
+
 impl Server {
     pub async fn bind(ctx: RequestContext) -> anyhow::Result<Server> {
         let addr = ctx.config.broker.listen;
@@ -159,16 +177,16 @@ impl Server {
                     continue;
                 }
             };
-            let (ctx, open, count_tx) = (self.ctx.clone(), open.clone(), count_tx.clone());
+            let ctx = self.ctx.clone();
             count_tx.send_modify(|n| *n += 1);
             ctx.metrics.connections.inc();
+            // Removed from the table when the task ends, even by a panic.
+            let gone = Gone { id, open: open.clone(), count: count_tx.clone(), ctx: ctx.clone() };
             let _ = stream.set_nodelay(true);
             let (read_half, write_half) = stream.into_split();
             actix::spawn(async move {
-                connection::serve(read_half, write_half, session, ctx.clone(), closed).await;
-                ctx.metrics.connections.dec();
-                open.lock().expect("open connections").remove(id);
-                count_tx.send_modify(|n| *n -= 1);
+                let _gone = gone;
+                connection::serve(read_half, write_half, session, ctx, closed).await;
             });
         }
 

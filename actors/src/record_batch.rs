@@ -267,7 +267,7 @@ fn validate_one(buf: &[u8], header: &BatchHeader, max_batch_bytes: usize) -> Res
     let body = &buf[BATCH_HEADER_LEN..total];
     let walked = match header.compression() {
         0 => record_walk::check_uncompressed(body, header.record_count),
-        codec => record_walk::check_compressed(codec, body, header.record_count, max_batch_bytes),
+        codec => record_walk::check_compressed(codec, body, header.record_count),
     };
     walked.map_err(BatchError::InvalidRecords)?;
     Ok(total)

@@ -6,18 +6,24 @@
 //! batch that lies about its records would otherwise move the log end by its
 //! claim and leave consumers looping on records they cannot decode.
 //!
-//! Decompression is streamed and bounded: at most `MAX_DECOMPRESSED_BYTES`
-//! (or 16 times the batch limit, if larger) come out of one batch, one record
-//! is held at a time, and zstd's window is capped, so a small batch that
-//! inflates without end (a compression bomb) costs a bounded amount of memory
-//! and CPU and is refused.
+//! Decompression is streamed and bounded: at most 256 times a batch's
+//! compressed size (64 KiB at least, 64 MiB at most) comes out of it, one
+//! record is held at a time, zstd's window is capped and a snappy block may
+//! not claim more than snappy can expand to, so a small batch that inflates
+//! without end (a compression bomb) costs memory and CPU in proportion to
+//! the bytes sent, and is refused.
 
 use std::io::{self, Read};
 
-/// Bytes one batch may decompress to, at least.
+/// Bytes one batch may decompress to: at most `MAX_RATIO` times its
+/// compressed size (at least `MIN_DECOMPRESSED_BYTES`), and never more than
+/// `MAX_DECOMPRESSED_BYTES`. The decompression work a client can cause is
+/// then proportional to the bytes it sends, whatever topic configs it set.
 const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
-/// The compressed-to-decompressed bound, as a multiple of the batch limit.
-const DECOMPRESSED_PER_BATCH_BYTE: u64 = 16;
+const MIN_DECOMPRESSED_BYTES: u64 = 64 << 10;
+const MAX_RATIO: u64 = 256;
+/// Snappy expands at most about 21 times (a 3-byte copy tag writes 64 bytes).
+const SNAPPY_MAX_RATIO: usize = 24;
 /// zstd frames may ask for windows up to 2^this bytes (16 MiB) of decoder memory.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// xerial snappy framing (Kafka's snappy): a header (this magic, version 1,
@@ -71,13 +77,13 @@ pub fn check_uncompressed(mut body: &[u8], declared: i32) -> Result<(), RecordPr
 }
 
 /// Checks the records of a compressed batch body (`codec`: 1 gzip, 2
-/// snappy, 3 lz4, 4 zstd), decompressing at most the bound for a batch
-/// limit of `max_batch_bytes`.
-pub fn check_compressed(codec: i16, body: &[u8], declared: i32, max_batch_bytes: usize) -> Result<(), RecordProblem> {
-    let limit = MAX_DECOMPRESSED_BYTES.max(max_batch_bytes as u64 * DECOMPRESSED_PER_BATCH_BYTE);
+/// snappy, 3 lz4, 4 zstd), decompressing at most the bound above.
+pub fn check_compressed(codec: i16, body: &[u8], declared: i32) -> Result<(), RecordProblem> {
+    let limit = (body.len() as u64).saturating_mul(MAX_RATIO).clamp(MIN_DECOMPRESSED_BYTES, MAX_DECOMPRESSED_BYTES);
     let decompression = |e: io::Error| RecordProblem::Decompression(e.to_string());
     let reader: Box<dyn Read + '_> = match codec {
-        1 => Box::new(flate2::read::GzDecoder::new(body)),
+        // Every member of a gzip stream, as Java's GZIPInputStream reads them.
+        1 => Box::new(flate2::read::MultiGzDecoder::new(body)),
         2 => Box::new(Snappy::new(body, limit).map_err(decompression)?),
         3 => Box::new(lz4::Decoder::new(body).map_err(decompression)?),
         4 => {
@@ -270,6 +276,9 @@ impl<'a> Snappy<'a> {
             std::mem::take(&mut self.rest)
         };
         let claimed = snap::raw::decompress_len(compressed).map_err(|e| invalid(&e.to_string()))?;
+        if claimed > compressed.len().saturating_mul(SNAPPY_MAX_RATIO) + 64 {
+            return Err(invalid("a block claims more than snappy can expand to"));
+        }
         if claimed as u64 > self.left {
             return Err(invalid("decompresses past the bound for one batch"));
         }
@@ -317,12 +326,12 @@ mod tests {
         {
             let b = batch(50, compression);
             let body = &b[BATCH_HEADER_LEN..];
-            assert_eq!(check_compressed(codec, body, 50, 1 << 20), Ok(()), "{compression:?}");
-            let wrong = check_compressed(codec, body, 51, 1 << 20);
+            assert_eq!(check_compressed(codec, body, 50), Ok(()), "{compression:?}");
+            let wrong = check_compressed(codec, body, 51);
             assert!(matches!(wrong, Err(RecordProblem::Count { .. })), "{compression:?}: {wrong:?}");
-            let claim = check_compressed(codec, body, i32::MAX, 1 << 20);
+            let claim = check_compressed(codec, body, i32::MAX);
             assert!(matches!(claim, Err(RecordProblem::Count { .. })), "{compression:?}: {claim:?}");
-            let garbage = check_compressed(codec, &[0x55; 64], 1, 1 << 20);
+            let garbage = check_compressed(codec, &[0x55; 64], 1);
             assert!(garbage.is_err(), "{compression:?}: garbage accepted");
         }
         let plain = batch(5, Compression::None);
@@ -347,8 +356,19 @@ mod tests {
     #[test]
     fn a_compression_bomb_is_refused_within_the_bound() {
         // One record whose 100 MB value is zeros: a tiny gzip stream.
+        let bomb = gzip_record(100 << 20);
+        assert!(bomb.len() < 200_000, "the bomb is small: {} bytes", bomb.len());
+        let refused = check_compressed(1, &bomb, 1);
+        assert!(matches!(refused, Err(RecordProblem::Decompression(_))), "{refused:?}");
+        // Under the 64 KiB floor any ratio is fine; above it, 256:1 is the most.
+        assert_eq!(check_compressed(1, &gzip_record(60 << 10), 1), Ok(()));
+        let refused = check_compressed(1, &gzip_record(1 << 20), 1);
+        assert!(matches!(refused, Err(RecordProblem::Decompression(_))), "1 MiB of zeros is about 1 KiB of gzip");
+    }
+
+    /// One record (offset delta 0) whose value is `value_len` zeros, gzipped.
+    fn gzip_record(value_len: i64) -> Vec<u8> {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        let value_len: i64 = 100 << 20;
         let mut record = vec![0u8, 0, 0]; // attributes, timestamp delta, offset delta
         record.push(1); // key length -1 (null)
         push_varint(&mut record, value_len);
@@ -358,16 +378,14 @@ mod tests {
         io::Write::write_all(&mut encoder, &head).unwrap();
         io::Write::write_all(&mut encoder, &record).unwrap();
         let zeros = vec![0u8; 1 << 20];
-        for _ in 0..100 {
-            io::Write::write_all(&mut encoder, &zeros).unwrap();
+        let mut left = value_len as usize;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            io::Write::write_all(&mut encoder, &zeros[..n]).unwrap();
+            left -= n;
         }
         io::Write::write_all(&mut encoder, &[0]).unwrap(); // no headers
-        let bomb = encoder.finish().unwrap();
-        assert!(bomb.len() < 200_000, "the bomb is small: {} bytes", bomb.len());
-        let refused = check_compressed(1, &bomb, 1, 1 << 20);
-        assert!(matches!(refused, Err(RecordProblem::Decompression(_))), "{refused:?}");
-        // With a batch limit that allows it, the same record is fine.
-        assert_eq!(check_compressed(1, &bomb, 1, 8 << 20), Ok(()));
+        encoder.finish().unwrap()
     }
 
     fn push_varint(out: &mut Vec<u8>, value: i64) {

@@ -104,7 +104,8 @@ pub async fn handle(call: &super::Call, req: FetchRequest, version: i16) -> Fetc
         // No room before the deadline: answer with what has been read.
         let Some(room) = ctx.response_memory.reserve(left, deadline).await else { break };
         read_round(&targets, &mut parts, room.bytes()).await;
-        let full = ensure_progress(&targets, &mut parts, max_bytes).await;
+        // The first batch is read even past the room (KIP-74), but nothing more.
+        let full = ensure_progress(&targets, &mut parts, max_bytes, room.bytes()).await;
         held = Some(match held {
             Some(held) => held.absorb(room),
             None => room,
@@ -354,11 +355,11 @@ async fn read_round(targets: &[Target], parts: &mut [Part], budget: usize) {
 /// it is read again for that batch. Concurrent reads after it were given
 /// budget as if it had none, so the response is then cut back to `max_bytes`.
 /// Returns whether batches were dropped to fit (the response is full).
-async fn ensure_progress(targets: &[Target], parts: &mut [Part], max_bytes: usize) -> bool {
+async fn ensure_progress(targets: &[Target], parts: &mut [Part], max_bytes: usize, room: usize) -> bool {
     let Some(first) = parts.iter().position(|p| p.bytes > 0 || p.blocked) else { return false };
     if parts[first].bytes == 0 {
         let part = &mut parts[first];
-        let answer = read(&targets[first], part.offset, part.budget.min(max_bytes), true).await;
+        let answer = read(&targets[first], part.offset, part.budget.min(max_bytes).min(room), true).await;
         part.take(answer);
         part.done = true;
     }

@@ -64,6 +64,8 @@ pub struct RequestContext {
     /// (limits.max_queued_request_bytes): a reader waits for room before it
     /// reads a frame's body, so many pipelining producers cannot grow memory.
     pub request_memory: Arc<tokio::sync::Semaphore>,
+    /// The one turn that frames over 1 MiB take to read against `request_memory` (`connection::read_large`).
+    pub large_frame_turn: Arc<tokio::sync::Mutex<()>>,
     /// The one authorization hook (`registry::Authorizer`) every request passes.
     pub authorizer: Arc<dyn registry::Authorizer>,
     /// Partition replicas this broker takes (`capacity::partition_cap`).
@@ -97,6 +99,7 @@ impl RequestContext {
             metrics,
             cluster,
             request_memory,
+            large_frame_turn: Arc::default(),
             authorizer,
             partition_cap,
             response_memory,
