@@ -793,9 +793,9 @@ impl Handler<SetRole> for PartitionActor {
         tracing::info!(topic = %self.topic, partition = self.partition, epoch = new.epoch(), role = ?RoleName(&new), "partition role");
         match &new {
             Role::Leader(role) if continuing => {
-                // Same leadership, new committed ISR: the change in flight is answered.
+                // Same leadership, new committed ISR: changes proposed at older epochs are answered.
                 if let Some(set) = self.replica_set.as_mut() {
-                    set.pending_isr = None;
+                    set.committed(role.partition_epoch);
                     for id in &role.replicas {
                         if *id != role.node_id && !set.followers.contains_key(id) {
                             set.followers = ReplicaSet::new(role, end, tokio::time::Instant::now()).followers;
@@ -805,7 +805,9 @@ impl Handler<SetRole> for PartitionActor {
                 }
             }
             Role::Leader(role) => {
-                self.replica_set = Some(ReplicaSet::new(role, end, tokio::time::Instant::now()));
+                // A leadership taken up again at the same epoch (after a lost lease, or a
+                // restart of this actor) may have ISR changes of its own still in flight.
+                self.replica_set = Some(ReplicaSet::taking_over(role, end, tokio::time::Instant::now()));
             }
             Role::Follower { .. } | Role::Standalone => {
                 self.replica_set = None;

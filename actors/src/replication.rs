@@ -186,14 +186,32 @@ pub struct FollowerState {
 #[derive(Debug)]
 pub struct ReplicaSet {
     pub followers: BTreeMap<BrokerId, FollowerState>,
-    /// An ISR change sent to the controller and not yet seen committed.
-    pub pending_isr: Option<(Vec<BrokerId>, Instant)>,
+    /// ISR changes sent to the controller at one partition epoch and not yet
+    /// seen answered by a newer committed epoch.
+    pub pending_isr: Option<PendingIsr>,
     /// The leader's log end when it took up this leadership. A follower joins
     /// the ISR only from here on: a leader restarted within its epoch starts
     /// with a high watermark of 0, so "at the high watermark" alone would let
     /// a follower that lacks acknowledged records in (found by the simulation,
     /// rolling-restart seed 239).
     lead_start_end: i64,
+}
+
+/// ISR changes in flight. A proposal that timed out may still commit (a
+/// delayed or duplicated request), so every member any proposal at
+/// `base_epoch` adds counts for the high watermark until the leader sees a
+/// committed partition epoch past `base_epoch`; a refusal or a timeout proves
+/// nothing. To end the wait when the added member cannot catch up, the
+/// leader proposes the committed ISR unchanged, which commits as a newer
+/// epoch and so fences every proposal still in flight (found by the
+/// simulation, mixed-faults seed 199: a timed-out addition committed after
+/// the leader had stopped counting the member, which then lacked
+/// acknowledged records and was elected).
+#[derive(Debug, Clone)]
+pub struct PendingIsr {
+    pub base_epoch: i32,
+    pub additions: Vec<BrokerId>,
+    pub since: Instant,
 }
 
 /// How long a proposed ISR change may stay unanswered before it is proposed again.
@@ -219,6 +237,24 @@ impl ReplicaSet {
         ReplicaSet { followers, pending_isr: None, lead_start_end: leader_end }
     }
 
+    /// A leadership this actor was not holding a moment ago. Changes it (or
+    /// an earlier incarnation at the same epoch) proposed may still commit,
+    /// and nothing here remembers them, so every replica counts for the high
+    /// watermark, and the ISR is proposed at once, until a committed epoch
+    /// newer than the current one is seen (mixed-faults seed 199: a leader
+    /// demoted by a lost lease and restored at the same epoch forgot its
+    /// pending addition, acknowledged records the added member lacked, and
+    /// the member was elected).
+    pub fn taking_over(role: &LeaderRole, leader_end: i64, now: Instant) -> ReplicaSet {
+        let mut set = ReplicaSet::new(role, leader_end, now);
+        let additions: Vec<BrokerId> = role.replicas.iter().copied().filter(|id| !role.isr.contains(id)).collect();
+        if !additions.is_empty() {
+            let since = now.checked_sub(ISR_CHANGE_RETRY).unwrap_or(now);
+            set.pending_isr = Some(PendingIsr { base_epoch: role.partition_epoch, additions, since });
+        }
+        set
+    }
+
     /// Records a follower's fetch from `fetch_offset` while the leader's log ends at `leader_end`.
     pub fn on_fetch(&mut self, follower: BrokerId, fetch_offset: i64, leader_end: i64, now: Instant) {
         let Some(state) = self.followers.get_mut(&follower) else { return };
@@ -235,8 +271,8 @@ impl ReplicaSet {
     /// The committed ISR plus members being added: the set the high watermark waits for.
     fn maximal_isr(&self, role: &LeaderRole) -> Vec<BrokerId> {
         let mut isr = role.isr.clone();
-        if let Some((pending, _)) = &self.pending_isr {
-            for id in pending {
+        if let Some(pending) = &self.pending_isr {
+            for id in &pending.additions {
                 if !isr.contains(id) {
                     isr.push(*id);
                 }
@@ -273,8 +309,8 @@ impl ReplicaSet {
         shrink: bool,
         now: Instant,
     ) -> Option<Vec<BrokerId>> {
-        if let Some((_, since)) = &self.pending_isr {
-            if now.duration_since(*since) < ISR_CHANGE_RETRY {
+        if let Some(pending) = &self.pending_isr {
+            if now.duration_since(pending.since) < ISR_CHANGE_RETRY {
                 return None;
             }
         }
@@ -299,12 +335,30 @@ impl ReplicaSet {
         wanted.sort_unstable();
         let mut current = role.isr.clone();
         current.sort_unstable();
-        if wanted == current {
+        let mut additions: Vec<BrokerId> = wanted.iter().copied().filter(|id| !current.contains(id)).collect();
+        if let Some(pending) = self.pending_isr.as_ref().filter(|p| p.base_epoch == role.partition_epoch) {
+            for id in &pending.additions {
+                if !additions.contains(id) {
+                    additions.push(*id);
+                }
+            }
+        }
+        let still_counted = additions.iter().any(|id| !current.contains(id));
+        if wanted == current && !still_counted {
             self.pending_isr = None;
             return None;
         }
-        self.pending_isr = Some((wanted.clone(), now));
+        self.pending_isr = Some(PendingIsr { base_epoch: role.partition_epoch, additions, since: now });
+        // The committed ISR again, when only earlier additions are waited for: it fences them.
         Some(wanted)
+    }
+
+    /// The controller's committed state at `partition_epoch` reached the leader:
+    /// proposals made at an older epoch are answered (applied or fenced).
+    pub fn committed(&mut self, partition_epoch: i32) {
+        if self.pending_isr.as_ref().is_some_and(|p| p.base_epoch < partition_epoch) {
+            self.pending_isr = None;
+        }
     }
 }
 
@@ -338,6 +392,31 @@ mod tests {
         assert_eq!(set.high_watermark(&role, 100), 100, "a follower out of the ISR does not hold it");
     }
 
+    /// mixed-faults seed 199: an addition whose proposal timed out keeps
+    /// counting, through a repeated role at the same epoch and after the
+    /// member falls behind again, until a newer epoch is committed; the
+    /// leader then proposes the ISR unchanged to fence it.
+    #[test]
+    fn an_unanswered_addition_counts_until_a_newer_epoch_commits() {
+        let role = leader(vec![1, 3]);
+        let start = Instant::now();
+        let mut set = ReplicaSet::new(&role, 100, start);
+        set.on_fetch(2, 100, 100, start);
+        set.on_fetch(3, 100, 100, start);
+        assert_eq!(set.wanted_isr(&role, 100, 0, false, start), Some(vec![1, 2, 3]));
+        // The proposal times out; 2 falls behind while the leader writes on.
+        let later = start + ISR_CHANGE_RETRY;
+        set.on_fetch(3, 160, 160, later);
+        set.on_fetch(2, 120, 160, later);
+        set.committed(role.partition_epoch);
+        assert_eq!(set.high_watermark(&role, 160), 120, "2 may yet be in the ISR");
+        // (2 is behind where this epoch began, so it is not caught up.)
+        assert_eq!(set.wanted_isr(&role, 120, 150, false, later), Some(vec![1, 3]), "the fencing proposal");
+        assert_eq!(set.high_watermark(&role, 160), 120);
+        set.committed(role.partition_epoch + 1);
+        assert_eq!(set.high_watermark(&role, 160), 160, "answered: 2 is out");
+    }
+
     #[test]
     fn lagging_followers_are_proposed_out_and_caught_up_ones_in() {
         let role = leader(vec![1, 2, 3]);
@@ -349,8 +428,9 @@ mod tests {
         // In flight: not proposed again until the retry period passes.
         assert_eq!(set.wanted_isr(&role, 100, 0, true, later), None);
         // Committed; then 3 catches up and is proposed back in.
-        let role = leader(vec![1, 2]);
-        set.pending_isr = None;
+        let role = LeaderRole { partition_epoch: 1, ..leader(vec![1, 2]) };
+        set.committed(1);
+        assert!(set.pending_isr.is_none(), "a newer committed epoch answers the proposal");
         set.on_fetch(3, 100, 100, later);
         assert_eq!(set.wanted_isr(&role, 100, 0, false, later), Some(vec![1, 2, 3]));
         // While the addition is in flight the high watermark already waits for 3.

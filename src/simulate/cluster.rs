@@ -52,6 +52,8 @@ struct Running {
 struct Skewed {
     local: Pin<Box<LocalSet>>,
     skew_ms: Rc<Cell<i64>>,
+    /// Every log line of this broker's tasks names it.
+    span: tracing::Span,
 }
 
 impl Future for Skewed {
@@ -59,6 +61,8 @@ impl Future for Skewed {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let previous = tributary_actors::clock::set_skew_ms(self.skew_ms.get());
+        let span = self.span.clone();
+        let _entered = span.enter();
         let result = self.local.as_mut().poll(cx);
         tributary_actors::clock::set_skew_ms(previous);
         result
@@ -133,7 +137,8 @@ impl SimBroker {
                 tokio::task::spawn_local(serve);
             }
         });
-        let task = tokio::task::spawn_local(Skewed { local: Box::pin(local), skew_ms: self.skew_ms.clone() });
+        let span = tracing::info_span!("broker", id = self.id);
+        let task = tokio::task::spawn_local(Skewed { local: Box::pin(local), skew_ms: self.skew_ms.clone(), span });
         self.running = Some(Running { task, kafka, ready });
     }
 
