@@ -164,12 +164,26 @@ async fn read_frame_body<R: AsyncReadExt + Unpin>(
     start: tokio::time::Instant,
 ) -> Result<Bytes, FrameError> {
     let mut frame = BytesMut::with_capacity(len);
+    fill_paced(reader, &mut frame, len, len, pace, start).await?;
+    assert_eq!(frame.len(), len, "a frame body is read exactly");
+    Ok(frame.freeze())
+}
+
+/// Reads into `frame` (part of a `len`-byte body begun at `start`) until it
+/// holds `target` bytes, each read due by the pace for the bytes before it.
+async fn fill_paced<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    frame: &mut BytesMut,
+    target: usize,
+    len: usize,
+    pace: Pace,
+    start: tokio::time::Instant,
+) -> Result<(), FrameError> {
     // Bounded: each turn reads at least one byte, fails, or is cut off by the pace.
-    while frame.len() < len {
-        let remaining = (len - frame.len()) as u64;
+    while frame.len() < target {
         let due = pace.due(start, frame.len());
-        let read = tokio::time::timeout_at(due, (&mut *reader).take(remaining).read_buf(&mut frame)).await;
-        let n = match read {
+        let mut limited = (&mut *reader).take((target - frame.len()) as u64);
+        let n = match tokio::time::timeout_at(due, limited.read_buf(frame)).await {
             Err(_) => return Err(FrameError::TooSlow { len, received: frame.len() }),
             Ok(read) => read.map_err(FrameError::Io)?,
         };
@@ -177,8 +191,7 @@ async fn read_frame_body<R: AsyncReadExt + Unpin>(
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
-    assert_eq!(frame.len(), len, "a frame body is read exactly");
-    Ok(frame.freeze())
+    Ok(())
 }
 
 /// Produce requests one connection may have started and not yet answered
@@ -380,18 +393,7 @@ async fn read_large<R: AsyncRead + Unpin>(
             None => held = Some(more),
         }
         let target = frame.len() + step;
-        // Bounded: each turn reads at least one byte, fails, or is cut off by the pace.
-        while frame.len() < target {
-            let due = pace.due(start, frame.len());
-            let mut limited = (&mut *reader).take((target - frame.len()) as u64);
-            let n = match tokio::time::timeout_at(due, limited.read_buf(&mut frame)).await {
-                Err(_) => return Err(FrameError::TooSlow { len, received: frame.len() }),
-                Ok(read) => read.map_err(FrameError::Io)?,
-            };
-            if n == 0 {
-                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
+        fill_paced(reader, &mut frame, target, len, pace, start).await?;
     }
     let held = held.expect("a large frame holds at least one step");
     assert_eq!(held.num_permits(), len, "a frame holds exactly its size");

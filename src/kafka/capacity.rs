@@ -19,20 +19,22 @@ const FDS_PER_PARTITION: u64 = 3;
 /// Descriptors kept for everything else: Raft and group stores, listeners, logs.
 const FDS_RESERVED: u64 = 128;
 
+/// The process's limit on open files, if it can be read.
+fn nofile() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
+}
+
 /// Raises the soft limit on open files to the hard limit; returns the soft
 /// limit in force afterwards (the old one if raising failed).
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit.rlim_cur = limit.rlim_max;
-            }
+    let Some(limit) = nofile() else { return 1024 };
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct passed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return limit.rlim_max;
         }
     }
     limit.rlim_cur
@@ -40,14 +42,7 @@ pub fn raise_fd_limit() -> u64 {
 
 /// The soft limit on open files now.
 pub fn fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit only writes the struct passed.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if read == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    }
+    nofile().map_or(1024, |limit| limit.rlim_cur)
 }
 
 /// Partition replicas one broker takes: the configured cap, or fewer if the
