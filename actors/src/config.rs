@@ -56,6 +56,9 @@ pub struct StorageConfig {
     /// After each write a partition takes no messages for this long: a slow
     /// disk, set by the simulation (0 in a broker).
     pub write_stall_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where partitions verify transactional batches (set by the broker that
+    /// runs the transaction coordinators).
+    pub txn_verifier: crate::partition_actor::TxnVerifier,
 }
 
 impl StorageConfig {
@@ -76,6 +79,7 @@ impl StorageConfig {
             retention_check_interval_ms: 300_000,
             replicated: false,
             write_stall_ms: Default::default(),
+            txn_verifier: Default::default(),
         }
     }
 

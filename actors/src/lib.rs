@@ -40,10 +40,10 @@ pub use kafka_protocol::records::Record;
 pub use offset_store::OffsetStore;
 pub use partition_actor::{
     Append, AppendWithReply, DeleteRecordsBefore, EnforceRetention, ListOffset, OffsetQuery, PartitionActor,
-    PartitionError, PartitionSize, Read,
+    PartitionError, PartitionSize, Read, TxnVerifier, VerifyTxn, WriteMarker,
 };
-pub use partition_log::{AppendOutcome, LogOffsets, ReadOutcome};
-pub use record_batch::{encode_batch, validate_batches, BatchError, NewRecord, Sequenced, ValidatedBatch};
+pub use partition_log::{AbortedTxn, AppendOutcome, LogOffsets, ReadOutcome};
+pub use record_batch::{encode_batch, validate_batches, BatchError, Marker, NewRecord, Sequenced, ValidatedBatch};
 pub use topic_registry::{
     AllocateProducerId, AlterBrokerConfig, AlterTopicConfig, CreatePartitions, CreateTopic, DeleteTopic,
     MetadataSnapshot, PartitionHandle, SetBrokerOverrides, TopicError, TopicRegistry, TopicView,
@@ -208,7 +208,7 @@ impl Broker {
         let handle = self.partition(topic, partition)?;
         let read = handle
             .addr
-            .send(Read { offset, max_bytes, min_one: true })
+            .send(Read { offset, max_bytes, min_one: true, committed: false })
             .await
             .map_err(ClientError::Mailbox)?
             .map_err(ClientError::Partition)?;

@@ -67,6 +67,8 @@ pub enum PartitionError {
         current: i32,
         got: i32,
     },
+    /// The transaction coordinator did not confirm the transaction: its Kafka error code.
+    Refused(i16),
 }
 
 impl PartitionError {
@@ -84,6 +86,7 @@ impl PartitionError {
             PartitionError::NotEnoughReplicas { .. } => E::NotEnoughReplicas.code(),
             PartitionError::FencedLeaderEpoch { .. } => E::FencedLeaderEpoch.code(),
             PartitionError::UnknownLeaderEpoch { .. } => E::UnknownLeaderEpoch.code(),
+            PartitionError::Refused(code) => *code,
         }
     }
 }
@@ -108,6 +111,11 @@ impl std::fmt::Display for PartitionError {
             PartitionError::UnknownLeaderEpoch { current, got } => {
                 write!(f, "leader epoch {got} is newer than the known {current}")
             }
+            PartitionError::Refused(code) => write!(
+                f,
+                "the transaction coordinator did not confirm this partition is in the transaction: {:?}",
+                kafka_protocol::ResponseError::try_from_code(*code)
+            ),
         }
     }
 }
@@ -135,6 +143,9 @@ pub struct Append {
     pub log_append_time: Option<i64>,
     /// acks=-1: answered only once every in-sync replica has the batches.
     pub acks_all: bool,
+    /// The produce request's transactional id: a transactional batch that
+    /// would open a transaction here is first verified with its coordinator.
+    pub transactional_id: Option<Arc<str>>,
 }
 
 /// Read whole batches starting at the one holding `offset`.
@@ -144,6 +155,51 @@ pub struct Read {
     pub offset: i64,
     pub max_bytes: usize,
     pub min_one: bool,
+    /// read_committed: stop at the last stable offset and name the aborted
+    /// transactions the records hold.
+    pub committed: bool,
+}
+
+/// Ends `producer_id`'s transaction on this partition with a marker
+/// (WriteTxnMarkers); answered once the marker is committed (and, in a
+/// cluster, on every in-sync replica).
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "Result<AppendOutcome, PartitionError>")]
+pub struct WriteMarker(pub crate::record_batch::Marker);
+
+/// Asks a transaction coordinator whether `topic`-`partition` is in the
+/// producer's open transaction (KIP-890's verification): `Ok` if it is, else
+/// the Kafka error code the produce gets.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), i16>")]
+pub struct VerifyTxn {
+    pub transactional_id: Arc<str>,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// Where partitions send `VerifyTxn`: set once by whoever runs the
+/// transaction coordinators (the network broker); without it, transactional
+/// batches that would open a transaction are refused.
+#[derive(Clone, Default)]
+pub struct TxnVerifier(Arc<std::sync::OnceLock<Recipient<VerifyTxn>>>);
+
+impl TxnVerifier {
+    pub fn set(&self, recipient: Recipient<VerifyTxn>) {
+        let _ = self.0.set(recipient);
+    }
+
+    fn get(&self) -> Option<&Recipient<VerifyTxn>> {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Debug for TxnVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TxnVerifier({})", if self.0.get().is_some() { "set" } else { "unset" })
+    }
 }
 
 /// What ListOffsets asks for.
@@ -151,6 +207,8 @@ pub struct Read {
 pub enum OffsetQuery {
     Earliest,
     Latest,
+    /// The last stable offset (ListOffsets latest for read_committed).
+    LastStable,
     MaxTimestamp,
     AtOrAfter(i64),
 }
@@ -246,8 +304,21 @@ struct PendingAppend {
     batches: Vec<ValidatedBatch>,
     log_append_time: Option<i64>,
     acks_all: bool,
+    /// Its coordinator confirmed the transaction includes this partition.
+    verified: bool,
     reply: AppendReply,
 }
+
+/// A producer's appends waiting for its coordinator's answer, in order.
+struct Verifying {
+    epoch: i16,
+    parked: Vec<(Append, AppendReply)>,
+    /// A marker for the producer was queued meanwhile: the answer is stale.
+    stale: bool,
+}
+
+/// Producers one partition verifies at once; more are refused (retriable).
+const MAX_VERIFYING: usize = 10_000;
 
 /// acks=-1 appends waiting for the high watermark; more are refused.
 const MAX_COMMIT_WAITERS: usize = 100_000;
@@ -278,6 +349,8 @@ pub struct PartitionActor {
     commit_waiters: std::collections::VecDeque<(AppendOutcome, AppendReply)>,
     /// When a failed append was last logged, and how many failed since (see `append_failed`).
     append_failures: (Option<tokio::time::Instant>, u64),
+    /// Producers whose transactional appends wait for verification.
+    verifying: std::collections::HashMap<i64, Verifying>,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
 }
@@ -315,6 +388,7 @@ impl PartitionActor {
             high_watermark: 0,
             commit_waiters: Default::default(),
             append_failures: (None, 0),
+            verifying: Default::default(),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
@@ -329,12 +403,20 @@ impl PartitionActor {
         }
     }
 
+    /// What read_committed readers may see: below the visible end and below
+    /// the first open transaction.
+    fn last_stable(&self) -> i64 {
+        let visible = self.visible_end();
+        self.log.as_ref().and_then(|l| l.first_unstable_offset()).map_or(visible, |first| first.min(visible))
+    }
+
     /// Publishes the offsets (waking long-poll fetches) with the visible high watermark.
     fn publish_offsets(&self) {
         if let Some(log) = &self.log {
             let offsets = LogOffsets {
                 high_watermark: self.visible_end(),
                 leader_epoch: self.role.leading_epoch(),
+                last_stable_offset: self.last_stable(),
                 ..log.offsets()
             };
             // Only a change wakes the fetches waiting on this watch.
@@ -463,6 +545,11 @@ impl PartitionActor {
             let _ = append.reply.send(Err(error.clone()));
         }
         self.pending_batches = 0;
+        for (_, verifying) in self.verifying.drain() {
+            for (_, reply) in verifying.parked {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -477,8 +564,10 @@ impl PartitionActor {
         if pending.is_empty() {
             return;
         }
-        let groups: Vec<AppendGroup> =
-            pending.iter().map(|p| AppendGroup { batches: &p.batches, log_append_time: p.log_append_time }).collect();
+        let groups: Vec<AppendGroup> = pending
+            .iter()
+            .map(|p| AppendGroup { batches: &p.batches, log_append_time: p.log_append_time, verified: p.verified })
+            .collect();
         let result = self.guarded(ctx, |log| log.append_groups(&groups));
         self.stall_after_write(ctx);
         match result {
@@ -602,10 +691,33 @@ impl Handler<Append> for PartitionActor {
 
 impl PartitionActor {
     /// Queues `msg` for the next group commit; `reply` gets its outcome.
+    /// A transactional append that would open a transaction here waits for
+    /// its coordinator's confirmation first, and so does every later append
+    /// of the same producer, so their order is kept.
     fn enqueue_append(&mut self, msg: Append, reply: AppendReply, ctx: &mut Context<Self>) {
+        self.enqueue_checked(msg, false, reply, ctx);
+    }
+
+    fn enqueue_checked(&mut self, msg: Append, verified: bool, reply: AppendReply, ctx: &mut Context<Self>) {
         if self.removed {
             let _ = reply.send(Err(PartitionError::Deleted));
             return;
+        }
+        if !verified {
+            let Some(first) = msg.batches.first().map(|b| b.header) else {
+                let _ = reply.send(Err(PartitionError::Unavailable("an append without batches".into())));
+                return;
+            };
+            let (producer, epoch) = (first.producer_id, first.producer_epoch);
+            if let Some(verifying) = self.verifying.get_mut(&producer) {
+                verifying.parked.push((msg, reply));
+                return;
+            }
+            let open = self.log.as_ref().is_some_and(|l| l.in_transaction(producer, epoch));
+            if first.is_transactional() && !first.is_control() && !open {
+                self.verify(msg, reply, ctx);
+                return;
+            }
         }
         // Keep one transaction bounded: commit what is queued before it grows past the limit.
         if self.pending_batches + msg.batches.len() > MAX_BATCHES_PER_COMMIT
@@ -634,6 +746,7 @@ impl PartitionActor {
             batches: msg.batches,
             log_append_time: msg.log_append_time,
             acks_all,
+            verified,
             reply,
         });
         if !self.flush_scheduled {
@@ -644,12 +757,85 @@ impl PartitionActor {
 }
 
 impl PartitionActor {
+    /// Parks `msg` and asks the producer's coordinator whether this partition
+    /// is in its transaction.
+    fn verify(&mut self, msg: Append, reply: AppendReply, ctx: &mut Context<Self>) {
+        let header = msg.batches[0].header;
+        let (Some(verifier), Some(transactional_id)) = (self.config.txn_verifier.get(), msg.transactional_id.clone())
+        else {
+            let error = crate::producer_state::SeqError::NotInTransaction { producer_id: header.producer_id };
+            let _ = reply.send(Err(PartitionError::Sequence(error)));
+            return;
+        };
+        if self.verifying.len() >= MAX_VERIFYING {
+            let _ = reply.send(Err(PartitionError::Unavailable("too many transactions being verified".into())));
+            return;
+        }
+        let ask = VerifyTxn {
+            transactional_id,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            topic: self.topic.clone(),
+            partition: self.partition,
+        };
+        let producer = header.producer_id;
+        self.verifying.insert(producer, Verifying { epoch: header.producer_epoch, parked: vec![(msg, reply)], stale: false });
+        let answer = verifier.send(ask);
+        ctx.spawn(actix::fut::wrap_future(answer).map(move |answer, actor: &mut Self, ctx| {
+            let answer = answer.unwrap_or(Err(kafka_protocol::ResponseError::NotEnoughReplicas.code()));
+            actor.verified(producer, answer, ctx);
+        }));
+    }
+
+    /// The coordinator answered for `producer`: its parked appends go on, verified, or fail.
+    fn verified(&mut self, producer: i64, answer: Result<(), i16>, ctx: &mut Context<Self>) {
+        let Some(verifying) = self.verifying.remove(&producer) else { return };
+        let answer = match answer {
+            Ok(()) if verifying.stale => Err(kafka_protocol::ResponseError::InvalidTxnState.code()),
+            other => other,
+        };
+        for (append, reply) in verifying.parked {
+            let same_epoch = append.batches.first().is_some_and(|b| b.header.producer_epoch == verifying.epoch);
+            match answer {
+                Ok(()) => self.enqueue_checked(append, same_epoch, reply, ctx),
+                Err(code) => {
+                    let _ = reply.send(Err(PartitionError::Refused(code)));
+                }
+            }
+        }
+    }
+
     /// A simulated slow disk: the mailbox waits as a busy device would.
     fn stall_after_write(&self, ctx: &mut Context<Self>) {
         let stall = self.config.write_stall_ms.load(std::sync::atomic::Ordering::Relaxed);
         if stall > 0 {
             ctx.wait(actix::fut::wrap_future(tokio::time::sleep(std::time::Duration::from_millis(stall))));
         }
+    }
+}
+
+impl Handler<WriteMarker> for PartitionActor {
+    type Result = ResponseFuture<Result<AppendOutcome, PartitionError>>;
+
+    fn handle(&mut self, msg: WriteMarker, ctx: &mut Context<Self>) -> Self::Result {
+        let marker = msg.0;
+        if let Some(verifying) = self.verifying.get_mut(&marker.producer_id) {
+            verifying.stale = true;
+        }
+        let append = Append {
+            batches: vec![marker.batch(crate::now_ms())],
+            log_append_time: None,
+            acks_all: true,
+            transactional_id: None,
+        };
+        let (reply, answer) = oneshot::channel();
+        // Straight to the queue: a marker is never parked behind a verification.
+        self.enqueue_checked(append, true, reply, ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(PartitionError::Unavailable("partition restarted before commit".into())))
+        })
     }
 }
 
@@ -673,8 +859,17 @@ impl Handler<Read> for PartitionActor {
             }
         }
         let visible = self.visible_end();
-        let mut read = self.guarded(ctx, |log| log.read_below(msg.offset, msg.max_bytes, msg.min_one, visible))?;
+        let stable = self.last_stable();
+        let upper = if msg.committed { stable } else { visible };
+        let mut read = self.guarded(ctx, |log| {
+            let mut read = log.read_below(msg.offset, msg.max_bytes, msg.min_one, upper)?;
+            if msg.committed && !read.records.is_empty() {
+                read.aborted = log.aborted_between(msg.offset, crate::record_batch::end_of(&read.records))?;
+            }
+            Ok(read)
+        })?;
         read.offsets.high_watermark = visible;
+        read.offsets.last_stable_offset = stable;
         Ok(read)
     }
 }
@@ -691,11 +886,13 @@ impl Handler<ListOffset> for PartitionActor {
             }
         }
         let visible = self.visible_end();
+        let stable = self.last_stable();
         self.guarded(ctx, |log| {
             let offsets = log.offsets();
             match msg.0 {
                 OffsetQuery::Earliest => Ok(Some((offsets.log_start_offset, -1))),
                 OffsetQuery::Latest => Ok(Some((visible, -1))),
+                OffsetQuery::LastStable => Ok(Some((stable, -1))),
                 OffsetQuery::MaxTimestamp => log.max_timestamp_offset(),
                 OffsetQuery::AtOrAfter(ts) => log.offset_for_timestamp(ts),
             }

@@ -11,9 +11,12 @@
 //! - `producers`: producer id -> its idempotence state, a versioned
 //!   `StoredProducerState` (see `stored`).
 //! - `epochs`: leader epoch -> the first offset written in it.
+//! - `aborted`: offset of an abort marker -> the aborted transaction (its
+//!   producer and first offset), a versioned `StoredAbortedTxn`: Kafka's
+//!   aborted-transaction index, for `read_committed` fetches and compaction.
 //! - `format`: the storage format marker (`stored::ensure_format`).
 //!
-//! Only producer states are versioned postcard values: batches are Kafka's
+//! Only producer states and aborted transactions are versioned postcard values: batches are Kafka's
 //! own format (magic byte inside), and every other key and value is a
 //! fixed-width big-endian integer, whose width is its format.
 //!
@@ -34,8 +37,8 @@ use kafka_protocol::records::{Record, RecordBatchDecoder, RecordBatchEncoder, Re
 use crate::config::StorageConfig;
 use std::collections::HashMap;
 
-use crate::producer_state::{self, ProducerState, SeqCheck, SeqEntry, SeqError};
-use crate::record_batch::{after_prefix, stamp_log_append_time, stored_prefix, BatchHeader, ValidatedBatch};
+use crate::producer_state::{self, ProducerState, ProducerStateV1, SeqCheck, SeqEntry, SeqError};
+use crate::record_batch::{after_prefix, stamp_log_append_time, stored_prefix, BatchHeader, Marker, ValidatedBatch};
 use crate::stored::{self, FormatError, UpgradeError};
 
 type OffsetKey = U64<BigEndian>;
@@ -51,6 +54,8 @@ const LOG_BYTES_KEY: &str = "log_bytes";
 pub const MAX_BATCHES_PER_DELETE: usize = 10_000;
 /// Batches a single group commit may carry; a bound on one transaction's size.
 pub const MAX_BATCHES_PER_COMMIT: usize = 65_536;
+/// Aborted transactions one read_committed read or compaction looks at, at most.
+const MAX_ABORTED_SCAN: usize = 10_000;
 
 /// The offsets a reader needs. On a single broker the high watermark is the
 /// log end offset: a record is visible once its transaction commits. In a
@@ -64,6 +69,10 @@ pub struct LogOffsets {
     /// does not lead. Set by the partition actor from its role (the log itself
     /// knows no roles), so every request kind checks leadership one way.
     pub leader_epoch: Option<i32>,
+    /// Below this, every transaction has ended (Kafka's last stable offset):
+    /// what `read_committed` consumers may read. The high watermark when no
+    /// transaction is open.
+    pub last_stable_offset: i64,
 }
 
 impl LogOffsets {
@@ -86,12 +95,33 @@ pub struct AppendGroup<'a> {
     pub batches: &'a [ValidatedBatch],
     /// `Some(now)` for topics with `message.timestamp.type=LogAppendTime`.
     pub log_append_time: Option<i64>,
+    /// The transaction coordinator confirmed this partition is in the
+    /// producer's open transaction, and no marker for the producer came since
+    /// (KIP-890): a transactional batch may open the transaction here.
+    pub verified: bool,
 }
 
 impl<'a> AppendGroup<'a> {
     pub fn new(batches: &'a [ValidatedBatch]) -> AppendGroup<'a> {
-        AppendGroup { batches, log_append_time: None }
+        AppendGroup { batches, log_append_time: None, verified: false }
     }
+}
+
+/// What a group commit does with one batch (`PartitionLog::plan_group`).
+struct Planned {
+    decision: SeqCheck,
+    /// The producer's state after the batch.
+    state: Option<(i64, ProducerState)>,
+    /// The transaction this batch (an abort marker) ends.
+    aborted: Option<AbortedTxn>,
+}
+
+/// A transaction that ended in an abort: its data from `first_offset` up to
+/// its marker is skipped by read_committed consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +129,9 @@ pub struct ReadOutcome {
     /// Whole batches, concatenated, starting with the one holding the fetch offset.
     pub records: Bytes,
     pub offsets: LogOffsets,
+    /// read_committed: the aborted transactions the records overlap, as
+    /// (producer id, first offset), for the consumer to skip.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 #[derive(Debug)]
@@ -159,9 +192,37 @@ impl From<UpgradeError> for LogError {
     }
 }
 
+/// The format versions of a producer's state: V2 added transactions.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum StoredProducerState {
+    V1(ProducerStateV1),
+    V2(ProducerState),
+}
+
+impl stored::Versioned for StoredProducerState {
+    const RECORD: &'static str = "producer state";
+    const NEWEST: u32 = 2;
+    type Current = ProducerState;
+
+    fn from_current(value: &ProducerState) -> Self {
+        StoredProducerState::V2(value.clone())
+    }
+
+    fn into_current(self) -> ProducerState {
+        match self {
+            StoredProducerState::V1(v1) => v1.into(),
+            StoredProducerState::V2(state) => state,
+        }
+    }
+
+    fn from_legacy(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        stored::postcard_decode(bytes).map(StoredProducerState::V1)
+    }
+}
+
 crate::stored_v1! {
-    /// The format versions of a producer's idempotence state.
-    enum StoredProducerState(ProducerState) = "producer state";
+    /// The format versions of an aborted transaction's index entry.
+    enum StoredAbortedTxn(AbortedTxn) = "aborted transaction";
 }
 
 impl From<std::io::Error> for LogError {
@@ -225,6 +286,8 @@ pub struct PartitionLog {
     /// Leader epoch -> the first offset written in it (Kafka's leader-epoch
     /// cache, KIP-101), for truncating a returning replica to its leader's log.
     epochs: Db<OffsetKey, OffsetKey>,
+    /// Abort marker offset -> the aborted transaction.
+    aborted: Db<OffsetKey, RawBytes>,
     /// The same, in memory, oldest first.
     epoch_starts: Vec<(i32, i64)>,
     /// The epoch stamped on appended batches (0 on a single broker).
@@ -243,7 +306,7 @@ impl PartitionLog {
     pub fn open(dir: &Path, config: &StorageConfig) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(config.initial_map_bytes).max_dbs(6).max_readers(126);
+        options.map_size(config.initial_map_bytes).max_dbs(7).max_readers(126);
         if config.flush_interval().is_some() {
             // Safety: NO_SYNC trades the last un-flushed commits on a machine
             // crash for speed; the actor calls force_sync every interval.
@@ -253,7 +316,7 @@ impl PartitionLog {
         // other process or code path opens or modifies these files.
         let env = unsafe { options.open(dir) }?;
         let wtxn = env.write_txn()?;
-        let (batches, time_index, meta, producers, epochs) = env
+        let (batches, time_index, meta, producers, epochs, aborted) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, UpgradeError> {
                 let producers = opener.create_database(wtxn, Some("producers"))?;
                 let format = opener.create_database(wtxn, Some(stored::FORMAT_DB))?;
@@ -266,6 +329,7 @@ impl PartitionLog {
                     opener.create_database(wtxn, Some("meta"))?,
                     producers,
                     opener.create_database(wtxn, Some("epochs"))?,
+                    opener.create_database(wtxn, Some("aborted"))?,
                 )))
             })?
             .unwrap_commit();
@@ -280,6 +344,7 @@ impl PartitionLog {
             producers,
             producer_states: HashMap::new(),
             epochs,
+            aborted,
             epoch_starts: Vec::new(),
             leader_epoch: 0,
             offsets: LogOffsets::default(),
@@ -328,7 +393,42 @@ impl PartitionLog {
             log_end_offset: log_end,
             high_watermark: log_end,
             leader_epoch: None,
+            last_stable_offset: log_end,
         };
+        Ok(())
+    }
+
+    /// The first offset of the oldest open transaction, if any is open.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.producer_states.values().filter_map(|s| s.txn_first_offset).min()
+    }
+
+    /// Whether `producer_id` has a transaction open here at `epoch`.
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producer_states.get(&producer_id).is_some_and(|s| s.txn_first_offset.is_some() && s.epoch == epoch)
+    }
+
+    /// The aborted transactions whose data lies in `[from, to)`: those whose
+    /// marker is at or after `from` and whose first offset is before `to`
+    /// (at most `MAX_ABORTED_SCAN` looked at).
+    pub fn aborted_between(&self, from: i64, to: i64) -> Result<Vec<AbortedTxn>, LogError> {
+        let rtxn = self.env.read_txn()?;
+        let mut found = Vec::new();
+        for entry in self.aborted.range(&rtxn, &(from.max(0) as u64..))?.take(MAX_ABORTED_SCAN) {
+            let (offset, value) = entry?;
+            let txn = stored::decode::<StoredAbortedTxn>(value)
+                .map_err(|error| LogError::Format { key: format!("aborted transaction {offset}"), error })?;
+            if txn.first_offset < to {
+                found.push(txn);
+            }
+        }
+        Ok(found)
+    }
+
+    fn put_aborted(&self, wtxn: &mut heed::RwTxn, marker_offset: i64, txn: &AbortedTxn) -> Result<(), LogError> {
+        let value = stored::encode::<StoredAbortedTxn>(txn)
+            .map_err(|error| LogError::Format { key: format!("aborted transaction {marker_offset}"), error })?;
+        self.aborted.put(wtxn, &(marker_offset as u64), &value)?;
         Ok(())
     }
 
@@ -373,9 +473,12 @@ impl PartitionLog {
                 }
             };
             let (mut first, mut last) = (None, None);
-            for (batch, (decision, states)) in group.batches.iter().zip(plan) {
-                touched.extend(states);
-                if let SeqCheck::Duplicate(dup) = decision {
+            for (batch, planned) in group.batches.iter().zip(plan) {
+                touched.extend(planned.state);
+                if let Some(txn) = planned.aborted {
+                    self.put_aborted(&mut wtxn, next, &txn)?;
+                }
+                if let SeqCheck::Duplicate(dup) = planned.decision {
                     first.get_or_insert(dup.base_offset);
                     last = Some(dup.last_offset);
                     continue;
@@ -434,21 +537,21 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// For each batch of `group`: append or duplicate, and the producer state
-    /// after it. Offsets are those the batches will get if written from `next`.
-    #[allow(clippy::type_complexity)]
+    /// For each batch of `group`: append or duplicate, the producer state
+    /// after it, and the transaction a marker aborts. Offsets are those the
+    /// batches will get if written from `next`.
     fn plan_group(
         &self,
         group: &AppendGroup,
         touched: &HashMap<i64, ProducerState>,
         mut next: i64,
-    ) -> Result<Vec<(SeqCheck, Option<(i64, ProducerState)>)>, SeqError> {
+    ) -> Result<Vec<Planned>, SeqError> {
         let mut scratch: HashMap<i64, ProducerState> = HashMap::new();
         let mut plan = Vec::with_capacity(group.batches.len());
         for batch in group.batches {
             let h = &batch.header;
             if h.producer_id < 0 {
-                plan.push((SeqCheck::Append, None));
+                plan.push(Planned { decision: SeqCheck::Append, state: None, aborted: None });
                 next += batch.record_count();
                 continue;
             }
@@ -456,24 +559,45 @@ impl PartitionLog {
                 .get(&h.producer_id)
                 .or_else(|| touched.get(&h.producer_id))
                 .or_else(|| self.producer_states.get(&h.producer_id));
-            let last = producer_state::last_seq(h.base_sequence, batch.record_count());
-            let decision = producer_state::check(current, h.producer_id, h.producer_epoch, h.base_sequence, last)?;
-            if decision == SeqCheck::Append {
+            if let Some(marker) = Marker::parse(h, &batch.bytes) {
+                producer_state::check_marker(current, h.producer_id, h.producer_epoch, marker.coordinator_epoch)?;
                 let mut state = current.cloned().unwrap_or_default();
-                let entry = SeqEntry {
-                    first_seq: h.base_sequence,
-                    last_seq: last,
-                    base_offset: next,
-                    last_offset: next + batch.record_count() - 1,
-                };
-                producer_state::record(&mut state, h.producer_epoch, entry);
+                let first = producer_state::apply_marker(
+                    &mut state,
+                    h.producer_epoch,
+                    marker.coordinator_epoch,
+                    next,
+                    marker.commit,
+                );
                 state.last_append_ms = crate::now_ms();
+                let aborted = first.map(|first_offset| AbortedTxn { producer_id: h.producer_id, first_offset });
                 next += batch.record_count();
                 scratch.insert(h.producer_id, state.clone());
-                plan.push((decision, Some((h.producer_id, state))));
-            } else {
-                plan.push((decision, None));
+                plan.push(Planned { decision: SeqCheck::Append, state: Some((h.producer_id, state)), aborted });
+                continue;
             }
+            let last = producer_state::last_seq(h.base_sequence, batch.record_count());
+            let decision = producer_state::check(current, h.producer_id, h.producer_epoch, h.base_sequence, last)?;
+            if decision != SeqCheck::Append {
+                plan.push(Planned { decision, state: None, aborted: None });
+                continue;
+            }
+            producer_state::check_txn(current, h.producer_id, h.producer_epoch, h.is_transactional(), group.verified)?;
+            let mut state = current.cloned().unwrap_or_default();
+            let entry = SeqEntry {
+                first_seq: h.base_sequence,
+                last_seq: last,
+                base_offset: next,
+                last_offset: next + batch.record_count() - 1,
+            };
+            producer_state::record(&mut state, h.producer_epoch, entry);
+            if h.is_transactional() {
+                producer_state::record_txn(&mut state, next);
+            }
+            state.last_append_ms = crate::now_ms();
+            next += batch.record_count();
+            scratch.insert(h.producer_id, state.clone());
+            plan.push(Planned { decision, state: Some((h.producer_id, state)), aborted: None });
         }
         Ok(plan)
     }
@@ -576,6 +700,9 @@ impl PartitionLog {
         for ts_key in &stale {
             self.time_index.delete(&mut wtxn, ts_key)?;
         }
+        // Aborted transactions whose marker is gone: nothing of them is left to skip.
+        let first_kept_offset = first_kept.min(i64::MAX as u64);
+        self.aborted.delete_range(&mut wtxn, &(..first_kept_offset))?;
         // The batch holding `start` stays even when `start` is inside it (DeleteRecords);
         // reads and timestamp lookups skip its records below `start`.
         assert!(start <= self.offsets.log_end_offset, "log start {start} beyond log end");
@@ -591,15 +718,39 @@ impl PartitionLog {
     /// every batch but the last (the active one), drops tombstones older than
     /// `delete_retention_ms`, and preserves every kept record's offset. A
     /// rewritten batch keeps its codec and is stored under its new base offset.
-    /// Records without a key are kept. Returns the records removed.
+    /// Records without a key are kept. Transactions: only the log below the
+    /// first open transaction is compacted (an open one may still abort);
+    /// aborted records are removed and never count as a key's latest; markers
+    /// are kept, so read_committed consumers still skip what is left of an
+    /// aborted transaction. Returns the records removed.
     pub fn compact(&mut self, now_ms: i64, delete_retention_ms: i64) -> Result<usize, LogError> {
         let rtxn = self.env.read_txn()?;
         let Some((active_key, _)) = self.batches.last(&rtxn)? else { return Ok(0) };
-        // Latest offset of every key, over the whole log.
+        // Records at or past the first open transaction may still abort: they neither count nor change.
+        let stable = self.first_unstable_offset().map_or(u64::MAX, |o| o.max(0) as u64);
+        let upper = active_key.min(stable);
+        // Aborted transactions below the compacted range's end: (producer, first, marker offset).
+        let mut aborted: Vec<(i64, i64, i64)> = Vec::new();
+        for entry in self.aborted.range(&rtxn, &(..stable))?.take(MAX_ABORTED_SCAN) {
+            let (offset, value) = entry?;
+            let txn = stored::decode::<StoredAbortedTxn>(value)
+                .map_err(|error| LogError::Format { key: format!("aborted transaction {offset}"), error })?;
+            aborted.push((txn.producer_id, txn.first_offset, offset as i64));
+        }
+        let is_aborted =
+            |r: &Record| r.transactional && aborted.iter().any(|(p, f, l)| *p == r.producer_id && (*f..=*l).contains(&r.offset));
+        // Latest committed offset of every key below `stable`.
         let mut latest: HashMap<Bytes, i64> = HashMap::new();
-        for entry in self.batches.iter(&rtxn)? {
+        for entry in self.batches.range(&rtxn, &(..stable))? {
             let (_, value) = entry?;
+            let header = BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            if header.is_control() {
+                continue;
+            }
             for record in decode_stored(value)? {
+                if is_aborted(&record) {
+                    continue;
+                }
                 if let Some(key) = record.key {
                     latest.insert(key, record.offset);
                 }
@@ -608,8 +759,11 @@ impl PartitionLog {
         // What to do with each older batch: keep, delete, or replace.
         let mut changes: Vec<(u64, Option<(u64, Vec<u8>)>)> = Vec::new();
         let mut removed = 0usize;
-        for entry in self.batches.range(&rtxn, &(..active_key))? {
+        for entry in self.batches.range(&rtxn, &(..upper))? {
             let (key, value) = entry?;
+            if BatchHeader::parse(value).map_err(|e| LogError::Corrupt(e.to_string()))?.is_control() {
+                continue;
+            }
             let mut buf = Bytes::copy_from_slice(value);
             let set =
                 RecordBatchDecoder::decode(&mut buf).map_err(|e| LogError::Corrupt(format!("batch {key}: {e}")))?;
@@ -617,6 +771,7 @@ impl PartitionLog {
             let kept: Vec<Record> = set
                 .records
                 .into_iter()
+                .filter(|r| !is_aborted(r))
                 .filter(|r| match &r.key {
                     None => true,
                     Some(k) => {
@@ -687,7 +842,13 @@ impl PartitionLog {
         expiration_ms: i64,
         max_producers: usize,
     ) -> Result<usize, LogError> {
-        let mut by_age: Vec<(i64, i64)> = self.producer_states.iter().map(|(id, s)| (s.last_append_ms, *id)).collect();
+        // A producer with an open transaction holds the last stable offset: it stays until its marker.
+        let mut by_age: Vec<(i64, i64)> = self
+            .producer_states
+            .iter()
+            .filter(|(_, s)| s.txn_first_offset.is_none())
+            .map(|(id, s)| (s.last_append_ms, *id))
+            .collect();
         by_age.sort_unstable();
         let over = by_age.len().saturating_sub(max_producers);
         let doomed: Vec<i64> = by_age
@@ -796,6 +957,27 @@ impl PartitionLog {
                     .or_else(|| self.producer_states.get(&header.producer_id))
                     .cloned()
                     .unwrap_or_default();
+                if let Some(marker) = Marker::parse(header, bytes) {
+                    // The leader decided it; the follower keeps the same state.
+                    let first = producer_state::apply_marker(
+                        &mut state,
+                        header.producer_epoch,
+                        marker.coordinator_epoch,
+                        header.base_offset,
+                        marker.commit,
+                    );
+                    if let Some(first_offset) = first {
+                        let txn = AbortedTxn { producer_id: header.producer_id, first_offset };
+                        self.put_aborted(&mut wtxn, header.base_offset, &txn)?;
+                    }
+                    touched.insert(header.producer_id, state);
+                    log_bytes += bytes.len() as u64;
+                    next = header.last_offset() + 1;
+                    continue;
+                }
+                if header.is_transactional() {
+                    producer_state::record_txn(&mut state, header.base_offset);
+                }
                 let count = i64::from(header.last_offset_delta) + 1;
                 let entry = SeqEntry {
                     first_seq: header.base_sequence,
@@ -865,13 +1047,18 @@ impl PartitionLog {
             self.time_index.delete(&mut wtxn, ts_key)?;
         }
         self.epochs_delete_from(&mut wtxn, cut as i64)?;
+        self.aborted.delete_range(&mut wtxn, &(cut..))?;
         // Producers whose remembered batches were cut: their state is rebuilt
         // from what the log keeps (else one that lost all five would be
         // expected to start again at sequence 0, and its retries refused).
         let affected: Vec<i64> = self
             .producer_states
             .iter()
-            .filter(|(_, state)| state.batches.iter().any(|b| b.last_offset >= cut as i64))
+            .filter(|(_, state)| {
+                state.batches.iter().any(|b| b.last_offset >= cut as i64)
+                    || state.last_marker_offset.is_some_and(|o| o >= cut as i64)
+                    || state.txn_first_offset.is_some_and(|o| o >= cut as i64)
+            })
             .map(|(id, _)| *id)
             .collect();
         let rebuilt = self.producer_states_before(&wtxn, cut, &affected)?;
@@ -903,8 +1090,13 @@ impl PartitionLog {
         let rtxn = self.env.read_txn()?;
         self.max_timestamp = self.time_index.last(&rtxn)?.map_or(i64::MIN, |(k, _)| key_timestamp(k));
         drop(rtxn);
-        self.offsets =
-            LogOffsets { log_start_offset: start, log_end_offset: end, high_watermark: end, leader_epoch: None };
+        self.offsets = LogOffsets {
+            log_start_offset: start,
+            log_end_offset: end,
+            high_watermark: end,
+            leader_epoch: None,
+            last_stable_offset: end,
+        };
         tracing::info!(dir = %self.dir.display(), log_start = start, log_end = end, "truncated log");
         Ok(())
     }
@@ -923,35 +1115,53 @@ impl PartitionLog {
         if producers.is_empty() {
             return Ok(found);
         }
-        let mut complete = 0;
+        // Per producer: whether the scan still looks for the start of its open
+        // transaction (the newest thing below the cut was transactional data).
+        let mut txn_open: HashMap<i64, bool> = HashMap::new();
+        let mut done: std::collections::HashSet<i64> = std::collections::HashSet::new();
         for entry in self.batches.rev_range(txn, &(..cut))?.take(MAX_PRODUCER_SCAN) {
             let (_, bytes) = entry?;
             let header = BatchHeader::parse(bytes).map_err(|e| LogError::Corrupt(e.to_string()))?;
-            if !producers.contains(&header.producer_id) {
+            if !producers.contains(&header.producer_id) || done.contains(&header.producer_id) {
                 continue;
             }
             let previous = self.producer_states.get(&header.producer_id);
+            let marker = Marker::parse(&header, bytes);
+            let newest = !found.contains_key(&header.producer_id);
             let state = found.entry(header.producer_id).or_insert_with(|| ProducerState {
                 epoch: header.producer_epoch,
-                batches: Vec::new(),
                 last_append_ms: previous.map_or(0, |p| p.last_append_ms),
+                ..Default::default()
             });
-            if state.batches.len() >= producer_state::BATCHES_KEPT || header.producer_epoch != state.epoch {
-                continue;
+            let open = txn_open.entry(header.producer_id).or_insert(newest && marker.is_none() && header.is_transactional());
+            if let Some(marker) = marker {
+                *open = false;
+                state.last_marker_offset.get_or_insert(header.base_offset);
+                state.coordinator_epoch = state.coordinator_epoch.max(marker.coordinator_epoch);
+            } else if *open {
+                if header.is_transactional() && header.producer_epoch == state.epoch {
+                    state.txn_first_offset = Some(header.base_offset);
+                } else {
+                    *open = false;
+                }
             }
-            let count = i64::from(header.last_offset_delta) + 1;
-            state.batches.insert(
-                0,
-                SeqEntry {
-                    first_seq: header.base_sequence,
-                    last_seq: producer_state::last_seq(header.base_sequence, count),
-                    base_offset: header.base_offset,
-                    last_offset: header.last_offset(),
-                },
-            );
-            if state.batches.len() == producer_state::BATCHES_KEPT {
-                complete += 1;
-                if complete == producers.len() {
+            if marker.is_none() && state.batches.len() < producer_state::BATCHES_KEPT && header.producer_epoch == state.epoch {
+                let count = i64::from(header.last_offset_delta) + 1;
+                state.batches.insert(
+                    0,
+                    SeqEntry {
+                        first_seq: header.base_sequence,
+                        last_seq: producer_state::last_seq(header.base_sequence, count),
+                        base_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                    },
+                );
+            }
+            // Done once its transaction is settled and it has all the batches it keeps (a
+            // marker ends what matters: retries of batches before it are moot).
+            if !*open && (state.batches.len() >= producer_state::BATCHES_KEPT || marker.is_some()) {
+                done.insert(header.producer_id);
+                if done.len() == producers.len() {
                     break;
                 }
             }
@@ -1000,7 +1210,7 @@ impl PartitionLog {
         }
         let mut out = BytesMut::new();
         if offset >= upper {
-            return Ok(ReadOutcome { records: out.freeze(), offsets });
+            return Ok(ReadOutcome { records: out.freeze(), offsets, aborted: Vec::new() });
         }
         let rtxn = self.env.read_txn()?;
         let start = match self.batches.get_lower_than_or_equal_to(&rtxn, &(offset as u64))? {
@@ -1027,7 +1237,7 @@ impl PartitionLog {
                 break;
             }
         }
-        Ok(ReadOutcome { records: out.freeze(), offsets })
+        Ok(ReadOutcome { records: out.freeze(), offsets, aborted: Vec::new() })
     }
 
     /// The first record with timestamp >= `timestamp`: (offset, its timestamp).
@@ -1149,7 +1359,7 @@ mod tests {
         follower.restart_at(100).unwrap();
         assert_eq!(
             follower.offsets(),
-            LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100, leader_epoch: None }
+            LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100 }
         );
         assert!(follower.read(100, 1 << 20, true).unwrap().records.is_empty());
     }
@@ -1227,7 +1437,7 @@ mod tests {
         let log = PartitionLog::open(&path, &config).unwrap();
         assert_eq!(
             log.offsets(),
-            LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5, leader_epoch: None }
+            LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5, leader_epoch: None, last_stable_offset: 5 }
         );
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
@@ -1252,10 +1462,14 @@ mod tests {
     }
 
     fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize) -> Vec<ValidatedBatch> {
+        producer_batch(producer_id, epoch, first_seq, n, false)
+    }
+
+    fn producer_batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize, transactional: bool) -> Vec<ValidatedBatch> {
         use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
         let records: Vec<Record> = (0..n)
             .map(|i| Record {
-                transactional: false,
+                transactional,
                 control: false,
                 delete_horizon: false,
                 partition_leader_epoch: 0,
@@ -1278,6 +1492,108 @@ mod tests {
         )
         .unwrap();
         validate_batches(&buf.freeze(), 1 << 20).unwrap()
+    }
+
+    fn marker(producer_id: i64, epoch: i16, commit: bool, coordinator_epoch: i32) -> Vec<ValidatedBatch> {
+        vec![Marker { producer_id, producer_epoch: epoch, commit, coordinator_epoch }.batch(1)]
+    }
+
+    fn verified(batches: &[ValidatedBatch]) -> AppendGroup<'_> {
+        AppendGroup { verified: true, ..AppendGroup::new(batches) }
+    }
+
+    #[test]
+    fn transactions_hold_the_stable_offset_and_aborts_are_indexed_replicated_and_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let path = dir.path().join("t-0");
+        let mut log = PartitionLog::open(&path, &config).unwrap();
+        log.append_groups(&[AppendGroup::new(&batch(2, 0, Compression::None))]).unwrap(); // 0..2 plain
+        let unverified = producer_batch(7, 0, 0, 2, true);
+        let out = log.append_groups(&[AppendGroup::new(&unverified)]).unwrap();
+        assert!(matches!(out[0], Err(SeqError::NotInTransaction { .. })), "KIP-890: not verified, not written");
+        log.append_groups(&[verified(&unverified)]).unwrap(); // 2..4, producer 7 opens
+        log.append_groups(&[verified(&producer_batch(8, 0, 0, 1, true))]).unwrap(); // 4, producer 8 opens
+        log.append_groups(&[AppendGroup::new(&producer_batch(7, 0, 2, 1, true))]).unwrap(); // 5, continues
+        assert_eq!(log.first_unstable_offset(), Some(2));
+        let plain_inside = idempotent_batch(7, 0, 3, 1);
+        assert!(matches!(log.append_groups(&[AppendGroup::new(&plain_inside)]).unwrap()[0], Err(_)));
+        log.append_groups(&[AppendGroup::new(&marker(7, 0, false, 0))]).unwrap(); // 6: 7 aborts
+        assert_eq!(log.first_unstable_offset(), Some(4), "producer 8 is still open");
+        assert_eq!(log.aborted_between(0, 100).unwrap(), vec![AbortedTxn { producer_id: 7, first_offset: 2 }]);
+        assert!(log.aborted_between(7, 100).unwrap().is_empty(), "the marker is before 7");
+        let late = producer_batch(7, 0, 3, 1, true);
+        assert!(matches!(log.append_groups(&[AppendGroup::new(&late)]).unwrap()[0], Err(SeqError::NotInTransaction { .. })));
+        assert!(matches!(
+            log.append_groups(&[AppendGroup::new(&marker(7, 0, true, -5))]).unwrap()[0],
+            Err(SeqError::CoordinatorFenced { .. })
+        ));
+        log.append_groups(&[AppendGroup::new(&marker(8, 0, true, 0))]).unwrap(); // 7: 8 commits
+        assert_eq!(log.first_unstable_offset(), None);
+        assert_eq!(log.offsets().log_end_offset, 8);
+
+        // A follower copies it all and ends in the same state.
+        let mut follower = PartitionLog::open(&dir.path().join("f-0"), &config).unwrap();
+        follower.append_replicated(&log.read(0, 1 << 20, true).unwrap().records).unwrap();
+        assert_eq!(follower.aborted_between(0, 100).unwrap(), log.aborted_between(0, 100).unwrap());
+        assert_eq!(follower.first_unstable_offset(), None);
+        // Cutting producer 8's commit marker reopens its transaction; cutting 7's abort removes the entry.
+        follower.truncate_to(7).unwrap();
+        assert_eq!(follower.first_unstable_offset(), Some(4));
+        follower.truncate_to(6).unwrap();
+        assert_eq!(follower.first_unstable_offset(), Some(2), "7's transaction is open again from 2");
+        assert!(follower.aborted_between(0, 100).unwrap().is_empty());
+        assert!(follower.in_transaction(7, 0));
+
+        // Reopened, the leader still knows the aborted transaction and that nothing is open.
+        drop(log);
+        let log = PartitionLog::open(&path, &config).unwrap();
+        assert_eq!(log.aborted_between(0, 100).unwrap().len(), 1);
+        assert_eq!(log.first_unstable_offset(), None);
+        assert!(!log.in_transaction(7, 0));
+    }
+
+    #[test]
+    fn compaction_drops_aborted_records_keeps_markers_and_stops_at_open_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::new(dir.path());
+        let mut log = PartitionLog::open(&dir.path().join("t-0"), &config).unwrap();
+        let keyed = |k: &str, producer: i64, seq: i32, transactional: bool| {
+            use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+            let record = Record {
+                transactional,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: producer,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: 0,
+                sequence: seq,
+                timestamp: 1,
+                key: Some(Bytes::from(k.to_string())),
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            };
+            let mut buf = bytes::BytesMut::new();
+            let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+            RecordBatchEncoder::encode(&mut buf, std::iter::once(&record), &options).unwrap();
+            validate_batches(&buf.freeze(), 1 << 20).unwrap()
+        };
+        log.append_groups(&[AppendGroup::new(&keyed("a", -1, -1, false))]).unwrap(); // 0: a committed
+        log.append_groups(&[verified(&keyed("a", 7, 0, true))]).unwrap(); // 1: a in 7's transaction
+        log.append_groups(&[AppendGroup::new(&marker(7, 0, false, 0))]).unwrap(); // 2: aborted
+        log.append_groups(&[verified(&keyed("b", 8, 0, true))]).unwrap(); // 3: b open
+        log.append_groups(&[AppendGroup::new(&keyed("b", -1, -1, false))]).unwrap(); // 4
+        log.append_groups(&[AppendGroup::new(&keyed("c", -1, -1, false))]).unwrap(); // 5 active
+        assert_eq!(log.compact(1_000, 100).unwrap(), 1, "only the aborted a goes");
+        let read = log.read(0, 1 << 20, true).unwrap();
+        let offsets: Vec<i64> = RecordBatchDecoder::decode_all(&mut read.records.clone())
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.offset))
+            .collect();
+        assert_eq!(offsets, vec![0, 2, 3, 4, 5], "a's committed value stays; the marker and the open part stay");
     }
 
     #[test]
@@ -1360,7 +1676,7 @@ mod tests {
         let mut log = PartitionLog::open(&path, &config).unwrap();
         assert_eq!(
             log.offsets(),
-            LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100, leader_epoch: None }
+            LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100 }
         );
         assert_eq!(log.log_bytes(), per_batch * 3);
         // Everything: the log is empty and continues at the same offsets.

@@ -3,6 +3,13 @@
 //! batches with their offsets. A retried batch that matches one of them is a
 //! duplicate and gets its original offsets; any other gap is refused.
 //!
+//! Transactions add, per producer, the first offset of its open transaction
+//! here (which holds the last stable offset back) and the coordinator epoch
+//! of the last marker (a marker from an older coordinator is refused). A
+//! transactional batch may open a transaction only once the coordinator has
+//! confirmed this partition is in it (KIP-890: `verified`); a late batch of a
+//! finished transaction is refused instead of opening one nobody will end.
+//!
 //! Pure functions over `ProducerState`; `PartitionLog` persists the states in
 //! the same LMDB transaction as the batches they describe.
 
@@ -19,13 +26,53 @@ pub struct SeqEntry {
     pub last_offset: i64,
 }
 
+/// Format version 1 of `ProducerState` (before transactions); frozen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerStateV1 {
+    pub epoch: i16,
+    pub batches: Vec<SeqEntry>,
+    pub last_append_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerState {
     pub epoch: i16,
     /// Oldest first, at most `BATCHES_KEPT`.
     pub batches: Vec<SeqEntry>,
     /// Wall-clock time of the last append, for expiry (`producer.id.expiration.ms`).
     pub last_append_ms: i64,
+    /// The first offset of this producer's open transaction in this partition.
+    pub txn_first_offset: Option<i64>,
+    /// The coordinator epoch of the last transaction marker written (-1: none).
+    pub coordinator_epoch: i32,
+    /// The offset of the last transaction marker written, for truncation.
+    pub last_marker_offset: Option<i64>,
+}
+
+impl Default for ProducerState {
+    fn default() -> Self {
+        ProducerState {
+            epoch: 0,
+            batches: Vec::new(),
+            last_append_ms: 0,
+            txn_first_offset: None,
+            coordinator_epoch: -1,
+            last_marker_offset: None,
+        }
+    }
+}
+
+impl From<ProducerStateV1> for ProducerState {
+    fn from(v1: ProducerStateV1) -> Self {
+        ProducerState { epoch: v1.epoch, batches: v1.batches, last_append_ms: v1.last_append_ms, ..Default::default() }
+    }
+}
+
+impl ProducerState {
+    /// The last offset this producer wrote here (a batch or a marker).
+    pub fn last_offset(&self) -> Option<i64> {
+        self.batches.last().map(|b| b.last_offset).max(self.last_marker_offset)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +85,11 @@ pub enum SeqCheck {
 pub enum SeqError {
     OutOfOrder { producer_id: i64, expected: i32, got: i32 },
     Fenced { producer_id: i64, current: i16, got: i16 },
+    /// A transactional batch for a transaction this partition is not (or no
+    /// longer) part of, or a plain batch while the producer's transaction is open.
+    NotInTransaction { producer_id: i64 },
+    /// A marker from a coordinator older than the last one.
+    CoordinatorFenced { producer_id: i64, current: i32, got: i32 },
 }
 
 impl SeqError {
@@ -46,6 +98,8 @@ impl SeqError {
         match self {
             SeqError::OutOfOrder { .. } => E::OutOfOrderSequenceNumber.code(),
             SeqError::Fenced { .. } => E::InvalidProducerEpoch.code(),
+            SeqError::NotInTransaction { .. } => E::InvalidTxnState.code(),
+            SeqError::CoordinatorFenced { .. } => E::TransactionCoordinatorFenced.code(),
         }
     }
 }
@@ -58,6 +112,12 @@ impl std::fmt::Display for SeqError {
             }
             SeqError::Fenced { producer_id, current, got } => {
                 write!(f, "producer {producer_id}: epoch {got} is fenced by epoch {current}")
+            }
+            SeqError::NotInTransaction { producer_id } => {
+                write!(f, "producer {producer_id}: batch is not part of an open transaction on this partition")
+            }
+            SeqError::CoordinatorFenced { producer_id, current, got } => {
+                write!(f, "producer {producer_id}: marker from coordinator epoch {got}, older than {current}")
             }
         }
     }
@@ -132,6 +192,67 @@ pub fn record(state: &mut ProducerState, epoch: i16, entry: SeqEntry) {
     assert!(state.batches.len() <= BATCHES_KEPT, "at most {BATCHES_KEPT} batches per producer");
 }
 
+/// Whether a data batch may be written, as far as transactions go: a
+/// transactional batch continues the producer's open transaction, or opens one
+/// if `verified`; a plain batch may not interleave with an open transaction.
+pub fn check_txn(
+    state: Option<&ProducerState>,
+    producer_id: i64,
+    epoch: i16,
+    transactional: bool,
+    verified: bool,
+) -> Result<(), SeqError> {
+    let open = state.and_then(|s| s.txn_first_offset.map(|_| s.epoch));
+    match (transactional, open) {
+        (true, Some(open_epoch)) if open_epoch == epoch => Ok(()),
+        (true, None) if verified => Ok(()),
+        (false, None) => Ok(()),
+        _ => Err(SeqError::NotInTransaction { producer_id }),
+    }
+}
+
+/// Records that a transactional batch starting at `base_offset` was written.
+pub fn record_txn(state: &mut ProducerState, base_offset: i64) {
+    state.txn_first_offset.get_or_insert(base_offset);
+}
+
+/// Decides a transaction marker from `epoch` and `coordinator_epoch`.
+pub fn check_marker(
+    state: Option<&ProducerState>,
+    producer_id: i64,
+    epoch: i16,
+    coordinator_epoch: i32,
+) -> Result<(), SeqError> {
+    let Some(state) = state else { return Ok(()) };
+    if epoch < state.epoch {
+        return Err(SeqError::Fenced { producer_id, current: state.epoch, got: epoch });
+    }
+    if coordinator_epoch < state.coordinator_epoch {
+        return Err(SeqError::CoordinatorFenced { producer_id, current: state.coordinator_epoch, got: coordinator_epoch });
+    }
+    Ok(())
+}
+
+/// Applies a marker written at `offset`; answers the aborted transaction's
+/// first offset when it ends one by aborting. A newer epoch starts the
+/// sequences over, as a data batch of that epoch would.
+pub fn apply_marker(
+    state: &mut ProducerState,
+    epoch: i16,
+    coordinator_epoch: i32,
+    offset: i64,
+    commit: bool,
+) -> Option<i64> {
+    if epoch != state.epoch {
+        state.epoch = epoch;
+        state.batches.clear();
+    }
+    state.coordinator_epoch = state.coordinator_epoch.max(coordinator_epoch);
+    state.last_marker_offset = Some(offset);
+    let first = state.txn_first_offset.take();
+    first.filter(|_| !commit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +281,7 @@ mod tests {
     #[test]
     fn keeps_five_batches_and_wraps_sequences() {
         let mut s = ProducerState::default();
+        assert_eq!(s.coordinator_epoch, -1);
         for i in 0..8 {
             record(&mut s, 0, entry(i * 10, i * 10 + 9, i as i64 * 10));
         }
@@ -168,5 +290,26 @@ mod tests {
         assert_eq!(last_seq(i32::MAX - 1, 4), 1);
         assert_eq!(next_seq(i32::MAX), 0);
         assert_eq!(last_seq(5, 1), 5);
+    }
+
+    #[test]
+    fn transactions_open_only_when_verified_and_end_with_a_marker() {
+        let mut s = ProducerState::default();
+        assert!(matches!(check_txn(Some(&s), 7, 0, true, false), Err(SeqError::NotInTransaction { .. })));
+        assert_eq!(check_txn(Some(&s), 7, 0, true, true), Ok(()));
+        record_txn(&mut s, 10);
+        record_txn(&mut s, 12);
+        assert_eq!(s.txn_first_offset, Some(10), "the first batch opens it");
+        assert_eq!(check_txn(Some(&s), 7, 0, true, false), Ok(()), "an open transaction continues");
+        assert!(check_txn(Some(&s), 7, 0, false, false).is_err(), "no plain batch inside a transaction");
+        assert!(check_txn(Some(&s), 7, 1, true, false).is_err(), "another epoch is not this transaction");
+        assert_eq!(check_marker(Some(&s), 7, 0, 3), Ok(()));
+        assert_eq!(apply_marker(&mut s, 0, 3, 15, false), Some(10), "an abort names its first offset");
+        assert_eq!(s.txn_first_offset, None);
+        assert!(check_txn(Some(&s), 7, 0, true, false).is_err(), "a late batch cannot reopen it");
+        assert!(matches!(check_marker(Some(&s), 7, 0, 2), Err(SeqError::CoordinatorFenced { .. })));
+        assert_eq!(apply_marker(&mut s, 1, 3, 16, true), None);
+        assert!(matches!(check_marker(Some(&s), 7, 0, 3), Err(SeqError::Fenced { .. })));
+        assert_eq!(s.last_offset(), Some(16));
     }
 }

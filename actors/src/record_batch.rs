@@ -65,6 +65,8 @@ pub enum BatchError {
     Undecodable(String),
     /// The records, decompressed if need be, are not what the header declares.
     InvalidRecords(RecordProblem),
+    /// A control batch (a transaction marker) from a producer: only the broker writes those.
+    ControlBatch,
 }
 
 impl BatchError {
@@ -77,6 +79,7 @@ impl BatchError {
             BatchError::InvalidRecordCount { .. }
             | BatchError::InvalidRecords(_)
             | BatchError::Empty
+            | BatchError::ControlBatch
             | BatchError::MissingKey => E::InvalidRecord.code(),
             _ => E::CorruptMessage.code(),
         }
@@ -108,6 +111,7 @@ impl std::fmt::Display for BatchError {
             BatchError::MissingKey => write!(f, "compacted topic cannot accept a record without a key"),
             BatchError::Undecodable(e) => write!(f, "records cannot be decoded: {e}"),
             BatchError::InvalidRecords(problem) => write!(f, "{problem}"),
+            BatchError::ControlBatch => write!(f, "control batches are written by the broker, not produced"),
         }
     }
 }
@@ -315,6 +319,105 @@ pub fn stamp_log_append_time(batch: &mut [u8], append_time: i64) {
 /// Bytes of a batch after the prefix that `stored_prefix` replaces.
 pub fn after_prefix(batch: &[u8]) -> &[u8] {
     &batch[MAGIC_OFFSET..]
+}
+
+/// The offset after the last record of concatenated whole `batches` (0 if none).
+pub fn end_of(mut batches: &[u8]) -> i64 {
+    let mut end = 0;
+    // Bounded by the bytes: every header parsed consumes at least a header's worth.
+    while let Ok(header) = BatchHeader::parse(batches) {
+        end = header.last_offset() + 1;
+        let len = header.total_len().max(BATCH_HEADER_LEN);
+        if len > batches.len() {
+            break;
+        }
+        batches = &batches[len..];
+    }
+    end
+}
+
+/// A transaction marker: the control record that ends one producer's
+/// transaction on a partition (Kafka's `EndTransactionMarker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// Control record type of a commit marker (an abort is 0).
+const CONTROL_TYPE_COMMIT: i16 = 1;
+
+impl Marker {
+    /// The marker as a one-record control batch at offset 0, validated like
+    /// any batch (the broker's base offset replaces 0 when it is stored).
+    pub fn batch(&self, timestamp: i64) -> ValidatedBatch {
+        use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        let mut key = Vec::with_capacity(4);
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&(if self.commit { CONTROL_TYPE_COMMIT } else { 0 }).to_be_bytes());
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0i16.to_be_bytes());
+        value.extend_from_slice(&self.coordinator_epoch.to_be_bytes());
+        let record = Record {
+            transactional: true,
+            control: true,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp,
+            key: Some(Bytes::from(key)),
+            value: Some(Bytes::from(value)),
+            headers: Default::default(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+        RecordBatchEncoder::encode(&mut buf, std::iter::once(&record), &options).expect("a marker encodes");
+        let bytes = buf.freeze();
+        let mut batches = validate_batches(&bytes, usize::MAX).expect("a marker is a valid batch");
+        assert_eq!(batches.len(), 1, "one marker, one batch");
+        batches.pop().expect("one batch")
+    }
+
+    /// Reads the marker a stored control batch holds; `None` if `batch` is
+    /// not a control batch or its record is not a transaction marker.
+    pub fn parse(header: &BatchHeader, batch: &[u8]) -> Option<Marker> {
+        if !header.is_control() || header.compression() != 0 || batch.len() < BATCH_HEADER_LEN {
+            return None;
+        }
+        // One uncompressed record: length, attributes, timestamp delta, offset delta, key, value.
+        let varint = |at: &mut usize| -> Option<i64> {
+            let (value, used) = record_walk::read_varint(batch.get(*at..)?)?;
+            *at += used;
+            Some(value)
+        };
+        let mut at = BATCH_HEADER_LEN;
+        varint(&mut at)?; // record length
+        at += 1; // attributes
+        varint(&mut at)?; // timestamp delta
+        varint(&mut at)?; // offset delta
+        let key_len = usize::try_from(varint(&mut at)?).ok()?;
+        let key = batch.get(at..at + key_len)?;
+        at += key_len;
+        if key_len < 4 {
+            return None;
+        }
+        let kind = be_i16(key, 2);
+        let value_len = usize::try_from(varint(&mut at)?).ok()?;
+        let value = batch.get(at..at + value_len)?;
+        let coordinator_epoch = if value.len() >= 6 { be_i32(value, 2) } else { -1 };
+        (kind == 0 || kind == CONTROL_TYPE_COMMIT).then_some(Marker {
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            commit: kind == CONTROL_TYPE_COMMIT,
+            coordinator_epoch,
+        })
+    }
 }
 
 /// A record to produce: what a producer sets, before the broker assigns

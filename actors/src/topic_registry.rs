@@ -67,10 +67,18 @@ impl TopicView {
     /// both produce through here.
     pub fn prepare_append(&self, records: &bytes::Bytes) -> Result<Append, BatchError> {
         let batches = validate_batches(records, self.config.max_message_bytes.max(0) as usize)?;
+        if batches.iter().any(|b| b.header.is_control()) {
+            return Err(BatchError::ControlBatch);
+        }
         if self.config.is_compacted() {
             require_keys(&batches)?;
         }
-        Ok(Append { batches, log_append_time: self.config.log_append_time(crate::now_ms()), acks_all: false })
+        Ok(Append {
+            batches,
+            log_append_time: self.config.log_append_time(crate::now_ms()),
+            acks_all: false,
+            transactional_id: None,
+        })
     }
 }
 
