@@ -19,8 +19,23 @@ pub struct BrokerConfig {
     pub storage: StorageSection,
     pub topics: TopicsSection,
     pub groups: tributary_actors::GroupSettings,
+    pub transactions: TransactionsSection,
     pub metrics: MetricsSection,
     pub cluster: ClusterSection,
+}
+
+/// `[transactions]`: the transaction coordinators and their state log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsSection {
+    /// Partitions of `__transaction_state` (transaction.state.log.num.partitions).
+    pub state_partitions: i32,
+    /// Replicas of each, at most the brokers there are (transaction.state.log.replication.factor).
+    pub state_replication_factor: i16,
+    /// Longest transaction.timeout.ms a producer may ask for (transaction.max.timeout.ms).
+    pub max_timeout_ms: i32,
+    /// Transactional ids one broker coordinates at most; InitProducerId for more is refused.
+    pub max_transactional_ids: usize,
 }
 
 /// `[cluster]`: empty `voters` means a single broker with no cluster.
@@ -138,6 +153,13 @@ impl BrokerConfig {
         }
         if !matches!(self.storage.durability.as_str(), "fsync" | "interval") {
             bail!("storage.durability must be \"fsync\" or \"interval\", not {:?}", self.storage.durability);
+        }
+        let t = &self.transactions;
+        if !(1..=1000).contains(&t.state_partitions) || !(1..=7).contains(&t.state_replication_factor) {
+            bail!("transactions.state_partitions must be 1 to 1000 and transactions.state_replication_factor 1 to 7");
+        }
+        if t.max_timeout_ms < 1 || t.max_transactional_ids == 0 {
+            bail!("transactions.max_timeout_ms and transactions.max_transactional_ids must be positive");
         }
         if self.topics.num_partitions < 1 || self.topics.num_partitions > self.topics.max_partitions_per_topic {
             bail!("topics.num_partitions must be between 1 and topics.max_partitions_per_topic");

@@ -13,6 +13,7 @@ mod kafka;
 mod metrics;
 mod node;
 mod server;
+mod txn;
 mod simulate;
 
 use std::path::PathBuf;

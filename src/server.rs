@@ -131,7 +131,9 @@ impl Server {
     pub async fn bind(ctx: RequestContext) -> anyhow::Result<Server> {
         let addr = ctx.config.broker.listen;
         let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        Ok(Server { listener, ctx: Arc::new(ctx) })
+        let ctx = Arc::new(ctx);
+        ctx.start_transactions();
+        Ok(Server { listener, ctx })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -181,6 +181,11 @@ pub enum GroupRequest {
     Heartbeat(Heartbeat),
     Leave(LeaveGroup),
     Commit(CommitOffsets),
+    /// TxnOffsetCommit: offsets pending until `producer_id`'s transaction ends.
+    TxnCommit {
+        producer_id: i64,
+        commit: CommitOffsets,
+    },
     /// `None` fetches every committed offset of the group.
     Fetch(Option<Vec<TopicPartition>>),
     Describe,
@@ -697,14 +702,16 @@ impl GroupCoordinator {
         (top, codes)
     }
 
-    fn commit(&mut self, req: CommitOffsets) -> Vec<i16> {
+    /// OffsetCommit, or with `transaction` TxnOffsetCommit (pending until its marker).
+    fn commit(&mut self, req: CommitOffsets, transaction: Option<i64>) -> Vec<i16> {
         let all = |code: i16| vec![code; req.offsets.len()];
         let standalone = req.generation_id < 0 && req.member_id.is_empty();
         if self.state == GroupState::Dead {
             return all(E::CoordinatorNotAvailable.code());
         }
         if standalone {
-            if self.state != GroupState::Empty {
+            // A transactional commit without a generation is not checked (as Kafka: old producers send none).
+            if self.state != GroupState::Empty && transaction.is_none() {
                 return all(E::IllegalGeneration.code());
             }
         } else {
@@ -731,7 +738,11 @@ impl GroupCoordinator {
             to_store.push((tp, CommittedOffset { offset, leader_epoch, metadata, commit_time_ms: now }));
         }
         if !to_store.is_empty() {
-            if let Err(e) = self.store.commit(&self.group_id, &to_store) {
+            let stored = match transaction {
+                None => self.store.commit(&self.group_id, &to_store),
+                Some(producer_id) => self.store.commit_pending(producer_id, &self.group_id, &to_store),
+            };
+            if let Err(e) = stored {
                 tracing::error!(group = %self.group_id, error = %e, "offset commit failed");
                 return codes.into_iter().map(|c| if c == 0 { E::CoordinatorNotAvailable.code() } else { c }).collect();
             }
@@ -938,7 +949,10 @@ impl GroupCoordinator {
                 let (top, codes) = self.leave(req);
                 ready(GroupAnswer::Leave(top, codes))
             }
-            GroupRequest::Commit(req) => ready(GroupAnswer::Codes(self.commit(req))),
+            GroupRequest::Commit(req) => ready(GroupAnswer::Codes(self.commit(req, None))),
+            GroupRequest::TxnCommit { producer_id, commit } => {
+                ready(GroupAnswer::Codes(self.commit(commit, Some(producer_id))))
+            }
             GroupRequest::Fetch(partitions) => ready(self.fetch(partitions)),
             GroupRequest::Describe => ready(GroupAnswer::Described(self.describe())),
             GroupRequest::Delete => {

@@ -132,6 +132,28 @@ impl Handler<LookupGroup> for GroupRegistry {
     }
 }
 
+/// A transaction marker for the groups of this broker: `producer_id`'s
+/// pending transactional offsets become committed, or are dropped.
+#[derive(Message)]
+#[rtype(result = "Result<usize, i16>")]
+pub struct CompleteTxnOffsets {
+    pub producer_id: i64,
+    pub commit: bool,
+}
+
+impl Handler<CompleteTxnOffsets> for GroupRegistry {
+    type Result = Result<usize, i16>;
+
+    /// Answers how many offsets there were; a storage failure is logged and
+    /// answered COORDINATOR_NOT_AVAILABLE, so the coordinator retries.
+    fn handle(&mut self, msg: CompleteTxnOffsets, _: &mut Context<Self>) -> Self::Result {
+        self.store.complete_transaction(msg.producer_id, msg.commit).map_err(|e| {
+            tracing::error!(producer_id = msg.producer_id, error = %e, "transactional offsets not completed");
+            kafka_protocol::ResponseError::CoordinatorNotAvailable.code()
+        })
+    }
+}
+
 impl Handler<ForgetGroup> for GroupRegistry {
     type Result = ();
 

@@ -4,6 +4,9 @@
 //! - `offsets`: `group \0 topic \0 partition(BE i32)` -> `StoredCommittedOffset`
 //! - `groups`:  `group` -> `StoredGroupRecord` (protocol type, generation,
 //!   when the group last became empty)
+//! - `pending`: `producer id(BE i64) group \0 topic \0 partition(BE i32)` ->
+//!   `StoredCommittedOffset`: offsets committed in an open transaction
+//!   (TxnOffsetCommit), moved to `offsets` or dropped by its marker.
 //! - `format`: the storage format marker. Values are versioned postcard (see `stored`).
 //!
 //! Every commit is its own write transaction, fsynced before the commit is
@@ -132,6 +135,7 @@ pub struct OffsetStore {
     env: Env<WithoutTls>,
     offsets: Database<'static, RawBytes, RawBytes>,
     groups: Database<'static, Str, RawBytes>,
+    pending: Database<'static, RawBytes, RawBytes>,
 }
 
 impl OffsetStore {
@@ -139,23 +143,24 @@ impl OffsetStore {
         let dir = data_dir.join(OFFSETS_DIR);
         std::fs::create_dir_all(&dir).map_err(|error| StoreError::Io { dir: dir.clone(), error })?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(1 << 30).max_dbs(3);
+        options.map_size(1 << 30).max_dbs(4);
         // Safety: this directory belongs to the offset store alone.
         let env = unsafe { options.open(&dir) }?;
         let wtxn = env.write_txn()?;
-        let (offsets, groups) = env
+        let (offsets, groups, pending) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, UpgradeError> {
                 let offsets = opener.create_database::<RawBytes, RawBytes>(wtxn, Some("offsets"))?;
                 let groups = opener.create_database::<Str, RawBytes>(wtxn, Some("groups"))?;
+                let pending = opener.create_database::<RawBytes, RawBytes>(wtxn, Some("pending"))?;
                 let format = opener.create_database(wtxn, Some(stored::FORMAT_DB))?;
                 stored::ensure_format(format, wtxn, "offset store", |wtxn| {
                     let offsets = stored::upgrade_all::<StoredCommittedOffset, _>(offsets, wtxn)?;
                     Ok(offsets + stored::upgrade_all::<StoredGroupRecord, _>(groups, wtxn)?)
                 })?;
-                Ok(CommitOrAbort::<_, ()>::Commit((offsets, groups)))
+                Ok(CommitOrAbort::<_, ()>::Commit((offsets, groups, pending)))
             })?
             .unwrap_commit();
-        Ok(OffsetStore { env, offsets, groups })
+        Ok(OffsetStore { env, offsets, groups, pending })
     }
 
     /// Writes all `offsets` of one commit in one fsynced transaction.
@@ -172,6 +177,50 @@ impl OffsetStore {
         }
         wtxn.commit()?;
         Ok(())
+    }
+
+    /// Offsets `producer_id` commits to `group` in its open transaction:
+    /// kept (fsynced) until its marker (`complete_transaction`).
+    pub fn commit_pending(
+        &self,
+        producer_id: i64,
+        group: &str,
+        offsets: &[(TopicPartition, CommittedOffset)],
+    ) -> Result<(), StoreError> {
+        if group.contains('\0') {
+            return Err(StoreError::NulInGroupId);
+        }
+        let mut wtxn = self.env.write_txn()?;
+        for ((topic, partition), committed) in offsets {
+            let mut key = producer_id.to_be_bytes().to_vec();
+            key.extend_from_slice(&offset_key(group, topic, *partition));
+            let value = stored::encode::<StoredCommittedOffset>(committed)
+                .map_err(|error| StoreError::Format { key: stored::describe_key(&key), error })?;
+            self.pending.put(&mut wtxn, &key, &value)?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Ends `producer_id`'s transaction for every group here: its pending
+    /// offsets become committed (`commit`) or are dropped, in one
+    /// transaction. Answers how many there were.
+    pub fn complete_transaction(&self, producer_id: i64, commit: bool) -> Result<usize, StoreError> {
+        let prefix = producer_id.to_be_bytes();
+        let mut wtxn = self.env.write_txn()?;
+        let found: Vec<(Vec<u8>, Vec<u8>)> = self
+            .pending
+            .prefix_iter(&wtxn, &prefix)?
+            .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (key, value) in &found {
+            self.pending.delete(&mut wtxn, key)?;
+            if commit {
+                self.offsets.put(&mut wtxn, &key[prefix.len()..], value)?;
+            }
+        }
+        wtxn.commit()?;
+        Ok(found.len())
     }
 
     /// Every committed offset of `group`.
@@ -289,5 +338,22 @@ mod tests {
         assert!(store.fetch_all("g1").unwrap().is_empty());
         assert_eq!(store.fetch("g1x", "t", 0).unwrap().unwrap().offset, 99);
         assert_eq!(store.delete_offsets("g1x", &[("t".into(), 0), ("t".into(), 5)]).unwrap(), 1);
+    }
+
+    #[test]
+    fn transactional_offsets_wait_for_their_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = OffsetStore::open(dir.path()).unwrap();
+        store.commit("g", &[(("t".into(), 0), committed(1))]).unwrap();
+        store.commit_pending(7, "g", &[(("t".into(), 0), committed(10))]).unwrap();
+        store.commit_pending(8, "g", &[(("t".into(), 1), committed(20))]).unwrap();
+        assert_eq!(store.fetch("g", "t", 0).unwrap().unwrap().offset, 1, "pending is not committed");
+        assert_eq!(store.complete_transaction(8, false).unwrap(), 1);
+        drop(store);
+        let store = OffsetStore::open(dir.path()).unwrap();
+        assert_eq!(store.complete_transaction(7, true).unwrap(), 1, "pending survives a reopen");
+        assert_eq!(store.fetch("g", "t", 0).unwrap().unwrap().offset, 10);
+        assert!(store.fetch("g", "t", 1).unwrap().is_none(), "the aborted one was dropped");
+        assert_eq!(store.complete_transaction(7, true).unwrap(), 0);
     }
 }

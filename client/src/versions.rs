@@ -44,6 +44,10 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
+    // Broker to broker (transaction coordinators and partition leaders): KIP-890's
+    // batched verification form, and the markers.
+    (ApiKey::AddPartitionsToTxn, 4, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// The ApiVersions version sent first; a broker that lacks it answers in v0

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::{select_all, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 use tributary_actors::record_batch::BatchHeader;
@@ -33,6 +33,8 @@ struct Target {
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    /// read_committed: read up to the last stable offset, skipping aborted transactions.
+    committed: bool,
     handle: Option<PartitionHandle>,
     /// In a cluster: why this broker may not serve the partition, or the
     /// same-rack follower the consumer should read from instead (KIP-392).
@@ -129,6 +131,7 @@ pub async fn handle(call: &super::Call, req: FetchRequest, version: i16) -> Fetc
 fn resolve(ctx: &RequestContext, req: FetchRequest, version: i16) -> Vec<Target> {
     let snapshot = ctx.broker.metadata();
     let rack = req.rack_id.to_string();
+    let committed = req.isolation_level == READ_COMMITTED;
     let mut targets = Vec::new();
     for topic in req.topics {
         for p in topic.partitions {
@@ -140,6 +143,7 @@ fn resolve(ctx: &RequestContext, req: FetchRequest, version: i16) -> Vec<Target>
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
+                committed,
             });
         }
     }
@@ -176,10 +180,7 @@ fn respond(
 ) -> FetchResponse {
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
     for (target, part) in targets.iter().zip(parts) {
-        let mut data = part.into_response(version, &target.topic, metrics);
-        if read_committed {
-            data.aborted_transactions = Some(Vec::new());
-        }
+        let data = part.into_response(version, &target.topic, metrics, read_committed);
         match responses.last_mut() {
             Some(last) if last.topic == target.topic => last.partitions.push(data),
             _ => responses
@@ -207,6 +208,9 @@ struct Part {
     done: bool,
     /// The last read stopped before a batch larger than its budget.
     blocked: bool,
+    /// read_committed: the aborted transactions the batches read overlap.
+    aborted: Vec<tributary_actors::AbortedTxn>,
+    committed: bool,
 }
 
 impl Part {
@@ -223,6 +227,8 @@ impl Part {
             preferred_replica: None,
             done: true,
             blocked: false,
+            aborted: Vec::new(),
+            committed: t.committed,
         };
         match (t.route, &t.handle) {
             (Route::Refuse(code), _) => part.error = code,
@@ -241,7 +247,13 @@ impl Part {
             Err(_) => return self.fail(ResponseError::NotLeaderOrFollower.code()),
         };
         let len = read.records.len();
-        self.blocked = len == 0 && self.offset < read.offsets.high_watermark();
+        let readable = if self.committed { read.offsets.last_stable_offset } else { read.offsets.high_watermark() };
+        self.blocked = len == 0 && self.offset < readable;
+        for txn in read.aborted {
+            if !self.aborted.contains(&txn) {
+                self.aborted.push(txn);
+            }
+        }
         self.offsets = Some(read.offsets);
         if len > 0 {
             if let Some(last) = batch_spans(&read.records).last() {
@@ -267,7 +279,7 @@ impl Part {
         0
     }
 
-    fn into_response(self, version: i16, topic: &str, metrics: &Metrics) -> PartitionData {
+    fn into_response(self, version: i16, topic: &str, metrics: &Metrics, read_committed: bool) -> PartitionData {
         let data = PartitionData::default()
             .with_partition_index(self.partition)
             .with_error_code(self.error)
@@ -297,8 +309,18 @@ impl Part {
             metrics.records_out.get_or_create(&label).inc_by(count);
         }
         let hw = offsets.high_watermark();
+        let aborted = (read_committed && version >= 4).then(|| {
+            let mut aborted: Vec<AbortedTransaction> = self
+                .aborted
+                .iter()
+                .map(|t| AbortedTransaction::default().with_producer_id(ProducerId(t.producer_id)).with_first_offset(t.first_offset))
+                .collect();
+            aborted.sort_by_key(|t| t.first_offset);
+            aborted
+        });
         data.with_high_watermark(hw)
-            .with_last_stable_offset(hw)
+            .with_last_stable_offset(offsets.last_stable_offset)
+            .with_aborted_transactions(aborted)
             .with_log_start_offset(if version >= 5 { offsets.log_start_offset } else { -1 })
             .with_records(Some(records))
     }
@@ -315,7 +337,7 @@ async fn read(
     min_one: bool,
 ) -> Result<Result<ReadOutcome, PartitionError>, actix::MailboxError> {
     match &t.handle {
-        Some(handle) => handle.addr.send(Read { offset, max_bytes, min_one }).await,
+        Some(handle) => handle.addr.send(Read { offset, max_bytes, min_one, committed: t.committed }).await,
         None => Ok(Err(PartitionError::NotLeader)),
     }
 }

@@ -1,5 +1,7 @@
-//! FindCoordinator: a single broker coordinates every group; in a cluster, one
-//! controller voter per group (`Cluster::coordinator_for`). v4+ batches keys.
+//! FindCoordinator: a group's coordinator is one controller voter, by a hash
+//! of the group id (`Cluster::coordinator_for`); a transactional id's is the
+//! leader of its `__transaction_state` partition, the topic created on the
+//! first such request. v4+ batches keys, each answered on its own.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -9,48 +11,58 @@ use super::{str_bytes, RequestContext};
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
+/// Keys one v4+ request may ask for.
+const MAX_KEYS: usize = 1_000;
 
-pub fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let (mut host, mut port) = ctx.config.advertised();
-    let mut node = BrokerId(ctx.node_id());
-    // A group lives on one broker, picked by a stable hash of its id (v4+
-    // batches are all answered for the first key's broker: clients send one key per group).
-    let key =
-        if version >= 4 { req.coordinator_keys.first().map(|k| k.to_string()) } else { Some(req.key.to_string()) };
-    let mut error = 0;
-    if let Some(key) = key {
-        match ctx.cluster.coordinator_for(&key) {
-            Ok(b) => (host, port, node) = (b.host, b.port, BrokerId(b.node_id as i32)),
-            Err(code) => (node, error) = (BrokerId(-1), code),
-        }
+pub async fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+    let keys: Vec<String> = if version >= 4 {
+        req.coordinator_keys.iter().take(MAX_KEYS).map(|k| k.to_string()).collect()
+    } else {
+        vec![req.key.to_string()]
+    };
+    let mut created = Ok(());
+    if req.key_type == KEY_TYPE_TRANSACTION {
+        created = crate::txn::ensure_state_topic(ctx).await;
     }
-    let supported = matches!(req.key_type, KEY_TYPE_GROUP | KEY_TYPE_TRANSACTION);
-    if !supported {
-        error = ResponseError::InvalidRequest.code();
-    }
+    let answers: Vec<(String, Result<(i32, String, i32), i16>)> = keys
+        .into_iter()
+        .map(|key| {
+            let found = match req.key_type {
+                KEY_TYPE_GROUP => ctx.cluster.coordinator_for(&key),
+                KEY_TYPE_TRANSACTION => created.and_then(|()| crate::txn::coordinator_of(ctx, &key)),
+                _ => Err(ResponseError::InvalidRequest.code()),
+            };
+            let found = found.map(|b| (b.node_id as i32, b.host, b.port as i32));
+            (key, found)
+        })
+        .collect();
     if version >= 4 {
-        let coordinators = req
-            .coordinator_keys
+        let coordinators = answers
             .into_iter()
-            .map(|key| {
+            .map(|(key, found)| {
+                let (node, host, port, error) = match found {
+                    Ok((node, host, port)) => (node, host, port, 0),
+                    Err(code) => (-1, String::new(), -1, code),
+                };
                 Coordinator::default()
-                    .with_key(key)
-                    .with_node_id(node)
-                    .with_host(str_bytes(host.clone()))
+                    .with_key(str_bytes(key))
+                    .with_node_id(BrokerId(node))
+                    .with_host(str_bytes(host))
                     .with_port(port)
                     .with_error_code(error)
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    FindCoordinatorResponse::default()
-        .with_error_code(error)
-        .with_node_id(node)
-        .with_host(str_bytes(host))
-        .with_port(port)
+    let (node, host, port, error) = match answers.into_iter().next().map(|(_, found)| found) {
+        Some(Ok((node, host, port))) => (node, host, port, 0),
+        Some(Err(code)) => (-1, String::new(), -1, code),
+        None => (-1, String::new(), -1, ResponseError::InvalidRequest.code()),
+    };
+    FindCoordinatorResponse::default().with_error_code(error).with_node_id(BrokerId(node)).with_host(str_bytes(host)).with_port(port)
 }
 
 super::registry::api! {
     FindCoordinator: FindCoordinatorRequest => FindCoordinatorResponse, versions 0..=4, access Group Describe,
-    |call, request| handle(&call.ctx, request, call.version)
+    |call, request| handle(&call.ctx, request, call.version).await
 }

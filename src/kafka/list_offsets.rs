@@ -11,6 +11,7 @@ use super::RequestContext;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
+const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let snapshot = ctx.broker.metadata();
@@ -27,7 +28,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16)
                 _ => -1,
             };
             let answer = match leading {
-                Ok(_) => resolve(handle, p.timestamp, version).await,
+                Ok(_) => resolve(handle, p.timestamp, version, req.isolation_level == READ_COMMITTED).await,
                 Err(code) => Err(code),
             };
             partitions.push(match answer {
@@ -45,8 +46,15 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16)
 }
 
 /// One partition's answer: `(offset, timestamp)`, none, or a Kafka error code.
-async fn resolve(handle: Option<&PartitionHandle>, timestamp: i64, version: i16) -> Result<Option<(i64, i64)>, i16> {
+async fn resolve(
+    handle: Option<&PartitionHandle>,
+    timestamp: i64,
+    version: i16,
+    committed: bool,
+) -> Result<Option<(i64, i64)>, i16> {
     let query = match timestamp {
+        // read_committed consumers see up to the last stable offset (v2+ carries the level).
+        LATEST if committed => OffsetQuery::LastStable,
         LATEST => OffsetQuery::Latest,
         EARLIEST => OffsetQuery::Earliest,
         MAX_TIMESTAMP if version >= 7 => OffsetQuery::MaxTimestamp,

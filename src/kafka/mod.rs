@@ -34,6 +34,13 @@ registry::registry! {
     delete_records { DeleteRecords },
     describe_cluster { DescribeCluster },
     describe_log_dirs { DescribeLogDirs },
+    add_partitions_to_txn { AddPartitionsToTxn },
+    add_offsets_to_txn { AddOffsetsToTxn },
+    end_txn { EndTxn },
+    txn_offset_commit { TxnOffsetCommit },
+    write_txn_markers { WriteTxnMarkers },
+    describe_transactions { DescribeTransactions },
+    list_transactions { ListTransactions },
 }
 
 pub use registry::{Call, Started};
@@ -75,6 +82,8 @@ pub struct RequestContext {
     pub response_memory: Arc<response_memory::ResponseMemory>,
     /// Produce's share of the disk: refused while less than storage.min_free_bytes would be left.
     pub disk: Arc<crate::disk::DiskReserve>,
+    /// The transaction coordinators of this broker (`txn::start`, once the context is shared).
+    pub txn: std::sync::OnceLock<actix::Addr<crate::txn::TxnRegistry>>,
 }
 
 impl RequestContext {
@@ -104,6 +113,15 @@ impl RequestContext {
             partition_cap,
             response_memory,
             disk,
+            txn: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts this broker's transaction coordinators; once, after the context is shared.
+    pub fn start_transactions(self: &Arc<Self>) {
+        if self.txn.get().is_none() {
+            let registry = crate::txn::start(self);
+            let _ = self.txn.set(registry);
         }
     }
 
@@ -125,6 +143,18 @@ impl RequestContext {
             return Err(kafka_protocol::ResponseError::NotCoordinator.code());
         }
         self.broker.group_request(group_id, create, request).await
+    }
+}
+
+/// A fresh producer id from this broker's range: node id in the high bits.
+pub async fn allocate_producer_id(ctx: &RequestContext) -> Result<i64, i16> {
+    match ctx.broker.registry().send(tributary_actors::AllocateProducerId).await {
+        Ok(Ok(id)) => Ok(((ctx.node_id() as i64) << 40) | (id & ((1 << 40) - 1))),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot allocate a producer id");
+            Err(kafka_protocol::ResponseError::CoordinatorNotAvailable.code())
+        }
+        Err(_) => Err(kafka_protocol::ResponseError::CoordinatorNotAvailable.code()),
     }
 }
 
@@ -293,5 +323,7 @@ pub(crate) async fn test_context_with(data_dir: &std::path::Path, overlay: &str)
     let mut config = BrokerConfig::load(Some(overlay)).expect("test config");
     config.broker.data_dir = data_dir.to_path_buf();
     config.metrics.listen = String::new();
-    Arc::new(crate::node::start(config, Default::default()).await.expect("broker starts"))
+    let ctx = Arc::new(crate::node::start(config, Default::default()).await.expect("broker starts"));
+    ctx.start_transactions();
+    ctx
 }

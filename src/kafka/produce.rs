@@ -49,11 +49,6 @@ pub fn start(
     let acks = req.acks;
     let refusal = if !matches!(acks, -1..=1) {
         Some((ResponseError::InvalidRequiredAcks.code(), format!("acks {acks} is invalid; use -1, 0 or 1")))
-    } else if req.transactional_id.is_some() {
-        Some((
-            ResponseError::TransactionalIdAuthorizationFailed.code(),
-            "transactions are not supported yet".to_string(),
-        ))
     } else if !ctx.disk.admit(request_bytes(&req)) {
         let why = "the broker's disk is nearly full (under storage.min_free_bytes free); delete topics or records to make room";
         Some((ResponseError::KafkaStorageError.code(), why.to_string()))
@@ -63,6 +58,7 @@ pub fn start(
 
     // Every partition's append is sent before any is awaited, so the
     // partitions of one request commit in parallel.
+    let transactional_id: Option<std::sync::Arc<str>> = req.transactional_id.as_ref().map(|id| id.as_str().into());
     let mut pending = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
@@ -75,6 +71,7 @@ pub fn start(
                 (None, Some(view), Some(handle)) => match partition.records.as_ref().map(|r| view.prepare_append(r)) {
                     Some(Ok(mut append)) => {
                         append.acks_all = acks == -1;
+                        append.transactional_id = transactional_id.clone();
                         let bytes: usize = append.batches.iter().map(|b| b.bytes.len()).sum();
                         let records: i64 = append.batches.iter().map(|b| b.record_count()).sum();
                         // do_send queues at once (never waits on a full mailbox), so order is kept.

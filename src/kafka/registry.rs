@@ -24,6 +24,7 @@ pub enum ResourceType {
     Cluster,
     Topic,
     Group,
+    TransactionalId,
 }
 
 /// The operations Kafka's ACLs grant.
@@ -38,6 +39,7 @@ pub enum Operation {
     DescribeConfigs,
     AlterConfigs,
     IdempotentWrite,
+    ClusterAction,
 }
 
 /// What a request needs to be allowed: an operation on a kind of resource

@@ -1,0 +1,242 @@
+//! `TxnCoordinator`: one actor per transactional id, on the broker that leads
+//! the id's `__transaction_state` partition. It serialises everything about
+//! its id (`AtomicResponse`: one request at a time), writes each new state to
+//! the state partition (acks=all) before it answers, and drives the markers
+//! of a prepared transaction to every partition and group in it, then writes
+//! the completed state. Restarted by its supervisor after a panic, it keeps
+//! its last written state (actix reuses the actor) and resumes any markers.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use kafka_protocol::ResponseError as E;
+
+use super::state::{self, End, Init, Status, TxnMeta};
+use super::Shared;
+
+/// What a request asks of a transactional id's coordinator.
+#[derive(Debug, Clone)]
+pub enum TxnCall {
+    Init { timeout_ms: i32, expected: (i64, i16), new_producer_id: i64 },
+    Add { producer_id: i64, epoch: i16, partitions: Vec<(String, i32)>, groups: Vec<String> },
+    Verify { producer_id: i64, epoch: i16, partition: (String, i32) },
+    End { producer_id: i64, epoch: i16, commit: bool },
+    /// The open transaction that began at `started_ms` may have timed out.
+    Expire { started_ms: i64, new_producer_id: i64 },
+    /// The markers of the prepared state at this epoch are all written.
+    Completed { producer_id: i64, epoch: i16, status: Status },
+    /// Abort whatever is open (the CLI's `transactions abort`).
+    Abort,
+    Describe,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnAnswer {
+    Producer { id: i64, epoch: i16 },
+    Done,
+    Described(Option<TxnMeta>),
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<TxnAnswer, i16>")]
+pub struct Call(pub TxnCall);
+
+pub struct TxnCoordinator {
+    id: Rc<str>,
+    shared: Rc<Shared>,
+    /// The state partition's leader epoch this coordinator was loaded at: the
+    /// coordinator epoch every marker carries.
+    coordinator_epoch: i32,
+    partition: i32,
+    meta: Option<TxnMeta>,
+    /// Markers are being written for the current prepared state.
+    driving: bool,
+}
+
+/// What to do after a state is written.
+enum Then {
+    Nothing,
+    DriveMarkers,
+    ArmTimeout,
+}
+
+impl TxnCoordinator {
+    pub fn new(id: Rc<str>, shared: Rc<Shared>, partition: i32, coordinator_epoch: i32, meta: Option<TxnMeta>) -> Self {
+        TxnCoordinator { id, shared, coordinator_epoch, partition, meta, driving: false }
+    }
+
+    /// The next state and answer for `call`, or an answer without a write.
+    fn decide(&self, call: TxnCall) -> Result<Option<(TxnMeta, TxnAnswer, Then)>, i16> {
+        let now = tributary_actors::now_ms();
+        let meta = self.meta.as_ref();
+        let max = self.shared.config.transactions.max_timeout_ms;
+        match call {
+            TxnCall::Init { timeout_ms, expected, new_producer_id } => {
+                if timeout_ms <= 0 || timeout_ms > max {
+                    return Err(E::InvalidTransactionTimeout.code());
+                }
+                match state::init(meta, expected, timeout_ms, now, || Ok(new_producer_id))? {
+                    Init::Ready(next) => {
+                        let answer = TxnAnswer::Producer { id: next.producer_id, epoch: next.producer_epoch };
+                        Ok(Some((next, answer, Then::Nothing)))
+                    }
+                    // The client retries; by then the abort has completed.
+                    // Answered with CONCURRENT_TRANSACTIONS once written (see `handle`).
+                    Init::AbortFirst(next) => Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers))),
+                }
+            }
+            TxnCall::Add { producer_id, epoch, partitions, groups } => {
+                match state::add(meta, producer_id, epoch, &partitions, &groups, now)? {
+                    None => Ok(None),
+                    Some(next) => {
+                        let then = if meta.is_some_and(|m| m.status == Status::Ongoing) {
+                            Then::Nothing
+                        } else {
+                            Then::ArmTimeout
+                        };
+                        Ok(Some((next, TxnAnswer::Done, then)))
+                    }
+                }
+            }
+            TxnCall::Verify { producer_id, epoch, partition } => {
+                state::verify(meta, producer_id, epoch, &partition).map(|()| None)
+            }
+            TxnCall::End { producer_id, epoch, commit } => match state::end(meta, producer_id, epoch, commit, now)? {
+                End::Done => Ok(None),
+                End::Prepare(next) => Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers))),
+            },
+            TxnCall::Expire { started_ms, new_producer_id } => {
+                let Some(meta) = meta.filter(|m| m.status == Status::Ongoing && m.started_ms == started_ms) else {
+                    return Ok(None);
+                };
+                match state::expire(meta, now, || Ok(new_producer_id)) {
+                    Some(next) => {
+                        tracing::info!(transactional_id = %self.id, producer_id = meta.producer_id,
+                            timeout_ms = meta.timeout_ms, "aborting a transaction open past its timeout");
+                        Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers)))
+                    }
+                    None => Ok(None),
+                }
+            }
+            TxnCall::Abort => {
+                let Some(meta) = meta.filter(|m| m.status == Status::Ongoing) else {
+                    return Err(E::InvalidTxnState.code());
+                };
+                let mut next = meta.clone();
+                next.status = Status::PrepareAbort;
+                next.updated_ms = now;
+                Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers)))
+            }
+            TxnCall::Completed { producer_id, epoch, status } => {
+                let Some(meta) = meta.filter(|m| {
+                    m.producer_id == producer_id && m.producer_epoch == epoch && m.status == status
+                }) else {
+                    return Ok(None);
+                };
+                Ok(Some((state::complete(meta, now), TxnAnswer::Done, Then::Nothing)))
+            }
+            TxnCall::Describe => Ok(None),
+        }
+    }
+
+    /// After a write: markers for a prepared state, a timer for an open one.
+    fn after(&mut self, then: Then, ctx: &mut Context<Self>) {
+        match then {
+            Then::Nothing => {}
+            Then::DriveMarkers => self.drive_markers(ctx),
+            Then::ArmTimeout => self.arm_timeout(ctx),
+        }
+    }
+
+    fn arm_timeout(&mut self, ctx: &mut Context<Self>) {
+        let Some(meta) = self.meta.as_ref().filter(|m| m.status == Status::Ongoing) else { return };
+        let started = meta.started_ms;
+        let left = (started + i64::from(meta.timeout_ms) - tributary_actors::now_ms()).max(0) as u64;
+        // A little past the timeout, so the check after it finds it passed.
+        ctx.run_later(Duration::from_millis(left + 10), move |actor, ctx| {
+            let shared = actor.shared.clone();
+            let check = async move {
+                let new_producer_id = shared.allocate_producer_id().await.unwrap_or(-1);
+                TxnCall::Expire { started_ms: started, new_producer_id }
+            };
+            ctx.spawn(check.into_actor(actor).map(|call, _, ctx| ctx.notify(Call(call))));
+        });
+    }
+
+    /// Writes the markers of the prepared state, then the completed state.
+    fn drive_markers(&mut self, ctx: &mut Context<Self>) {
+        let Some(meta) = self.meta.clone().filter(|m| matches!(m.status, Status::PrepareCommit | Status::PrepareAbort))
+        else {
+            return;
+        };
+        if self.driving {
+            return;
+        }
+        self.driving = true;
+        let shared = self.shared.clone();
+        let (partition, coordinator_epoch) = (self.partition, self.coordinator_epoch);
+        let work = async move { super::markers::write_all(&shared, partition, coordinator_epoch, &meta).await };
+        ctx.spawn(work.into_actor(self).map(|outcome, actor, ctx| {
+            actor.driving = false;
+            match outcome {
+                Ok(done) => ctx.notify(Call(TxnCall::Completed {
+                    producer_id: done.producer_id,
+                    epoch: done.producer_epoch,
+                    status: done.status,
+                })),
+                Err(why) => {
+                    tracing::warn!(transactional_id = %actor.id, reason = %why, "markers not written; this coordinator stops driving them");
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for TxnCoordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // A loaded state: finish what a previous coordinator prepared, time what is open.
+        self.drive_markers(ctx);
+        self.arm_timeout(ctx);
+    }
+}
+
+impl Supervised for TxnCoordinator {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(transactional_id = %self.id, "transaction coordinator restarting");
+        self.driving = false;
+    }
+}
+
+impl Handler<Call> for TxnCoordinator {
+    type Result = AtomicResponse<Self, Result<TxnAnswer, i16>>;
+
+    fn handle(&mut self, Call(call): Call, _: &mut Context<Self>) -> Self::Result {
+        let described = matches!(call, TxnCall::Describe);
+        let is_init_abort = matches!(call, TxnCall::Init { .. })
+            && self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing);
+        let decided = match self.decide(call) {
+            Err(code) => return AtomicResponse::new(Box::pin(actix::fut::ready(Err(code)))),
+            Ok(None) if described => {
+                let answer = Ok(TxnAnswer::Described(self.meta.clone()));
+                return AtomicResponse::new(Box::pin(actix::fut::ready(answer)));
+            }
+            Ok(None) => return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(TxnAnswer::Done)))),
+            Ok(Some(decided)) => decided,
+        };
+        let (next, answer, then) = decided;
+        let write = self.shared.clone().persist(self.partition, self.id.clone(), next.clone());
+        AtomicResponse::new(Box::pin(write.into_actor(self).map(move |written, actor, ctx| {
+            written?;
+            actor.meta = Some(next);
+            actor.after(then, ctx);
+            if is_init_abort {
+                // The open transaction is being aborted: the producer asks again.
+                return Err(E::ConcurrentTransactions.code());
+            }
+            Ok(answer)
+        })))
+    }
+}
