@@ -794,6 +794,9 @@ impl PartitionActor {
             Ok(()) if verifying.stale => Err(kafka_protocol::ResponseError::InvalidTxnState.code()),
             other => other,
         };
+        if let Err(code) = answer {
+            tracing::debug!(topic = %self.topic, partition = self.partition, producer, code, "transaction not verified");
+        }
         for (append, reply) in verifying.parked {
             let same_epoch = append.batches.first().is_some_and(|b| b.header.producer_epoch == verifying.epoch);
             match answer {

@@ -216,6 +216,9 @@ pub struct PendingIsr {
 
 /// How long a proposed ISR change may stay unanswered before it is proposed again.
 const ISR_CHANGE_RETRY: Duration = Duration::from_secs(5);
+/// A follower fetched within this long is fetching: its fetches wait at most
+/// 3 s at the leader (the long poll), so a live one is never longer away.
+const FETCHING: Duration = Duration::from_secs(4);
 
 impl ReplicaSet {
     pub fn new(role: &LeaderRole, leader_end: i64, now: Instant) -> ReplicaSet {
@@ -325,7 +328,13 @@ impl ReplicaSet {
             })
             .collect();
         for (id, f) in &self.followers {
-            let caught_up = f.log_end_offset >= high_watermark
+            // Only a follower that is fetching joins: one that died caught up (a fenced broker,
+            // which the controller refuses) would otherwise be proposed again and again, and,
+            // counted while proposed, hold the high watermark at its end, so that it looked
+            // caught up forever (found with a transaction coordinator's broker killed).
+            let fetching = now.duration_since(f.last_fetch) <= FETCHING;
+            let caught_up = fetching
+                && f.log_end_offset >= high_watermark
                 && f.log_end_offset >= epoch_start
                 && f.log_end_offset >= self.lead_start_end;
             if !wanted.contains(id) && caught_up {

@@ -134,14 +134,20 @@ async fn answer(
                         .with_log_start_offset(log_start)
                         .with_log_append_time_ms(appended.log_append_time)
                 }
-                Ok(Err(e)) => response
+                Ok(Err(e)) => {
+                    tracing::debug!(topic = %topic.0, partition = index, error = %e, "produce failed");
+                    response
                     .with_error_code(e.error_code())
                     .with_base_offset(-1)
-                    .with_error_message(message_since(version, 8, &e)),
-                Err(e) => response
+                    .with_error_message(message_since(version, 8, &e))
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %topic.0, partition = index, code = e.0, reason = %e.1, "produce not answered");
+                    response
                     .with_error_code(e.0)
                     .with_base_offset(-1)
-                    .with_error_message(message_since(version, 8, e.1)),
+                    .with_error_message(message_since(version, 8, e.1))
+                }
             },
             Err((code, why)) => {
                 response.with_error_code(code).with_base_offset(-1).with_error_message(message_since(version, 8, why))

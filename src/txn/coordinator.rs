@@ -229,7 +229,15 @@ impl Handler<Call> for TxnCoordinator {
         let (next, answer, then) = decided;
         let write = self.shared.clone().persist(self.partition, self.id.clone(), next.clone());
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |written, actor, ctx| {
-            written?;
+            if let Err(code) = written {
+                tracing::warn!(transactional_id = %actor.id, status = next.status.name(), code, "transaction state not written");
+                if matches!(next.status, Status::CompleteCommit | Status::CompleteAbort) {
+                    // The markers are out; only the completed state is missing: write it again shortly.
+                    let call = TxnCall::Completed { producer_id: next.producer_id, epoch: next.producer_epoch, status: actor.meta.as_ref().map_or(next.status, |m| m.status) };
+                    ctx.run_later(Duration::from_millis(500), move |_, ctx| ctx.notify(Call(call)));
+                }
+                return Err(code);
+            }
             actor.meta = Some(next);
             actor.after(then, ctx);
             if is_init_abort {

@@ -51,6 +51,7 @@ pub async fn write_all(
         if !shared.leads(partition, coordinator_epoch) {
             return Err("this broker no longer coordinates the transaction".into());
         }
+        tracing::debug!(producer_id = meta.producer_id, commit, partitions = ?partitions, groups = ?groups, "writing markers");
         let marker = |topics: Vec<WritableTxnMarkerTopic>| {
             WritableTxnMarker::default()
                 .with_producer_id(ProducerId(meta.producer_id))
@@ -63,7 +64,10 @@ pub async fn write_all(
         let mut by_leader: BTreeMap<i32, Vec<(String, Vec<i32>)>> = BTreeMap::new();
         for (topic, indexes) in &partitions {
             let indexes: Vec<i32> = indexes.iter().copied().collect();
-            match shared.client.by_leader(topic, &indexes).await {
+            let began = std::time::Instant::now();
+            let leaders = shared.client.by_leader(topic, &indexes).await;
+            tracing::debug!(topic = %topic, elapsed_ms = began.elapsed().as_millis() as u64, ?leaders, "marker leaders");
+            match leaders {
                 Ok(leaders) => {
                     for (leader, parts) in leaders {
                         by_leader.entry(leader).or_default().push((topic.clone(), parts));
@@ -87,8 +91,13 @@ pub async fn write_all(
                 .map(|(t, p)| WritableTxnMarkerTopic::default().with_name(topic_name(t)).with_partition_indexes(p.clone()))
                 .collect();
             let request = WriteTxnMarkersRequest::default().with_markers(vec![marker(request_topics)]);
-            let Ok(connection) = shared.client.broker(leader).await else { continue };
-            let Ok(response) = connection.send(&request).await else { continue };
+            let began = std::time::Instant::now();
+            let sent = match shared.client.broker(leader).await {
+                Ok(connection) => connection.send(&request).await,
+                Err(e) => Err(e),
+            };
+            tracing::debug!(leader, elapsed_ms = began.elapsed().as_millis() as u64, ok = sent.is_ok(), "markers sent");
+            let Ok(response) = sent else { continue };
             for written in done(&response) {
                 if let Some(set) = partitions.get_mut(&written.0) {
                     set.remove(&written.1);
@@ -137,6 +146,14 @@ fn done(response: &WriteTxnMarkersResponse) -> Vec<(String, i32)> {
 /// Asks `msg.transactional_id`'s coordinator whether the partition is in the
 /// producer's open transaction (AddPartitionsToTxn v4, verify only).
 pub async fn verify(shared: &Shared, msg: &VerifyTxn) -> Result<(), i16> {
+    let began = std::time::Instant::now();
+    let answer = verify_once(shared, msg).await;
+    tracing::debug!(producer_id = msg.producer_id, topic = %msg.topic, partition = msg.partition, ?answer,
+        elapsed_ms = began.elapsed().as_millis() as u64, "verified a transaction");
+    answer
+}
+
+async fn verify_once(shared: &Shared, msg: &VerifyTxn) -> Result<(), i16> {
     let retriable = E::NotEnoughReplicas.code();
     let partition = state_partition(&msg.transactional_id, shared.config.transactions.state_partitions);
     let metadata = shared.ctx.cluster.metadata();

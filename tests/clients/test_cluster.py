@@ -201,6 +201,31 @@ def test_leader_killed_mid_stream_fails_over_and_nothing_acknowledged_is_lost(cl
     print(f"failover took {failover_s:.1f}s; {work.acked_count()} records acknowledged")
 
 
+def test_a_follower_killed_while_caught_up_does_not_stall_acks_all(cluster):
+    """A follower that dies caught up and idle still looks caught up to its
+    leader. The leader must not keep proposing it back into the ISR (the
+    controller refuses a fenced broker) and count it meanwhile: that held the
+    high watermark at the dead follower's end, so every acks=all produce timed
+    out (found through a transaction coordinator's broker killed -9)."""
+    topic = "dead-follower"
+    create(cluster, topic, 1, 3)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "message.timeout.ms": 20_000})
+    for i in range(100):
+        p.produce(topic, value=str(i))
+    assert p.flush(30) == 0
+    leader, replicas, _ = cluster.partition_state(topic, 0)
+    follower = next(r for r in replicas if r != leader)
+    cluster.broker(follower).kill9()
+    via = ",".join(b.bootstrap for b in cluster.brokers if b.node_id != follower)
+    cluster.wait_for(f"broker {follower} out of the ISR", lambda l, r, isr: follower not in isr and l == leader,
+                     timeout_s=30, via=via, topic=topic)
+    failed = []
+    for i in range(100, 200):
+        p.produce(topic, value=str(i), on_delivery=lambda err, _m: err and failed.append(str(err)))
+    assert p.flush(30) == 0, "acks=all records still unacknowledged"
+    assert not failed, f"deliveries failed: {failed[:3]}"
+
+
 def test_a_consumer_with_client_rack_reads_from_the_same_rack_follower(cluster):
     """KIP-392: the leader sends a consumer with `client.rack` to the in-sync
     follower in that rack, which serves exactly the leader's records."""
