@@ -92,6 +92,31 @@ pub enum GroupCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum TransactionsCommand {
+    /// List the transactional ids every broker coordinates.
+    List,
+    /// Show a transactional id's state, producer and partitions.
+    Describe { transactional_id: String },
+    /// Show the producers of a partition and where their open transactions start.
+    Producers {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+    },
+    /// End a hanging transaction on a partition with an abort marker (one its
+    /// coordinator no longer knows, holding the partition's last stable offset).
+    Abort {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        #[arg(long)]
+        producer_id: i64,
+    },
+}
+
 #[derive(Args)]
 pub struct ProduceArgs {
     pub topic: String,
@@ -428,6 +453,76 @@ pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
                     _ => bail!("say where to: --to-earliest, --to-latest or --to-offset N"),
                 };
                 reset_offsets(&client, global, out, &group, &topic, target).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn transactions(global: &Global, command: TransactionsCommand) -> anyhow::Result<()> {
+    run(async {
+        let client = connect(global)?;
+        let out = &mut std::io::stdout().lock();
+        match command {
+            TransactionsCommand::List => {
+                let rows: Vec<Vec<String>> = client
+                    .list_transactions()
+                    .await?
+                    .into_iter()
+                    .map(|t| vec![t.transactional_id, t.producer_id.to_string(), t.state, t.coordinator.to_string()])
+                    .collect();
+                let data = json!(rows
+                    .iter()
+                    .map(|r| json!({"transactional_id": r[0], "producer_id": r[1], "state": r[2], "coordinator": r[3]}))
+                    .collect::<Vec<_>>());
+                emit(out, global, data, |out| table(out, &["TRANSACTIONAL-ID", "PRODUCER-ID", "STATE", "COORDINATOR"], &rows))?;
+            }
+            TransactionsCommand::Describe { transactional_id } => {
+                let t = client.describe_transaction(&transactional_id).await?;
+                let partitions: Vec<String> = t.partitions.iter().map(|(topic, p)| format!("{topic}-{p}")).collect();
+                let data = json!({
+                    "transactional_id": t.transactional_id, "coordinator": t.coordinator, "state": t.state,
+                    "producer_id": t.producer_id, "producer_epoch": t.producer_epoch, "timeout_ms": t.timeout_ms,
+                    "start_time_ms": t.start_time_ms, "partitions": partitions,
+                });
+                emit(out, global, data, |out| {
+                    writeln!(out, "transactional id {}: {} (coordinator {})", t.transactional_id, t.state, t.coordinator)?;
+                    writeln!(out, "producer {} epoch {}, timeout {} ms", t.producer_id, t.producer_epoch, t.timeout_ms)?;
+                    writeln!(out, "partitions: {}", if partitions.is_empty() { "-".to_string() } else { partitions.join(" ") })
+                })?;
+            }
+            TransactionsCommand::Producers { topic, partition } => {
+                let producers = client.describe_producers(&topic, partition).await?;
+                let rows: Vec<Vec<String>> = producers
+                    .iter()
+                    .map(|p| {
+                        vec![p.producer_id.to_string(), p.producer_epoch.to_string(), p.last_sequence.to_string(),
+                            p.coordinator_epoch.to_string(), p.current_txn_start_offset.to_string()]
+                    })
+                    .collect();
+                let data = json!(producers
+                    .iter()
+                    .map(|p| json!({"producer_id": p.producer_id, "producer_epoch": p.producer_epoch,
+                        "last_sequence": p.last_sequence, "coordinator_epoch": p.coordinator_epoch,
+                        "current_txn_start_offset": p.current_txn_start_offset}))
+                    .collect::<Vec<_>>());
+                emit(out, global, data, |out| {
+                    table(out, &["PRODUCER-ID", "EPOCH", "LAST-SEQUENCE", "COORDINATOR-EPOCH", "TXN-START-OFFSET"], &rows)
+                })?;
+            }
+            TransactionsCommand::Abort { topic, partition, producer_id } => {
+                let producers = client.describe_producers(&topic, partition).await?;
+                let Some(producer) = producers.iter().find(|p| p.producer_id == producer_id) else {
+                    bail!("{topic}-{partition} knows no producer {producer_id}");
+                };
+                if producer.current_txn_start_offset < 0 {
+                    bail!("producer {producer_id} has no open transaction on {topic}-{partition}");
+                }
+                client.abort_transaction(&topic, partition, producer).await?;
+                let start = producer.current_txn_start_offset;
+                emit(out, global, json!({"topic": topic, "partition": partition, "producer_id": producer_id, "aborted_from": start}), |out| {
+                    writeln!(out, "aborted producer {producer_id}'s transaction on {topic}-{partition} (open since offset {start})")
+                })?;
             }
         }
         Ok(())

@@ -59,6 +59,9 @@ enum Command {
     /// List and describe consumer groups.
     #[command(subcommand)]
     Group(cli::GroupCommand),
+    /// List, describe and abort transactions.
+    #[command(subcommand)]
+    Transactions(cli::TransactionsCommand),
     /// Produce stdin lines as records.
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     match parsed.command {
         Command::Topic(command) => cli::topic(&global, command),
         Command::Group(command) => cli::group(&global, command),
+        Command::Transactions(command) => cli::transactions(&global, command),
         Command::Produce(args) => cli::produce(&global, args),
         Command::Consume(args) => cli::consume(&global, args),
         Command::Cluster { command: ClusterCommand::Status } => cli::cluster_status(&global),

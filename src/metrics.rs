@@ -63,6 +63,12 @@ pub struct Metrics {
     group_lag: Family<LagLabel, Gauge>,
     /// Appends failed on storage, from `partition_actor::STORAGE_ERRORS` at each scrape.
     storage_errors: Counter,
+    /// Transactions open on the coordinators of this broker.
+    pub transactions_open: Gauge,
+    /// Transactions this broker's coordinators aborted because they passed their timeout.
+    pub transactions_timed_out: Counter,
+    /// Partitions here whose last stable offset is below their high watermark (an open transaction holds them).
+    partitions_unstable: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +94,9 @@ impl Metrics {
             partitions: Gauge::default(),
             under_replicated: Gauge::default(),
             group_lag: Family::default(),
+            transactions_open: Gauge::default(),
+            transactions_timed_out: Counter::default(),
+            partitions_unstable: Gauge::default(),
         };
         registry.register("bytes_in", "Record batch bytes produced, per topic", m.bytes_in.clone());
         registry.register("records_in", "Records produced, per topic", m.records_in.clone());
@@ -113,6 +122,17 @@ impl Metrics {
             m.under_replicated.clone(),
         );
         registry.register("consumer_group_lag", "High watermark minus committed offset", m.group_lag.clone());
+        registry.register("transactions_open", "Transactions open on this broker's coordinators", m.transactions_open.clone());
+        registry.register(
+            "transactions_timed_out",
+            "Transactions aborted by their coordinator for passing their transaction.timeout.ms",
+            m.transactions_timed_out.clone(),
+        );
+        registry.register(
+            "partitions_unstable",
+            "Partitions led here whose last stable offset is below the high watermark (open transactions)",
+            m.partitions_unstable.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -130,6 +150,14 @@ impl Metrics {
     pub async fn render(&self, broker: &Broker, cluster: &crate::cluster::Cluster) -> String {
         let snapshot = broker.metadata();
         self.topics.set(snapshot.topics.len() as i64);
+        let unstable = snapshot
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| *p.offsets.borrow())
+            .filter(|o| o.leader_epoch.is_some() && o.last_stable_offset < o.high_watermark)
+            .count();
+        self.partitions_unstable.set(unstable as i64);
         let failed = tributary_actors::partition_actor::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed);
         self.storage_errors.inc_by(failed.saturating_sub(self.storage_errors.get()));
         let metadata = cluster.metadata();

@@ -39,7 +39,7 @@ pub use group_registry::{ForgetGroup, GroupRegistry, ListGroups, LookupGroup};
 pub use kafka_protocol::records::Record;
 pub use offset_store::OffsetStore;
 pub use partition_actor::{
-    Append, AppendWithReply, DeleteRecordsBefore, EnforceRetention, ListOffset, OffsetQuery, PartitionActor,
+    Append, AppendWithReply, DeleteRecordsBefore, DescribeProducers, EnforceRetention, ListOffset, OffsetQuery, PartitionActor,
     PartitionError, PartitionSize, Read, TxnVerifier, VerifyTxn, WriteMarker,
 };
 pub use partition_log::{AbortedTxn, AppendOutcome, LogOffsets, ReadOutcome};

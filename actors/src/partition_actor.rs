@@ -270,6 +270,22 @@ impl Handler<SyncLog> for PartitionActor {
 #[rtype(result = "Result<i64, PartitionError>")]
 pub struct DeleteRecordsBefore(pub i64);
 
+/// The producers this partition remembers (DescribeProducers), leaders only.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(i64, crate::producer_state::ProducerState)>, PartitionError>")]
+pub struct DescribeProducers;
+
+impl Handler<DescribeProducers> for PartitionActor {
+    type Result = Result<Vec<(i64, crate::producer_state::ProducerState)>, PartitionError>;
+
+    fn handle(&mut self, _: DescribeProducers, ctx: &mut Context<Self>) -> Self::Result {
+        if matches!(self.role, Role::Follower { .. }) {
+            return Err(PartitionError::NotLeader);
+        }
+        self.guarded(ctx, |log| Ok(log.producers()))
+    }
+}
+
 /// Bytes of stored batches (DescribeLogDirs).
 #[derive(Message)]
 #[rtype(result = "Result<u64, PartitionError>")]

@@ -403,6 +403,13 @@ impl PartitionLog {
         self.producer_states.values().filter_map(|s| s.txn_first_offset).min()
     }
 
+    /// Every producer this partition remembers, by id.
+    pub fn producers(&self) -> Vec<(i64, ProducerState)> {
+        let mut all: Vec<(i64, ProducerState)> = self.producer_states.iter().map(|(id, s)| (*id, s.clone())).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
     /// Whether `producer_id` has a transaction open here at `epoch`.
     pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
         self.producer_states.get(&producer_id).is_some_and(|s| s.txn_first_offset.is_some() && s.epoch == epoch)

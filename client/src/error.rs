@@ -26,6 +26,8 @@ pub enum Subject {
     Group(String),
     /// A config resource, as `topic 'orders'` or `broker 1`.
     Config(String),
+    /// A transactional id.
+    Transaction(String),
 }
 
 impl std::fmt::Display for Subject {
@@ -36,6 +38,7 @@ impl std::fmt::Display for Subject {
             Subject::Partition(topic, partition) => write!(f, "{topic}-{partition}"),
             Subject::Group(group) => write!(f, "group '{group}'"),
             Subject::Config(resource) => write!(f, "configs of {resource}"),
+            Subject::Transaction(id) => write!(f, "transactional id '{id}'"),
         }
     }
 }

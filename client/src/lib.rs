@@ -35,6 +35,7 @@
 //! ```
 
 mod admin;
+mod transactions;
 mod client;
 mod connection;
 mod connector;
@@ -64,5 +65,6 @@ pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 pub use partitioner::{murmur2, partition_for_key};
 pub use produce::{Acks, Producer, ProducerConfig};
+pub use transactions::{ProducerDescription, TransactionDescription, TransactionListing};
 pub use records::{decode_batches, encode_batch, ConsumedRecord, Decoded, NewRecord, Sequenced, MAX_BATCH_RECORDS};
 pub use versions::IMPLEMENTED;

@@ -48,6 +48,9 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     // batched verification form, and the markers.
     (ApiKey::AddPartitionsToTxn, 4, 4),
     (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The ApiVersions version sent first; a broker that lacks it answers in v0

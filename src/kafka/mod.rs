@@ -41,6 +41,7 @@ registry::registry! {
     write_txn_markers { WriteTxnMarkers },
     describe_transactions { DescribeTransactions },
     list_transactions { ListTransactions },
+    describe_producers { DescribeProducers },
 }
 
 pub use registry::{Call, Started};

@@ -26,8 +26,6 @@ pub enum TxnCall {
     Expire { started_ms: i64, new_producer_id: i64 },
     /// The markers of the prepared state at this epoch are all written.
     Completed { producer_id: i64, epoch: i16, status: Status },
-    /// Abort whatever is open (the CLI's `transactions abort`).
-    Abort,
     Describe,
 }
 
@@ -114,19 +112,11 @@ impl TxnCoordinator {
                     Some(next) => {
                         tracing::info!(transactional_id = %self.id, producer_id = meta.producer_id,
                             timeout_ms = meta.timeout_ms, "aborting a transaction open past its timeout");
+                        self.shared.ctx.metrics.transactions_timed_out.inc();
                         Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers)))
                     }
                     None => Ok(None),
                 }
-            }
-            TxnCall::Abort => {
-                let Some(meta) = meta.filter(|m| m.status == Status::Ongoing) else {
-                    return Err(E::InvalidTxnState.code());
-                };
-                let mut next = meta.clone();
-                next.status = Status::PrepareAbort;
-                next.updated_ms = now;
-                Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers)))
             }
             TxnCall::Completed { producer_id, epoch, status } => {
                 let Some(meta) = meta.filter(|m| {
@@ -138,6 +128,18 @@ impl TxnCoordinator {
             }
             TxnCall::Describe => Ok(None),
         }
+    }
+
+    /// The state just written; the open-transactions gauge follows it.
+    fn set_meta(&mut self, next: TxnMeta) {
+        let was_open = self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing);
+        let metrics = &self.shared.ctx.metrics;
+        match (was_open, next.status == Status::Ongoing) {
+            (false, true) => drop(metrics.transactions_open.inc()),
+            (true, false) => drop(metrics.transactions_open.dec()),
+            _ => {}
+        }
+        self.meta = Some(next);
     }
 
     /// After a write: markers for a prepared state, a timer for an open one.
@@ -197,9 +199,25 @@ impl Actor for TxnCoordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing) {
+            self.shared.ctx.metrics.transactions_open.inc();
+        }
         // A loaded state: finish what a previous coordinator prepared, time what is open.
         self.drive_markers(ctx);
         self.arm_timeout(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.forget_gauge();
+    }
+}
+
+impl TxnCoordinator {
+    /// A coordinator that stops (its partition moved away) no longer counts its open transaction.
+    fn forget_gauge(&mut self) {
+        if self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing) {
+            self.shared.ctx.metrics.transactions_open.dec();
+        }
     }
 }
 
@@ -238,7 +256,7 @@ impl Handler<Call> for TxnCoordinator {
                 }
                 return Err(code);
             }
-            actor.meta = Some(next);
+            actor.set_meta(next);
             actor.after(then, ctx);
             if is_init_abort {
                 // The open transaction is being aborted: the producer asks again.

@@ -635,3 +635,52 @@ def test_kafkajs_transactions_and_send_offsets(broker_factory):
     uncommitted, _ = read_to_end(broker.bootstrap, topic, range(3), READ_UNCOMMITTED)
     assert sorted(values_of(uncommitted)) == sorted(expected + [f"aborted-{i}" for i in range(30)])
     assert committed_offsets(broker.bootstrap, offsets_group, offsets_topic, (0, 1)) == {0: 10, 1: 20}
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def cli(broker, *args, check=True):
+    from conftest import binary
+    run = subprocess.run([str(binary()), "--brokers", broker.bootstrap, "--format", "json", *args],
+                         capture_output=True, text=True, timeout=60)
+    if check:
+        assert run.returncode == 0, f"{args}: {run.stderr}"
+    return run
+
+
+def test_cli_lists_describes_and_aborts_a_hanging_transaction(broker):
+    """`tributary transactions list|describe|producers|abort`: an open
+    transaction is listed and described; its partition names where it
+    started; aborting it there with a marker (as kafka-transactions.sh
+    abort does for a transaction its coordinator lost) frees read_committed
+    consumers, and its records are never visible."""
+    topic = "txn-cli"
+    create_topic(broker.bootstrap, topic, 1)
+    before = produce(Producer({"bootstrap.servers": broker.bootstrap}), topic, ["plain-0", "plain-1"], partition=0)
+    p = txn_producer(broker.bootstrap, "cli-txn", transaction_timeout_ms=300_000)
+    p.init_transactions(30)
+    p.begin_transaction()
+    produce(p, topic, [f"open-{i}" for i in range(5)], partition=0)
+
+    listed = json.loads(cli(broker, "transactions", "list").stdout)
+    mine = [t for t in listed if t["transactional_id"] == "cli-txn"]
+    assert len(mine) == 1 and mine[0]["state"] == "Ongoing", listed
+    described = json.loads(cli(broker, "transactions", "describe", "cli-txn").stdout)
+    assert described["state"] == "Ongoing" and described["partitions"] == [f"{topic}-0"], described
+    producers = json.loads(cli(broker, "transactions", "producers", "--topic", topic, "--partition", "0").stdout)
+    open_ones = [x for x in producers if x["current_txn_start_offset"] >= 0]
+    assert len(open_ones) == 1 and open_ones[0]["current_txn_start_offset"] == len(before), producers
+    assert end_offsets(broker.bootstrap, topic, [0], READ_COMMITTED)[0] == len(before), "held at the open transaction"
+
+    producer_id = str(open_ones[0]["producer_id"])
+    cli(broker, "transactions", "abort", "--topic", topic, "--partition", "0", "--producer-id", producer_id)
+    ends = end_offsets(broker.bootstrap, topic, [0], READ_COMMITTED)
+    assert ends == end_offsets(broker.bootstrap, topic, [0], READ_UNCOMMITTED), "the stable offset caught up"
+    records, reached = read_to_end(broker.bootstrap, topic, [0], READ_COMMITTED)
+    assert reached and values_of(records) == ["plain-0", "plain-1"], records
+    again = cli(broker, "transactions", "abort", "--topic", topic, "--partition", "0", "--producer-id", producer_id,
+                check=False)
+    assert again.returncode != 0 and "no open transaction" in again.stderr, again.stderr
+    unknown = cli(broker, "transactions", "describe", "nobody", check=False)
+    assert unknown.returncode != 0 and "nobody" in unknown.stderr, unknown.stderr
