@@ -154,6 +154,25 @@ impl Handler<CompleteTxnOffsets> for GroupRegistry {
     }
 }
 
+/// The partitions of a group whose offsets wait for a transaction's marker
+/// (OffsetFetch with `require_stable` answers them UNSTABLE_OFFSET_COMMIT).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::offset_store::TopicPartition>, i16>")]
+pub struct PendingTxnOffsets {
+    pub group: String,
+}
+
+impl Handler<PendingTxnOffsets> for GroupRegistry {
+    type Result = Result<Vec<crate::offset_store::TopicPartition>, i16>;
+
+    fn handle(&mut self, msg: PendingTxnOffsets, _: &mut Context<Self>) -> Self::Result {
+        self.store.pending_partitions(&msg.group).map_err(|e| {
+            tracing::error!(group = %msg.group, error = %e, "pending transactional offsets not read");
+            kafka_protocol::ResponseError::CoordinatorNotAvailable.code()
+        })
+    }
+}
+
 impl Handler<ForgetGroup> for GroupRegistry {
     type Result = ();
 

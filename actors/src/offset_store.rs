@@ -223,6 +223,23 @@ impl OffsetStore {
         Ok(found.len())
     }
 
+    /// The partitions of `group` with offsets pending in an open transaction
+    /// (at most `MAX_PENDING_SCAN` pending entries looked at).
+    pub fn pending_partitions(&self, group: &str) -> Result<Vec<TopicPartition>, StoreError> {
+        const MAX_PENDING_SCAN: usize = 100_000;
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in self.pending.iter(&rtxn)?.take(MAX_PENDING_SCAN) {
+            let (key, _) = entry?;
+            if let Some((g, tp)) = key.get(8..).and_then(parse_offset_key) {
+                if g == group && !out.contains(&tp) {
+                    out.push(tp);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every committed offset of `group`.
     pub fn fetch_all(&self, group: &str) -> Result<Vec<(TopicPartition, CommittedOffset)>, StoreError> {
         let rtxn = self.env.read_txn()?;
@@ -348,6 +365,8 @@ mod tests {
         store.commit_pending(7, "g", &[(("t".into(), 0), committed(10))]).unwrap();
         store.commit_pending(8, "g", &[(("t".into(), 1), committed(20))]).unwrap();
         assert_eq!(store.fetch("g", "t", 0).unwrap().unwrap().offset, 1, "pending is not committed");
+        assert_eq!(store.pending_partitions("g").unwrap(), vec![("t".to_string(), 0), ("t".to_string(), 1)]);
+        assert!(store.pending_partitions("h").unwrap().is_empty());
         assert_eq!(store.complete_transaction(8, false).unwrap(), 1);
         drop(store);
         let store = OffsetStore::open(dir.path()).unwrap();

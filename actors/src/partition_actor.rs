@@ -423,7 +423,10 @@ impl PartitionActor {
     /// the first open transaction.
     fn last_stable(&self) -> i64 {
         let visible = self.visible_end();
-        self.log.as_ref().and_then(|l| l.first_unstable_offset()).map_or(visible, |first| first.min(visible))
+        let Some(log) = self.log.as_ref() else { return visible };
+        // Retention or DeleteRecords may have removed an open transaction's start.
+        let start = log.offsets().log_start_offset;
+        log.first_unstable_offset().map_or(visible, |first| first.max(start).min(visible))
     }
 
     /// Publishes the offsets (waking long-poll fetches) with the visible high watermark.
@@ -725,6 +728,12 @@ impl PartitionActor {
                 return;
             };
             let (producer, epoch) = (first.producer_id, first.producer_epoch);
+            // One batch per transactional append (as Kafka asks of produce v3+): a second
+            // one, of another producer, would open a transaction nobody verified.
+            if msg.batches.len() > 1 && msg.batches.iter().any(|b| b.header.is_transactional()) {
+                let _ = reply.send(Err(PartitionError::Refused(kafka_protocol::ResponseError::InvalidRecord.code())));
+                return;
+            }
             if let Some(verifying) = self.verifying.get_mut(&producer) {
                 verifying.parked.push((msg, reply));
                 return;

@@ -736,13 +736,16 @@ impl PartitionLog {
         // Records at or past the first open transaction may still abort: they neither count nor change.
         let stable = self.first_unstable_offset().map_or(u64::MAX, |o| o.max(0) as u64);
         let upper = active_key.min(stable);
-        // Aborted transactions below the compacted range's end: (producer, first, marker offset).
+        // Aborted transactions that began below the compacted range's end (their
+        // markers may lie past it): (producer, first, marker offset).
         let mut aborted: Vec<(i64, i64, i64)> = Vec::new();
-        for entry in self.aborted.range(&rtxn, &(..stable))?.take(MAX_ABORTED_SCAN) {
+        for entry in self.aborted.iter(&rtxn)?.take(MAX_ABORTED_SCAN) {
             let (offset, value) = entry?;
             let txn = stored::decode::<StoredAbortedTxn>(value)
                 .map_err(|error| LogError::Format { key: format!("aborted transaction {offset}"), error })?;
-            aborted.push((txn.producer_id, txn.first_offset, offset as i64));
+            if (txn.first_offset as u64) < stable {
+                aborted.push((txn.producer_id, txn.first_offset, offset as i64));
+            }
         }
         let is_aborted =
             |r: &Record| r.transactional && aborted.iter().any(|(p, f, l)| *p == r.producer_id && (*f..=*l).contains(&r.offset));
@@ -1601,6 +1604,23 @@ mod tests {
             .flat_map(|s| s.records.iter().map(|r| r.offset))
             .collect();
         assert_eq!(offsets, vec![0, 2, 3, 4, 5], "a's committed value stays; the marker and the open part stay");
+
+        // An abort whose marker lies past the first open transaction still hides its records:
+        // x committed at 6, x in 9's transaction at 7, 10 opens at 8, 9 aborts at 9.
+        log.append_groups(&[AppendGroup::new(&marker(8, 0, true, 0))]).unwrap(); // 6: b's transaction commits
+        log.append_groups(&[AppendGroup::new(&keyed("x", -1, -1, false))]).unwrap(); // 7
+        log.append_groups(&[verified(&keyed("x", 9, 0, true))]).unwrap(); // 8
+        log.append_groups(&[verified(&keyed("y", 10, 0, true))]).unwrap(); // 9: open
+        log.append_groups(&[AppendGroup::new(&marker(9, 0, false, 0))]).unwrap(); // 10
+        log.append_groups(&[AppendGroup::new(&keyed("z", -1, -1, false))]).unwrap(); // 11 active
+        log.compact(1_000, 100).unwrap();
+        let read = log.read(0, 1 << 20, true).unwrap();
+        let kept: Vec<i64> = RecordBatchDecoder::decode_all(&mut read.records.clone())
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.offset))
+            .collect();
+        assert!(kept.contains(&7), "x's committed value is not replaced by its aborted one: {kept:?}");
     }
 
     #[test]

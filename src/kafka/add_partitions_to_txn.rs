@@ -19,7 +19,10 @@ const MAX_PARTITIONS: usize = 10_000;
 pub async fn handle(ctx: &RequestContext, req: AddPartitionsToTxnRequest, version: i16) -> AddPartitionsToTxnResponse {
     if version <= 3 {
         let id = req.v3_and_below_transactional_id.clone();
-        let results = add(ctx, &id, req.v3_and_below_producer_id.0, req.v3_and_below_producer_epoch, false, &req.v3_and_below_topics).await;
+        let mut results = add(ctx, &id, req.v3_and_below_producer_id.0, req.v3_and_below_producer_epoch, false, &req.v3_and_below_topics).await;
+        for p in results.iter_mut().flat_map(|t| t.results_by_partition.iter_mut()) {
+            p.partition_error_code = crate::txn::fenced_for(p.partition_error_code, version, 2);
+        }
         return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
     }
     let mut out = Vec::with_capacity(req.transactions.len());

@@ -16,6 +16,10 @@ pub async fn handle(ctx: &RequestContext, req: DeleteRecordsRequest) -> DeleteRe
         for p in topic.partitions {
             let result =
                 DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index).with_low_watermark(-1);
+            if crate::txn::is_internal(&topic.name) {
+                partitions.push(result.with_error_code(ResponseError::InvalidTopicException.code()));
+                continue;
+            }
             let Some(handle) = snapshot.partition(&topic.name, p.partition_index) else {
                 partitions.push(result.with_error_code(ResponseError::UnknownTopicOrPartition.code()));
                 continue;

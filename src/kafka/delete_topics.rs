@@ -11,6 +11,11 @@ pub async fn handle(ctx: &RequestContext, req: DeleteTopicsRequest, version: i16
     for name in req.topic_names {
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
         let topic = name.0.to_string();
+        if crate::txn::is_internal(&topic) {
+            let why = format!("{topic} is internal and cannot be deleted");
+            results.push(result.with_error_code(kafka_protocol::ResponseError::InvalidTopicException.code()).with_error_message(message_since(version, 5, why)));
+            continue;
+        }
         let command = crate::cluster::metadata::Command::DeleteTopic { name: topic.clone() };
         results.push(match ctx.cluster.commit(command).await {
             Ok(()) => {

@@ -1,4 +1,7 @@
 //! OffsetFetch: committed offsets of a group (-1 where none was committed).
+//! With `require_stable` (v7+, read_committed consumers), a partition whose
+//! offset waits for a transaction's marker is UNSTABLE_OFFSET_COMMIT, which
+//! the client retries, so it never starts from an offset about to change.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +21,20 @@ pub async fn handle(ctx: &RequestContext, req: OffsetFetchRequest, version: i16)
         Ok(_) => (0, wanted.unwrap_or_default().into_iter().map(|tp| (tp, None)).collect()),
         Err(code) => (code, Vec::new()),
     };
+    let unstable = if version >= 7 && req.require_stable {
+        let ask = tributary_actors::group_registry::PendingTxnOffsets { group: req.group_id.0.to_string() };
+        ctx.broker.groups().send(ask).await.ok().and_then(|r| r.ok()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let mut by_topic: BTreeMap<String, Vec<OffsetFetchResponsePartition>> = BTreeMap::new();
     for ((topic, partition), committed) in found {
         let p = OffsetFetchResponsePartition::default().with_partition_index(partition);
+        if unstable.contains(&(topic.clone(), partition)) {
+            let code = kafka_protocol::ResponseError::UnstableOffsetCommit.code();
+            by_topic.entry(topic).or_default().push(p.with_committed_offset(-1).with_error_code(code));
+            continue;
+        }
         let p = match committed {
             Some(c) => p
                 .with_committed_offset(c.offset)

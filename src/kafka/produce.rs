@@ -68,6 +68,9 @@ pub fn start(
             let handle = view.as_ref().and_then(|v| usize::try_from(index).ok().and_then(|i| v.partitions.get(i)));
             let outcome = match (&refusal, view.as_ref(), handle) {
                 (Some((code, why)), _, _) => Err((*code, why.clone())),
+                _ if crate::txn::is_internal(&name) => {
+                    Err((ResponseError::InvalidTopicException.code(), format!("{name} is internal: only the broker writes it")))
+                }
                 (None, Some(view), Some(handle)) => match partition.records.as_ref().map(|r| view.prepare_append(r)) {
                     Some(Ok(mut append)) => {
                         append.acks_all = acks == -1;

@@ -52,6 +52,11 @@ pub struct TxnCoordinator {
     driving: bool,
 }
 
+/// A state write that failed is tried again after this long.
+const RETRY: Duration = Duration::from_millis(500);
+/// Markers not all written after a coordinator's rounds are driven again after this long.
+const MARKER_RETRY: Duration = Duration::from_secs(5);
+
 /// What to do after a state is written.
 enum Then {
     Nothing,
@@ -155,8 +160,10 @@ impl TxnCoordinator {
         let Some(meta) = self.meta.as_ref().filter(|m| m.status == Status::Ongoing) else { return };
         let started = meta.started_ms;
         let left = (started + i64::from(meta.timeout_ms) - tributary_actors::now_ms()).max(0) as u64;
-        // A little past the timeout, so the check after it finds it passed.
-        ctx.run_later(Duration::from_millis(left + 10), move |actor, ctx| {
+        // A little past the timeout, so the check after it finds it passed (and not
+        // at once again when a write of the abort failed).
+        let wait = Duration::from_millis(left + 10).max(if left == 0 { RETRY } else { Duration::ZERO });
+        ctx.run_later(wait, move |actor, ctx| {
             let shared = actor.shared.clone();
             let check = async move {
                 let new_producer_id = shared.allocate_producer_id().await.unwrap_or(-1);
@@ -187,8 +194,12 @@ impl TxnCoordinator {
                     epoch: done.producer_epoch,
                     status: done.status,
                 })),
+                Err(why) if actor.shared.leads(actor.partition, actor.coordinator_epoch) => {
+                    tracing::warn!(transactional_id = %actor.id, reason = %why, "markers not written yet; trying again");
+                    ctx.run_later(MARKER_RETRY, |actor, ctx| actor.drive_markers(ctx));
+                }
                 Err(why) => {
-                    tracing::warn!(transactional_id = %actor.id, reason = %why, "markers not written; this coordinator stops driving them");
+                    tracing::info!(transactional_id = %actor.id, reason = %why, "markers left to the new coordinator");
                 }
             }
         }));
@@ -232,6 +243,10 @@ impl Handler<Call> for TxnCoordinator {
     type Result = AtomicResponse<Self, Result<TxnAnswer, i16>>;
 
     fn handle(&mut self, Call(call): Call, _: &mut Context<Self>) -> Self::Result {
+        if !self.shared.leads(self.partition, self.coordinator_epoch) {
+            // Loaded at an older epoch of the state partition: the current coordinator is elsewhere.
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(E::NotCoordinator.code()))));
+        }
         let described = matches!(call, TxnCall::Describe);
         let is_init_abort = matches!(call, TxnCall::Init { .. })
             && self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing);
@@ -245,14 +260,22 @@ impl Handler<Call> for TxnCoordinator {
             Ok(Some(decided)) => decided,
         };
         let (next, answer, then) = decided;
-        let write = self.shared.clone().persist(self.partition, self.id.clone(), next.clone());
+        let write = self.shared.clone().persist(self.partition, self.coordinator_epoch, self.id.clone(), next.clone());
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |written, actor, ctx| {
             if let Err(code) = written {
                 tracing::warn!(transactional_id = %actor.id, status = next.status.name(), code, "transaction state not written");
+                let status = actor.meta.as_ref().map(|m| m.status);
                 if matches!(next.status, Status::CompleteCommit | Status::CompleteAbort) {
                     // The markers are out; only the completed state is missing: write it again shortly.
-                    let call = TxnCall::Completed { producer_id: next.producer_id, epoch: next.producer_epoch, status: actor.meta.as_ref().map_or(next.status, |m| m.status) };
-                    ctx.run_later(Duration::from_millis(500), move |_, ctx| ctx.notify(Call(call)));
+                    let call = TxnCall::Completed {
+                        producer_id: next.producer_id,
+                        epoch: next.producer_epoch,
+                        status: status.unwrap_or(next.status),
+                    };
+                    ctx.run_later(RETRY, move |_, ctx| ctx.notify(Call(call)));
+                } else if status == Some(Status::Ongoing) {
+                    // An abort on timeout that was not written: the timer tries again.
+                    actor.arm_timeout(ctx);
                 }
                 return Err(code);
             }

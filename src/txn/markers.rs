@@ -128,13 +128,15 @@ pub async fn write_all(
     Err(format!("markers not written after {MAX_ROUNDS} rounds"))
 }
 
-/// The partitions a WriteTxnMarkers answer says have the marker (or are gone).
+/// The partitions a WriteTxnMarkers answer says have the marker. A deleted
+/// topic is found from the cluster's metadata (`by_leader`), not from one
+/// broker's answer, whose view of the topics may lag.
 fn done(response: &WriteTxnMarkersResponse) -> Vec<(String, i32)> {
     let mut out = Vec::new();
     for marker in &response.markers {
         for topic in &marker.topics {
             for p in &topic.partitions {
-                if p.error_code == 0 || p.error_code == E::UnknownTopicOrPartition.code() {
+                if p.error_code == 0 {
                     out.push((topic.name.to_string(), p.partition_index));
                 }
             }

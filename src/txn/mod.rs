@@ -45,8 +45,16 @@ const MAX_LOAD_READS: usize = 100_000;
 /// How long a new leader of a state partition waits for its high watermark to
 /// reach its log end before it loads (the states it must not miss).
 const LOAD_WAIT: Duration = Duration::from_secs(30);
+/// A load that failed is tried again after this long.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
 /// One state write waits this long for its replicas.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Topics only the broker writes: clients may not produce to them, delete
+/// them or delete their records (Kafka's internal topics).
+pub fn is_internal(topic: &str) -> bool {
+    topic == STATE_TOPIC
+}
 
 /// The state partition of `id`: Kafka's `abs(id.hashCode()) % partitions`.
 pub fn state_partition(id: &str, partitions: i32) -> i32 {
@@ -62,8 +70,19 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Writes `meta` as `id`'s latest state and waits for its replicas.
-    pub async fn persist(self: Rc<Self>, partition: i32, id: Rc<str>, meta: TxnMeta) -> Result<(), i16> {
+    /// Writes `meta` as `id`'s latest state and waits for its replicas; only
+    /// while this broker leads the state partition at `coordinator_epoch` (a
+    /// coordinator loaded at an older epoch must not write over a newer one).
+    pub async fn persist(
+        self: Rc<Self>,
+        partition: i32,
+        coordinator_epoch: i32,
+        id: Rc<str>,
+        meta: TxnMeta,
+    ) -> Result<(), i16> {
+        if !self.leads(partition, coordinator_epoch) {
+            return Err(E::NotCoordinator.code());
+        }
         let snapshot = self.ctx.broker.metadata();
         let view = snapshot.topic(STATE_TOPIC).ok_or(E::CoordinatorNotAvailable.code())?;
         let handle = view.partitions.get(partition as usize).ok_or(E::CoordinatorNotAvailable.code())?;
@@ -270,11 +289,15 @@ impl TxnRegistry {
         self.loaded.remove(&partition);
         tracing::info!(partition, epoch, "loading transaction states");
         let work = read_states(handle);
-        ctx.spawn(work.into_actor(self).map(move |states, registry, _| {
+        ctx.spawn(work.into_actor(self).map(move |states, registry, ctx| {
             registry.loading.remove(&partition);
             let states = match states {
                 Ok(states) => states,
-                Err(why) => return tracing::warn!(partition, reason = %why, "transaction states not loaded"),
+                Err(why) => {
+                    tracing::warn!(partition, reason = %why, "transaction states not loaded; trying again");
+                    ctx.notify_later(Recheck(partition), LOAD_RETRY);
+                    return;
+                }
             };
             if !registry.shared.leads(partition, epoch) {
                 return;
@@ -442,6 +465,17 @@ pub fn coordinator_of(ctx: &RequestContext, id: &str) -> Result<crate::cluster::
 /// The registry of `ctx`'s broker.
 pub fn registry(ctx: &RequestContext) -> Result<&Addr<TxnRegistry>, i16> {
     ctx.txn.get().ok_or(E::CoordinatorNotAvailable.code())
+}
+
+/// PRODUCER_FENCED (90) as clients of `version` know it: requests older than
+/// `since` (Kafka: v2 of EndTxn, AddPartitionsToTxn, AddOffsetsToTxn,
+/// TxnOffsetCommit) get INVALID_PRODUCER_EPOCH.
+pub fn fenced_for(code: i16, version: i16, since: i16) -> i16 {
+    if code == E::ProducerFenced.code() && version < since {
+        E::InvalidProducerEpoch.code()
+    } else {
+        code
+    }
 }
 
 /// Sends `call` to `id`'s coordinator on this broker.

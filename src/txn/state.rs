@@ -45,6 +45,9 @@ impl Status {
 pub struct TxnMeta {
     pub producer_id: i64,
     pub producer_epoch: i16,
+    /// The epoch before the last bump (-1: none), so that a retried
+    /// InitProducerId whose answer was lost is answered again, not fenced.
+    pub last_producer_epoch: i16,
     pub timeout_ms: i32,
     pub status: Status,
     /// The partitions the open transaction wrote to (or may write to).
@@ -60,6 +63,11 @@ tributary_actors::stored_v1! {
     /// The format versions of a transactional id's state in `__transaction_state`.
     pub enum StoredTxn(TxnMeta) = "transaction state";
 }
+
+/// Partitions and groups one transaction may name: its state is one record of
+/// `__transaction_state`, which must stay well under a batch's size limit.
+pub const MAX_PARTITIONS: usize = 10_000;
+pub const MAX_GROUPS: usize = 1_000;
 
 /// Epochs go up to here; the next bump takes a new producer id (KIP-360).
 const MAX_EPOCH: i16 = i16::MAX - 1;
@@ -88,6 +96,7 @@ pub fn init(
         return Ok(Init::Ready(TxnMeta {
             producer_id: new_producer_id()?,
             producer_epoch: 0,
+            last_producer_epoch: -1,
             timeout_ms,
             status: Status::Empty,
             partitions: BTreeSet::new(),
@@ -98,6 +107,10 @@ pub fn init(
     };
     if meta.status.preparing() {
         return Err(E::ConcurrentTransactions.code());
+    }
+    let retried = expected.0 == meta.producer_id && expected.1 >= 0 && expected.1 == meta.last_producer_epoch;
+    if retried && meta.status != Status::Ongoing {
+        return Ok(Init::Ready(TxnMeta { timeout_ms, ..meta.clone() }));
     }
     if expected.0 >= 0 && (expected.0 != meta.producer_id || expected.1 != meta.producer_epoch) {
         // A producer that is not the latest of this id asks to go on.
@@ -118,7 +131,9 @@ fn bump(meta: &TxnMeta, now_ms: i64, new_producer_id: impl FnOnce() -> Result<i6
     if meta.producer_epoch >= MAX_EPOCH {
         next.producer_id = new_producer_id()?;
         next.producer_epoch = 0;
+        next.last_producer_epoch = -1;
     } else {
+        next.last_producer_epoch = meta.producer_epoch;
         next.producer_epoch += 1;
     }
     next.updated_ms = now_ms;
@@ -166,6 +181,9 @@ pub fn add(
     }
     next.partitions.extend(partitions.iter().cloned());
     next.groups.extend(groups.iter().cloned());
+    if next.partitions.len() > MAX_PARTITIONS || next.groups.len() > MAX_GROUPS {
+        return Err(E::InvalidRequest.code());
+    }
     next.updated_ms = now_ms;
     Ok(Some(next))
 }
@@ -261,7 +279,9 @@ mod tests {
         let Ok(Init::Ready(next)) = init(Some(&done), (-1, -1), 60_000, 9, || Ok(9)) else { panic!("bumps") };
         assert_eq!((next.producer_id, next.producer_epoch), (7, 1));
         assert_eq!(add(Some(&next), 7, 0, &[tp("a", 0)], &[], 10), Err(E::ProducerFenced.code()), "the zombie");
-        assert_eq!(init(Some(&next), (7, 0), 1, 10, || Ok(9)), Err(E::ProducerFenced.code()), "KIP-360 stale");
+        let Ok(Init::Ready(again)) = init(Some(&next), (7, 0), 60_000, 10, || Ok(9)) else { panic!("a retry") };
+        assert_eq!((again.producer_id, again.producer_epoch), (7, 1), "a retried bump is answered, not bumped again");
+        assert_eq!(init(Some(&next), (7, 5), 1, 10, || Ok(9)), Err(E::ProducerFenced.code()), "KIP-360 stale");
     }
 
     #[test]
@@ -269,6 +289,7 @@ mod tests {
         let mut meta = TxnMeta {
             producer_id: 7,
             producer_epoch: MAX_EPOCH,
+            last_producer_epoch: -1,
             timeout_ms: 100,
             status: Status::Empty,
             partitions: BTreeSet::new(),

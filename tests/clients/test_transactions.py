@@ -684,3 +684,29 @@ def test_cli_lists_describes_and_aborts_a_hanging_transaction(broker):
     assert again.returncode != 0 and "no open transaction" in again.stderr, again.stderr
     unknown = cli(broker, "transactions", "describe", "nobody", check=False)
     assert unknown.returncode != 0 and "nobody" in unknown.stderr, unknown.stderr
+
+
+def test_clients_cannot_write_or_delete_the_transaction_state_topic(broker):
+    """__transaction_state is written by the coordinators alone: a client's
+    produce, topic deletion or DeleteRecords there is refused, and
+    transactions go on working."""
+    from confluent_kafka.admin import AdminClient
+    p = txn_producer(broker.bootstrap, "guard")
+    p.init_transactions(30)  # creates the state topic
+    plain = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 5000, "retries": 0})
+    failed = []
+    plain.produce("__transaction_state", value=b"forged", on_delivery=lambda err, _m: failed.append(err))
+    plain.flush(10)
+    assert failed and failed[0] is not None and failed[0].code() == KafkaError.TOPIC_EXCEPTION, failed
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    with pytest.raises(KafkaException) as refused:
+        admin.delete_topics(["__transaction_state"], operation_timeout=10)["__transaction_state"].result(timeout=15)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_EXCEPTION
+    with pytest.raises(KafkaException):
+        admin.delete_records([TopicPartition("__transaction_state", 0, -1)])[TopicPartition("__transaction_state", 0, -1)].result(timeout=15)
+    create_topic(broker.bootstrap, "guarded", 1)
+    p.begin_transaction()
+    produce(p, "guarded", ["after"], partition=0)
+    p.commit_transaction(30)
+    records, reached = read_to_end(broker.bootstrap, "guarded", [0], READ_COMMITTED)
+    assert reached and values_of(records) == ["after"]
