@@ -710,3 +710,54 @@ def test_clients_cannot_write_or_delete_the_transaction_state_topic(broker):
     p.commit_transaction(30)
     records, reached = read_to_end(broker.bootstrap, "guarded", [0], READ_COMMITTED)
     assert reached and values_of(records) == ["after"]
+
+
+def test_aiokafka_transactions_commit_abort_and_send_offsets(broker_factory):
+    """aiokafka (asyncio, its own protocol code): a committed and an aborted
+    transaction, the committed one with send_offsets_to_transaction; its
+    read_committed consumer sees only the committed records, and the group's
+    offsets are the committed transaction's."""
+    import asyncio
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as AioTP
+
+    broker = broker_factory("[groups]\ninitial_rebalance_delay_ms = 0\n")
+    topic, group = "txn-aiokafka", "aio-group"
+    create_topic(broker.bootstrap, topic, 2)
+
+    async def scenario():
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id="aio-txn",
+                                    enable_idempotence=True)
+        await producer.start()
+        try:
+            async with producer.transaction():
+                for i in range(20):
+                    await producer.send(topic, value=f"kept-{i}".encode(), partition=i % 2)
+                await producer.send_offsets_to_transaction({AioTP(topic, 0): 7, AioTP(topic, 1): 9}, group)
+            await producer.begin_transaction()
+            for i in range(10):
+                await producer.send(topic, value=f"dropped-{i}".encode(), partition=i % 2)
+            await producer.send_offsets_to_transaction({AioTP(topic, 0): 100, AioTP(topic, 1): 100}, group)
+            await producer.abort_transaction()
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level="read_committed",
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        seen = []
+        try:
+            consumer.assign([AioTP(topic, 0), AioTP(topic, 1)])
+            deadline = time.monotonic() + 30
+            while len(seen) < 20 and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    seen.extend(r.value.decode() for r in records)
+            # Nothing more arrives: the aborted records stay hidden.
+            extra = await consumer.getmany(timeout_ms=1500)
+            seen.extend(r.value.decode() for records in extra.values() for r in records)
+        finally:
+            await consumer.stop()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(scenario(), 90))
+    assert sorted(seen) == sorted(f"kept-{i}" for i in range(20)), seen
+    assert committed_offsets(broker.bootstrap, group, topic, [0, 1]) == {0: 7, 1: 9}
