@@ -254,6 +254,19 @@ def kafka_workloads(broker_cls, workdir, args):
             "--compression", "lz4", *common)
         rss.append(b.stop())
 
+    def transactional():
+        b, made = fresh("txn", PARTITIONS)
+        if "error" in made:
+            results["produce_txn"] = results["consume_txn"] = made
+        else:
+            results["produce_txn"] = client("kafka-produce", "--bootstrap", b.address, "--topic", "txn",
+                                            "--records", args.records, "--compression", "none",
+                                            "--transactional-id", "bench-txn", "--commit-ms", 100, *common)
+            if "error" not in results["produce_txn"]:
+                results["consume_txn"] = client("kafka-consume", "--bootstrap", b.address, "--topic", "txn",
+                                                "--partitions", PARTITIONS, "--records", args.records)
+        rss.append(b.stop())
+
     def latency():
         b, made = fresh("latency", PARTITIONS)
         results["latency"] = made if "error" in made else client(
@@ -272,7 +285,9 @@ def kafka_workloads(broker_cls, workdir, args):
     run("produce_lz4", produce_lz4)
     run("latency", latency)
     run("produce_many", many)
-    return summarise_rss(results, rss, ["produce_none + consume", "produce_lz4", "latency", "produce_many"])
+    run("produce_txn + consume_txn", transactional)
+    return summarise_rss(results, rss, ["produce_none + consume", "produce_lz4", "latency", "produce_many",
+                                        "produce_txn + consume_txn"])
 
 
 def nats_workloads(workdir, args):
@@ -293,6 +308,7 @@ def nats_workloads(workdir, args):
                                     args.size)
     rss.append(b.stop())
     results["produce_lz4"] = {"error": "not applicable: JetStream 2.9 has no client-side batch compression"}
+    results["produce_txn"] = results["consume_txn"] = {"error": "not applicable: JetStream has no Kafka transactions"}
     print("  nats: latency ...", flush=True)
     b, made = fresh()
     results["latency"] = made if "error" in made else client(
@@ -379,6 +395,8 @@ ROWS = [
     ("produce 1 KiB, lz4 (MB/s)", "produce_lz4", "mb_s", "higher"),
     ("consume (MB/s)", "consume", "mb_s", "higher"),
     ("100 producers x 100 partitions (MB/s)", "produce_many", "mb_s", "higher"),
+    ("produce 1 KiB in transactions, a commit every 100 ms (MB/s)", "produce_txn", "mb_s", "higher"),
+    ("consume them read_committed (MB/s)", "consume_txn", "mb_s", "higher"),
     ("e2e latency p50 at 20 MB/s (ms)", "latency", "e2e_latency.p50_ms", "lower"),
     ("e2e latency p99 at 20 MB/s (ms)", "latency", "e2e_latency.p99_ms", "lower"),
     ("e2e latency p99.9 at 20 MB/s (ms)", "latency", "e2e_latency.p999_ms", "lower"),

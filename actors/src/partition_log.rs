@@ -420,14 +420,19 @@ impl PartitionLog {
     /// (at most `MAX_ABORTED_SCAN` looked at).
     pub fn aborted_between(&self, from: i64, to: i64) -> Result<Vec<AbortedTxn>, LogError> {
         let rtxn = self.env.read_txn()?;
+        let found = self.aborted_from(&rtxn, from.max(0) as u64)?;
+        Ok(found.into_iter().map(|(_, txn)| txn).filter(|txn| txn.first_offset < to).collect())
+    }
+
+    /// The aborted transactions whose marker is at or after `from`, with the
+    /// marker's offset, in marker order (at most `MAX_ABORTED_SCAN`).
+    fn aborted_from(&self, txn: &heed::RoTxn<WithoutTls>, from: u64) -> Result<Vec<(i64, AbortedTxn)>, LogError> {
         let mut found = Vec::new();
-        for entry in self.aborted.range(&rtxn, &(from.max(0) as u64..))?.take(MAX_ABORTED_SCAN) {
+        for entry in self.aborted.range(txn, &(from..))?.take(MAX_ABORTED_SCAN) {
             let (offset, value) = entry?;
-            let txn = stored::decode::<StoredAbortedTxn>(value)
+            let aborted = stored::decode::<StoredAbortedTxn>(value)
                 .map_err(|error| LogError::Format { key: format!("aborted transaction {offset}"), error })?;
-            if txn.first_offset < to {
-                found.push(txn);
-            }
+            found.push((offset as i64, aborted));
         }
         Ok(found)
     }
@@ -738,15 +743,12 @@ impl PartitionLog {
         let upper = active_key.min(stable);
         // Aborted transactions that began below the compacted range's end (their
         // markers may lie past it): (producer, first, marker offset).
-        let mut aborted: Vec<(i64, i64, i64)> = Vec::new();
-        for entry in self.aborted.iter(&rtxn)?.take(MAX_ABORTED_SCAN) {
-            let (offset, value) = entry?;
-            let txn = stored::decode::<StoredAbortedTxn>(value)
-                .map_err(|error| LogError::Format { key: format!("aborted transaction {offset}"), error })?;
-            if (txn.first_offset as u64) < stable {
-                aborted.push((txn.producer_id, txn.first_offset, offset as i64));
-            }
-        }
+        let aborted: Vec<(i64, i64, i64)> = self
+            .aborted_from(&rtxn, 0)?
+            .into_iter()
+            .filter(|(_, txn)| (txn.first_offset.max(0) as u64) < stable)
+            .map(|(marker, txn)| (txn.producer_id, txn.first_offset, marker))
+            .collect();
         let is_aborted =
             |r: &Record| r.transactional && aborted.iter().any(|(p, f, l)| *p == r.producer_id && (*f..=*l).contains(&r.offset));
         // Latest committed offset of every key below `stable`.

@@ -9,20 +9,12 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from cluster import Cluster
+from test_cluster import cluster  # noqa: F401 (the three-broker fixture)
 
 STATE_TOPIC = "__transaction_state"
 STATE_PARTITIONS = 8  # transactions.state_partitions (the default config)
 TOPIC = "tx-cluster"
 PARTITIONS = 3
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    c.start()
-    yield c
-    c.stop()
 
 
 def java_hash(s):

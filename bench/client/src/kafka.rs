@@ -24,6 +24,9 @@ pub struct ProducerSettings {
     pub bootstrap: String,
     pub compression: String,
     pub linger_ms: u32,
+    /// Transactions: the producer commits every `commit_every`.
+    pub transactional_id: Option<String>,
+    pub commit_every: Duration,
 }
 
 impl ProducerSettings {
@@ -38,6 +41,9 @@ impl ProducerSettings {
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
             .set("message.timeout.ms", "120000");
+        if let Some(id) = &self.transactional_id {
+            config.set("transactional.id", id).set("transaction.timeout.ms", "120000");
+        }
         config
     }
 }
@@ -114,14 +120,33 @@ pub fn produce(settings: &ProducerSettings, topic: &str, records: u64, size: usi
     let producer = producer(settings, &deliveries)?;
     let payloads = stats::Payloads::new(size);
     let keys: Vec<Vec<u8>> = (0..1024).map(|k| format!("key-{k}").into_bytes()).collect();
+    let transactional = settings.transactional_id.is_some();
+    if transactional {
+        producer.init_transactions(WORKLOAD_LIMIT).context("init_transactions")?;
+        producer.begin_transaction().context("begin_transaction")?;
+    }
     let started = Instant::now();
+    let (mut last_commit, mut commits) = (Instant::now(), 0u64);
     for i in 0..records {
         send(&producer, topic, None, &keys[(i % 1024) as usize], payloads.get(i))?;
+        if transactional && last_commit.elapsed() >= settings.commit_every {
+            producer.commit_transaction(WORKLOAD_LIMIT).context("commit_transaction")?;
+            producer.begin_transaction().context("begin_transaction")?;
+            (last_commit, commits) = (Instant::now(), commits + 1);
+        }
+    }
+    if transactional {
+        producer.commit_transaction(WORKLOAD_LIMIT).context("commit_transaction")?;
+        commits += 1;
     }
     finish(&producer, &deliveries)?;
     let secs = started.elapsed().as_secs_f64();
     let latencies = std::mem::take(&mut *deliveries.latencies.lock().unwrap());
-    Ok(stats::throughput(records, records * size as u64, secs, Some(latencies)))
+    let mut figures = stats::throughput(records, records * size as u64, secs, Some(latencies));
+    if transactional {
+        figures["transactions"] = commits.into();
+    }
+    Ok(figures)
 }
 
 /// `producers` producer instances (each its own connection), producer i writing
@@ -171,6 +196,8 @@ fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
+        // librdkafka's default, said aloud: transactional workloads are read as Kafka's EOS readers do.
+        .set("isolation.level", "read_committed")
         .set("fetch.max.bytes", "52428800")
         .set("max.partition.fetch.bytes", "10485760")
         .set("queued.max.messages.kbytes", "1048576")

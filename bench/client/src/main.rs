@@ -36,6 +36,11 @@ struct KafkaArgs {
     compression: String,
     #[arg(long, default_value_t = 5)]
     linger_ms: u32,
+    /// Produce in transactions with this transactional.id, committing every --commit-ms.
+    #[arg(long)]
+    transactional_id: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    commit_ms: u64,
 }
 
 impl KafkaArgs {
@@ -44,6 +49,8 @@ impl KafkaArgs {
             bootstrap: self.bootstrap.clone(),
             compression: self.compression.clone(),
             linger_ms: self.linger_ms,
+            transactional_id: self.transactional_id.clone(),
+            commit_every: Duration::from_millis(self.commit_ms),
         }
     }
 }
