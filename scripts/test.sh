@@ -17,6 +17,13 @@ if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 || ! com
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 iptables >/dev/null
 fi
 
+# Java and Maven: Apache Kafka's Java client in the tests (tests/java).
+if ! command -v mvn >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
+    echo "== installing a JDK and Maven"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless maven >/dev/null
+fi
+
 # Python clients in a virtual environment in the repo (.venv, gitignored):
 # Debian's system Python refuses pip installs (see scripts/venv.sh).
 VENV="$PWD/.venv"
@@ -24,6 +31,9 @@ VENV="$PWD/.venv"
 
 echo "== installing kafkajs (tests/js/package-lock.json)"
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== fetching Apache Kafka's Java client (tests/java/pom.xml)"
+(cd tests/java && mvn -q -B dependency:copy-dependencies)
 
 echo "== building (release)"
 cargo build --release --workspace --locked
