@@ -327,6 +327,9 @@ struct PendingAppend {
 
 /// A producer's appends waiting for its coordinator's answer, in order.
 struct Verifying {
+    /// Which question this is, so an answer to an earlier one (asked before a
+    /// demotion that failed its appends) is not taken for this one's.
+    asked: u64,
     epoch: i16,
     parked: Vec<(Append, AppendReply)>,
     /// A marker for the producer was queued meanwhile: the answer is stale.
@@ -367,6 +370,8 @@ pub struct PartitionActor {
     append_failures: (Option<tokio::time::Instant>, u64),
     /// Producers whose transactional appends wait for verification.
     verifying: std::collections::HashMap<i64, Verifying>,
+    /// Verifications asked so far (`Verifying::asked`).
+    verifications: u64,
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
 }
@@ -405,6 +410,7 @@ impl PartitionActor {
             commit_waiters: Default::default(),
             append_failures: (None, 0),
             verifying: Default::default(),
+            verifications: 0,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         }
@@ -804,16 +810,22 @@ impl PartitionActor {
             partition: self.partition,
         };
         let producer = header.producer_id;
-        self.verifying.insert(producer, Verifying { epoch: header.producer_epoch, parked: vec![(msg, reply)], stale: false });
+        self.verifications += 1;
+        let asked = self.verifications;
+        let verifying = Verifying { asked, epoch: header.producer_epoch, parked: vec![(msg, reply)], stale: false };
+        self.verifying.insert(producer, verifying);
         let answer = verifier.send(ask);
         ctx.spawn(actix::fut::wrap_future(answer).map(move |answer, actor: &mut Self, ctx| {
             let answer = answer.unwrap_or(Err(kafka_protocol::ResponseError::NotEnoughReplicas.code()));
-            actor.verified(producer, answer, ctx);
+            actor.verified(producer, asked, answer, ctx);
         }));
     }
 
     /// The coordinator answered for `producer`: its parked appends go on, verified, or fail.
-    fn verified(&mut self, producer: i64, answer: Result<(), i16>, ctx: &mut Context<Self>) {
+    fn verified(&mut self, producer: i64, asked: u64, answer: Result<(), i16>, ctx: &mut Context<Self>) {
+        if self.verifying.get(&producer).is_none_or(|v| v.asked != asked) {
+            return;
+        }
         let Some(verifying) = self.verifying.remove(&producer) else { return };
         let answer = match answer {
             Ok(()) if verifying.stale => Err(kafka_protocol::ResponseError::InvalidTxnState.code()),

@@ -216,9 +216,12 @@ pub struct PendingIsr {
 
 /// How long a proposed ISR change may stay unanswered before it is proposed again.
 const ISR_CHANGE_RETRY: Duration = Duration::from_secs(5);
+/// How long a leader holds a replica fetch with nothing new (the long poll);
+/// followers ask for it, leaders cap it.
+pub const REPLICA_FETCH_MAX_WAIT: Duration = Duration::from_secs(3);
 /// A follower fetched within this long is fetching: its fetches wait at most
-/// 3 s at the leader (the long poll), so a live one is never longer away.
-const FETCHING: Duration = Duration::from_secs(4);
+/// `REPLICA_FETCH_MAX_WAIT` at the leader, so a live one is never longer away.
+const FETCHING: Duration = Duration::from_secs(REPLICA_FETCH_MAX_WAIT.as_secs() + 1);
 
 impl ReplicaSet {
     pub fn new(role: &LeaderRole, leader_end: i64, now: Instant) -> ReplicaSet {

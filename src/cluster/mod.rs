@@ -544,7 +544,7 @@ impl Inbound for Dispatcher {
 /// Upper bound on a replica fetch's long-poll. Appends and high-watermark
 /// moves end the wait early, so this only sets the idle cost: one round trip
 /// per followed partition per this period. Well under replica.lag.time.max.ms.
-const MAX_REPLICA_WAIT: Duration = Duration::from_millis(3000);
+const MAX_REPLICA_WAIT: Duration = tributary_actors::replication::REPLICA_FETCH_MAX_WAIT;
 /// Upper bound on a replica fetch's size.
 const MAX_REPLICA_FETCH_BYTES: usize = 8 << 20;
 

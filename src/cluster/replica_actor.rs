@@ -25,7 +25,7 @@ use super::Cluster;
 /// Bytes one replica fetch asks for.
 const FETCH_MAX_BYTES: u32 = 4 << 20;
 /// How long the leader may hold a fetch with nothing new (it answers at once on new data).
-const FETCH_MAX_WAIT_MS: u32 = 3000;
+const FETCH_MAX_WAIT_MS: u32 = tributary_actors::replication::REPLICA_FETCH_MAX_WAIT.as_millis() as u32;
 /// Pause after a failed round, so a down leader is not hammered.
 const BACKOFF: Duration = Duration::from_millis(200);
 
