@@ -435,8 +435,13 @@ impl PartitionActor {
         log.first_unstable_offset().map_or(visible, |first| first.max(start).min(visible))
     }
 
-    /// Publishes the offsets (waking long-poll fetches) with the visible high watermark.
-    fn publish_offsets(&self) {
+    /// Publishes the offsets (waking long-poll fetches) with the visible high
+    /// watermark; transactions whose markers it passed become stable.
+    fn publish_offsets(&mut self) {
+        let visible = self.visible_end();
+        if let Some(log) = self.log.as_mut() {
+            log.settle(visible);
+        }
         if let Some(log) = &self.log {
             let offsets = LogOffsets {
                 high_watermark: self.visible_end(),

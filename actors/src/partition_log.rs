@@ -114,6 +114,8 @@ struct Planned {
     state: Option<(i64, ProducerState)>,
     /// The transaction this batch (an abort marker) ends.
     aborted: Option<AbortedTxn>,
+    /// A marker that ends a transaction: (its offset, the transaction's first offset).
+    ended: Option<(i64, i64)>,
 }
 
 /// A transaction that ended in an abort: its data from `first_offset` up to
@@ -290,6 +292,12 @@ pub struct PartitionLog {
     aborted: Db<OffsetKey, RawBytes>,
     /// The same, in memory, oldest first.
     epoch_starts: Vec<(i32, i64)>,
+    /// Transactions ended by a marker the high watermark has not passed yet,
+    /// as (marker offset, first offset), oldest first: they stay unstable
+    /// until then, so the last stable offset never steps back when a leader
+    /// that wrote the marker alone is replaced. In memory (a restarted
+    /// replica's high watermark starts below them).
+    ended: Vec<(i64, i64)>,
     /// The epoch stamped on appended batches (0 on a single broker).
     leader_epoch: i32,
     offsets: LogOffsets,
@@ -346,6 +354,7 @@ impl PartitionLog {
             epochs,
             aborted,
             epoch_starts: Vec::new(),
+            ended: Vec::new(),
             leader_epoch: 0,
             offsets: LogOffsets::default(),
             max_timestamp: i64::MIN,
@@ -398,9 +407,25 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// The first offset of the oldest open transaction, if any is open.
+    /// The first offset of the oldest transaction that is open, or ended by a
+    /// marker not yet below the high watermark (`settle`).
     pub fn first_unstable_offset(&self) -> Option<i64> {
-        self.producer_states.values().filter_map(|s| s.txn_first_offset).min()
+        let open = self.producer_states.values().filter_map(|s| s.txn_first_offset).min();
+        let ended = self.ended.iter().map(|(_, first)| *first).min();
+        open.into_iter().chain(ended).min()
+    }
+
+    /// The high watermark reached `high_watermark`: transactions whose markers
+    /// are below it are stable.
+    pub fn settle(&mut self, high_watermark: i64) {
+        self.ended.retain(|(marker, _)| *marker >= high_watermark);
+    }
+
+    fn note_ended(&mut self, ended: Vec<(i64, i64)>) {
+        self.ended.extend(ended);
+        // Bounded: past this many unreplicated ends the oldest count as stable.
+        let over = self.ended.len().saturating_sub(MAX_ABORTED_SCAN);
+        self.ended.drain(..over);
     }
 
     /// Every producer this partition remembers, by id.
@@ -473,6 +498,7 @@ impl PartitionLog {
         let mut max_timestamp = self.max_timestamp;
         // Producer states as this transaction leaves them; applied after the commit.
         let mut touched: HashMap<i64, ProducerState> = HashMap::new();
+        let mut ended = Vec::new();
         let mut log_bytes = self.log_bytes;
         let mut outcomes = Vec::with_capacity(groups.len());
         for group in groups {
@@ -490,6 +516,7 @@ impl PartitionLog {
                 if let Some(txn) = planned.aborted {
                     self.put_aborted(&mut wtxn, next, &txn)?;
                 }
+                ended.extend(planned.ended);
                 if let SeqCheck::Duplicate(dup) = planned.decision {
                     first.get_or_insert(dup.base_offset);
                     last = Some(dup.last_offset);
@@ -538,6 +565,7 @@ impl PartitionLog {
         self.max_timestamp = max_timestamp;
         self.log_bytes = log_bytes;
         self.producer_states.extend(touched);
+        self.note_ended(ended);
         Ok(outcomes)
     }
 
@@ -563,7 +591,7 @@ impl PartitionLog {
         for batch in group.batches {
             let h = &batch.header;
             if h.producer_id < 0 {
-                plan.push(Planned { decision: SeqCheck::Append, state: None, aborted: None });
+                plan.push(Planned { decision: SeqCheck::Append, state: None, aborted: None, ended: None });
                 next += batch.record_count();
                 continue;
             }
@@ -582,16 +610,19 @@ impl PartitionLog {
                     marker.commit,
                 );
                 state.last_append_ms = crate::now_ms();
-                let aborted = first.map(|first_offset| AbortedTxn { producer_id: h.producer_id, first_offset });
+                let ended = first.map(|first_offset| (next, first_offset));
+                let aborted = first
+                    .filter(|_| !marker.commit)
+                    .map(|first_offset| AbortedTxn { producer_id: h.producer_id, first_offset });
                 next += batch.record_count();
                 scratch.insert(h.producer_id, state.clone());
-                plan.push(Planned { decision: SeqCheck::Append, state: Some((h.producer_id, state)), aborted });
+                plan.push(Planned { decision: SeqCheck::Append, state: Some((h.producer_id, state)), aborted, ended });
                 continue;
             }
             let last = producer_state::last_seq(h.base_sequence, batch.record_count());
             let decision = producer_state::check(current, h.producer_id, h.producer_epoch, h.base_sequence, last)?;
             if decision != SeqCheck::Append {
-                plan.push(Planned { decision, state: None, aborted: None });
+                plan.push(Planned { decision, state: None, aborted: None, ended: None });
                 continue;
             }
             producer_state::check_txn(current, h.producer_id, h.producer_epoch, h.is_transactional(), group.verified)?;
@@ -609,7 +640,7 @@ impl PartitionLog {
             state.last_append_ms = crate::now_ms();
             next += batch.record_count();
             scratch.insert(h.producer_id, state.clone());
-            plan.push(Planned { decision, state: Some((h.producer_id, state)), aborted: None });
+            plan.push(Planned { decision, state: Some((h.producer_id, state)), aborted: None, ended: None });
         }
         Ok(plan)
     }
@@ -948,6 +979,7 @@ impl PartitionLog {
         let mut max_timestamp = self.max_timestamp;
         let mut log_bytes = self.log_bytes;
         let mut touched: HashMap<i64, ProducerState> = HashMap::new();
+        let mut ended = Vec::new();
         let mut new_epochs = Vec::new();
         let mut latest = self.latest_epoch();
         let mut next = self.offsets.log_end_offset;
@@ -979,8 +1011,11 @@ impl PartitionLog {
                         marker.commit,
                     );
                     if let Some(first_offset) = first {
-                        let txn = AbortedTxn { producer_id: header.producer_id, first_offset };
-                        self.put_aborted(&mut wtxn, header.base_offset, &txn)?;
+                        ended.push((header.base_offset, first_offset));
+                        if !marker.commit {
+                            let txn = AbortedTxn { producer_id: header.producer_id, first_offset };
+                            self.put_aborted(&mut wtxn, header.base_offset, &txn)?;
+                        }
                     }
                     touched.insert(header.producer_id, state);
                     log_bytes += bytes.len() as u64;
@@ -1015,6 +1050,7 @@ impl PartitionLog {
         self.log_bytes = log_bytes;
         self.producer_states.extend(touched);
         self.epoch_starts.extend(new_epochs);
+        self.note_ended(ended);
         Ok(())
     }
 
@@ -1098,6 +1134,7 @@ impl PartitionLog {
             self.producer_states.remove(&producer_id);
         }
         self.epoch_starts.retain(|(_, s)| *s < cut as i64);
+        self.ended.retain(|(marker, _)| *marker < cut as i64);
         self.log_bytes = log_bytes;
         let rtxn = self.env.read_txn()?;
         self.max_timestamp = self.time_index.last(&rtxn)?.map_or(i64::MIN, |(k, _)| key_timestamp(k));
@@ -1531,6 +1568,9 @@ mod tests {
         let plain_inside = idempotent_batch(7, 0, 3, 1);
         assert!(matches!(log.append_groups(&[AppendGroup::new(&plain_inside)]).unwrap()[0], Err(_)));
         log.append_groups(&[AppendGroup::new(&marker(7, 0, false, 0))]).unwrap(); // 6: 7 aborts
+        log.settle(6);
+        assert_eq!(log.first_unstable_offset(), Some(2), "ended, but its marker is not below the high watermark");
+        log.settle(7);
         assert_eq!(log.first_unstable_offset(), Some(4), "producer 8 is still open");
         assert_eq!(log.aborted_between(0, 100).unwrap(), vec![AbortedTxn { producer_id: 7, first_offset: 2 }]);
         assert!(log.aborted_between(7, 100).unwrap().is_empty(), "the marker is before 7");
@@ -1541,6 +1581,7 @@ mod tests {
             Err(SeqError::CoordinatorFenced { .. })
         ));
         log.append_groups(&[AppendGroup::new(&marker(8, 0, true, 0))]).unwrap(); // 7: 8 commits
+        log.settle(8);
         assert_eq!(log.first_unstable_offset(), None);
         assert_eq!(log.offsets().log_end_offset, 8);
 
@@ -1548,6 +1589,8 @@ mod tests {
         let mut follower = PartitionLog::open(&dir.path().join("f-0"), &config).unwrap();
         follower.append_replicated(&log.read(0, 1 << 20, true).unwrap().records).unwrap();
         assert_eq!(follower.aborted_between(0, 100).unwrap(), log.aborted_between(0, 100).unwrap());
+        assert_eq!(follower.first_unstable_offset(), Some(2), "the leader's high watermark has not come yet");
+        follower.settle(8);
         assert_eq!(follower.first_unstable_offset(), None);
         // Cutting producer 8's commit marker reopens its transaction; cutting 7's abort removes the entry.
         follower.truncate_to(7).unwrap();
@@ -1598,6 +1641,8 @@ mod tests {
         log.append_groups(&[verified(&keyed("b", 8, 0, true))]).unwrap(); // 3: b open
         log.append_groups(&[AppendGroup::new(&keyed("b", -1, -1, false))]).unwrap(); // 4
         log.append_groups(&[AppendGroup::new(&keyed("c", -1, -1, false))]).unwrap(); // 5 active
+        let end = log.offsets().log_end_offset;
+        log.settle(end);
         assert_eq!(log.compact(1_000, 100).unwrap(), 1, "only the aborted a goes");
         let read = log.read(0, 1 << 20, true).unwrap();
         let offsets: Vec<i64> = RecordBatchDecoder::decode_all(&mut read.records.clone())
@@ -1615,6 +1660,8 @@ mod tests {
         log.append_groups(&[verified(&keyed("y", 10, 0, true))]).unwrap(); // 9: open
         log.append_groups(&[AppendGroup::new(&marker(9, 0, false, 0))]).unwrap(); // 10
         log.append_groups(&[AppendGroup::new(&keyed("z", -1, -1, false))]).unwrap(); // 11 active
+        let end = log.offsets().log_end_offset;
+        log.settle(end);
         log.compact(1_000, 100).unwrap();
         let read = log.read(0, 1 << 20, true).unwrap();
         let kept: Vec<i64> = RecordBatchDecoder::decode_all(&mut read.records.clone())

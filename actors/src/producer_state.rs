@@ -233,9 +233,9 @@ pub fn check_marker(
     Ok(())
 }
 
-/// Applies a marker written at `offset`; answers the aborted transaction's
-/// first offset when it ends one by aborting. A newer epoch starts the
-/// sequences over, as a data batch of that epoch would.
+/// Applies a marker written at `offset`; answers the first offset of the
+/// transaction it ends, if one was open. A newer epoch starts the sequences
+/// over, as a data batch of that epoch would.
 pub fn apply_marker(
     state: &mut ProducerState,
     epoch: i16,
@@ -249,8 +249,8 @@ pub fn apply_marker(
     }
     state.coordinator_epoch = state.coordinator_epoch.max(coordinator_epoch);
     state.last_marker_offset = Some(offset);
-    let first = state.txn_first_offset.take();
-    first.filter(|_| !commit)
+    let _ = commit;
+    state.txn_first_offset.take()
 }
 
 #[cfg(test)]
@@ -304,7 +304,7 @@ mod tests {
         assert!(check_txn(Some(&s), 7, 0, false, false).is_err(), "no plain batch inside a transaction");
         assert!(check_txn(Some(&s), 7, 1, true, false).is_err(), "another epoch is not this transaction");
         assert_eq!(check_marker(Some(&s), 7, 0, 3), Ok(()));
-        assert_eq!(apply_marker(&mut s, 0, 3, 15, false), Some(10), "an abort names its first offset");
+        assert_eq!(apply_marker(&mut s, 0, 3, 15, false), Some(10), "the marker names the first offset it ends");
         assert_eq!(s.txn_first_offset, None);
         assert!(check_txn(Some(&s), 7, 0, true, false).is_err(), "a late batch cannot reopen it");
         assert!(matches!(check_marker(Some(&s), 7, 0, 2), Err(SeqError::CoordinatorFenced { .. })));
