@@ -607,7 +607,6 @@ impl PartitionLog {
                     h.producer_epoch,
                     marker.coordinator_epoch,
                     next,
-                    marker.commit,
                 );
                 state.last_append_ms = crate::now_ms();
                 let ended = first.map(|first_offset| (next, first_offset));
@@ -1008,7 +1007,6 @@ impl PartitionLog {
                         header.producer_epoch,
                         marker.coordinator_epoch,
                         header.base_offset,
-                        marker.commit,
                     );
                     if let Some(first_offset) = first {
                         ended.push((header.base_offset, first_offset));

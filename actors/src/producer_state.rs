@@ -241,7 +241,6 @@ pub fn apply_marker(
     epoch: i16,
     coordinator_epoch: i32,
     offset: i64,
-    commit: bool,
 ) -> Option<i64> {
     if epoch != state.epoch {
         state.epoch = epoch;
@@ -249,7 +248,6 @@ pub fn apply_marker(
     }
     state.coordinator_epoch = state.coordinator_epoch.max(coordinator_epoch);
     state.last_marker_offset = Some(offset);
-    let _ = commit;
     state.txn_first_offset.take()
 }
 
@@ -304,11 +302,11 @@ mod tests {
         assert!(check_txn(Some(&s), 7, 0, false, false).is_err(), "no plain batch inside a transaction");
         assert!(check_txn(Some(&s), 7, 1, true, false).is_err(), "another epoch is not this transaction");
         assert_eq!(check_marker(Some(&s), 7, 0, 3), Ok(()));
-        assert_eq!(apply_marker(&mut s, 0, 3, 15, false), Some(10), "the marker names the first offset it ends");
+        assert_eq!(apply_marker(&mut s, 0, 3, 15), Some(10), "the marker names the first offset it ends");
         assert_eq!(s.txn_first_offset, None);
         assert!(check_txn(Some(&s), 7, 0, true, false).is_err(), "a late batch cannot reopen it");
         assert!(matches!(check_marker(Some(&s), 7, 0, 2), Err(SeqError::CoordinatorFenced { .. })));
-        assert_eq!(apply_marker(&mut s, 1, 3, 16, true), None);
+        assert_eq!(apply_marker(&mut s, 1, 3, 16), None);
         assert!(matches!(check_marker(Some(&s), 7, 0, 3), Err(SeqError::Fenced { .. })));
         assert_eq!(s.last_offset(), Some(16));
     }

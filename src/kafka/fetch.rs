@@ -88,7 +88,6 @@ pub async fn handle(call: &super::Call, req: FetchRequest, version: i16) -> Fetc
     let max_bytes =
         if req.max_bytes > 0 { (req.max_bytes as usize).min(limits.max_fetch_bytes) } else { limits.max_fetch_bytes };
     let min_bytes = req.min_bytes.max(0) as usize;
-    let read_committed = req.isolation_level == READ_COMMITTED;
 
     let mut targets = resolve(ctx, req, version);
     let mut parts: Vec<Part> = targets.iter().map(Part::new).collect();
@@ -124,7 +123,7 @@ pub async fn handle(call: &super::Call, req: FetchRequest, version: i16) -> Fetc
     if let Some(held) = held {
         call.reserve_response(held);
     }
-    respond(&targets, parts, version, read_committed, &ctx.metrics)
+    respond(&targets, parts, version, &ctx.metrics)
 }
 
 /// The requested partitions, in request order, with where each is served.
@@ -175,12 +174,11 @@ fn respond(
     targets: &[Target],
     parts: Vec<Part>,
     version: i16,
-    read_committed: bool,
     metrics: &Metrics,
 ) -> FetchResponse {
     let mut responses: Vec<FetchableTopicResponse> = Vec::new();
     for (target, part) in targets.iter().zip(parts) {
-        let data = part.into_response(version, &target.topic, metrics, read_committed);
+        let data = part.into_response(version, &target.topic, metrics);
         match responses.last_mut() {
             Some(last) if last.topic == target.topic => last.partitions.push(data),
             _ => responses
@@ -279,7 +277,7 @@ impl Part {
         0
     }
 
-    fn into_response(self, version: i16, topic: &str, metrics: &Metrics, read_committed: bool) -> PartitionData {
+    fn into_response(self, version: i16, topic: &str, metrics: &Metrics) -> PartitionData {
         let data = PartitionData::default()
             .with_partition_index(self.partition)
             .with_error_code(self.error)
@@ -309,7 +307,7 @@ impl Part {
             metrics.records_out.get_or_create(&label).inc_by(count);
         }
         let hw = offsets.high_watermark();
-        let aborted = (read_committed && version >= 4).then(|| {
+        let aborted = (self.committed && version >= 4).then(|| {
             let mut aborted: Vec<AbortedTransaction> = self
                 .aborted
                 .iter()

@@ -11,10 +11,8 @@ use kafka_protocol::ResponseError as E;
 use tributary_actors::{Marker, WriteMarker};
 
 use super::RequestContext;
-use crate::txn::STATE_TOPIC;
+use crate::txn::{OFFSETS_TOPIC, STATE_TOPIC};
 
-/// The topic name a group's marker is addressed to (as Kafka's offsets topic).
-const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 pub async fn handle(ctx: &RequestContext, req: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
     let mut results = Vec::with_capacity(req.markers.len());

@@ -52,6 +52,19 @@ pub struct TxnCoordinator {
     driving: bool,
 }
 
+/// What a call comes to: an answer at once, or a state to write first and
+/// the answer (or error) once it is written.
+enum Decision {
+    Answer(TxnAnswer),
+    Write { next: TxnMeta, answer: Result<TxnAnswer, i16>, then: Then },
+}
+
+const DONE: Decision = Decision::Answer(TxnAnswer::Done);
+
+fn write(next: TxnMeta, answer: Result<TxnAnswer, i16>, then: Then) -> Decision {
+    Decision::Write { next, answer, then }
+}
+
 /// A state write that failed is tried again after this long.
 const RETRY: Duration = Duration::from_millis(500);
 /// Markers not all written after a coordinator's rounds are driven again after this long.
@@ -70,7 +83,7 @@ impl TxnCoordinator {
     }
 
     /// The next state and answer for `call`, or an answer without a write.
-    fn decide(&self, call: TxnCall) -> Result<Option<(TxnMeta, TxnAnswer, Then)>, i16> {
+    fn decide(&self, call: TxnCall) -> Result<Decision, i16> {
         let now = tributary_actors::now_ms();
         let meta = self.meta.as_ref();
         let max = self.shared.config.transactions.max_timeout_ms;
@@ -82,56 +95,57 @@ impl TxnCoordinator {
                 match state::init(meta, expected, timeout_ms, now, || Ok(new_producer_id))? {
                     Init::Ready(next) => {
                         let answer = TxnAnswer::Producer { id: next.producer_id, epoch: next.producer_epoch };
-                        Ok(Some((next, answer, Then::Nothing)))
+                        Ok(write(next, Ok(answer), Then::Nothing))
                     }
-                    // The client retries; by then the abort has completed.
-                    // Answered with CONCURRENT_TRANSACTIONS once written (see `handle`).
-                    Init::AbortFirst(next) => Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers))),
+                    // The open transaction is aborted first: the client retries, by then it has completed.
+                    Init::AbortFirst(next) => {
+                        Ok(write(next, Err(E::ConcurrentTransactions.code()), Then::DriveMarkers))
+                    }
                 }
             }
             TxnCall::Add { producer_id, epoch, partitions, groups } => {
                 match state::add(meta, producer_id, epoch, &partitions, &groups, now)? {
-                    None => Ok(None),
+                    None => Ok(DONE),
                     Some(next) => {
                         let then = if meta.is_some_and(|m| m.status == Status::Ongoing) {
                             Then::Nothing
                         } else {
                             Then::ArmTimeout
                         };
-                        Ok(Some((next, TxnAnswer::Done, then)))
+                        Ok(write(next, Ok(TxnAnswer::Done), then))
                     }
                 }
             }
             TxnCall::Verify { producer_id, epoch, partition } => {
-                state::verify(meta, producer_id, epoch, &partition).map(|()| None)
+                state::verify(meta, producer_id, epoch, &partition).map(|()| DONE)
             }
             TxnCall::End { producer_id, epoch, commit } => match state::end(meta, producer_id, epoch, commit, now)? {
-                End::Done => Ok(None),
-                End::Prepare(next) => Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers))),
+                End::Done => Ok(DONE),
+                End::Prepare(next) => Ok(write(next, Ok(TxnAnswer::Done), Then::DriveMarkers)),
             },
             TxnCall::Expire { started_ms, new_producer_id } => {
                 let Some(meta) = meta.filter(|m| m.status == Status::Ongoing && m.started_ms == started_ms) else {
-                    return Ok(None);
+                    return Ok(DONE);
                 };
                 match state::expire(meta, now, || Ok(new_producer_id)) {
                     Some(next) => {
                         tracing::info!(transactional_id = %self.id, producer_id = meta.producer_id,
                             timeout_ms = meta.timeout_ms, "aborting a transaction open past its timeout");
                         self.shared.ctx.metrics.transactions_timed_out.inc();
-                        Ok(Some((next, TxnAnswer::Done, Then::DriveMarkers)))
+                        Ok(write(next, Ok(TxnAnswer::Done), Then::DriveMarkers))
                     }
-                    None => Ok(None),
+                    None => Ok(DONE),
                 }
             }
             TxnCall::Completed { producer_id, epoch, status } => {
                 let Some(meta) = meta.filter(|m| {
                     m.producer_id == producer_id && m.producer_epoch == epoch && m.status == status
                 }) else {
-                    return Ok(None);
+                    return Ok(DONE);
                 };
-                Ok(Some((state::complete(meta, now), TxnAnswer::Done, Then::Nothing)))
+                Ok(write(state::complete(meta, now), Ok(TxnAnswer::Done), Then::Nothing))
             }
-            TxnCall::Describe => Ok(None),
+            TxnCall::Describe => Ok(Decision::Answer(TxnAnswer::Described(self.meta.clone()))),
         }
     }
 
@@ -247,19 +261,11 @@ impl Handler<Call> for TxnCoordinator {
             // Loaded at an older epoch of the state partition: the current coordinator is elsewhere.
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(E::NotCoordinator.code()))));
         }
-        let described = matches!(call, TxnCall::Describe);
-        let is_init_abort = matches!(call, TxnCall::Init { .. })
-            && self.meta.as_ref().is_some_and(|m| m.status == Status::Ongoing);
-        let decided = match self.decide(call) {
+        let (next, answer, then) = match self.decide(call) {
             Err(code) => return AtomicResponse::new(Box::pin(actix::fut::ready(Err(code)))),
-            Ok(None) if described => {
-                let answer = Ok(TxnAnswer::Described(self.meta.clone()));
-                return AtomicResponse::new(Box::pin(actix::fut::ready(answer)));
-            }
-            Ok(None) => return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(TxnAnswer::Done)))),
-            Ok(Some(decided)) => decided,
+            Ok(Decision::Answer(answer)) => return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(answer)))),
+            Ok(Decision::Write { next, answer, then }) => (next, answer, then),
         };
-        let (next, answer, then) = decided;
         let write = self.shared.clone().persist(self.partition, self.coordinator_epoch, self.id.clone(), next.clone());
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |written, actor, ctx| {
             if let Err(code) = written {
@@ -281,11 +287,7 @@ impl Handler<Call> for TxnCoordinator {
             }
             actor.set_meta(next);
             actor.after(then, ctx);
-            if is_init_abort {
-                // The open transaction is being aborted: the producer asks again.
-                return Err(E::ConcurrentTransactions.code());
-            }
-            Ok(answer)
+            answer
         })))
     }
 }

@@ -18,10 +18,8 @@ use tributary_actors::VerifyTxn;
 use crate::kafka::{str_bytes, topic_name};
 
 use super::state::{Status, TxnMeta};
-use super::{state_partition, Shared, STATE_TOPIC};
+use super::{Shared, OFFSETS_TOPIC};
 
-/// The topic name WriteTxnMarkers uses for a group coordinator's offsets (as Kafka).
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Rounds of marker writes one prepared transaction gets from this coordinator
 /// (each waits at most the backoff between them).
 const MAX_ROUNDS: usize = 2_000;
@@ -157,14 +155,7 @@ pub async fn verify(shared: &Shared, msg: &VerifyTxn) -> Result<(), i16> {
 
 async fn verify_once(shared: &Shared, msg: &VerifyTxn) -> Result<(), i16> {
     let retriable = E::NotEnoughReplicas.code();
-    let partition = state_partition(&msg.transactional_id, shared.config.transactions.state_partitions);
-    let metadata = shared.ctx.cluster.metadata();
-    let leader = metadata
-        .topics
-        .get(STATE_TOPIC)
-        .and_then(|t| t.partitions.get(partition as usize))
-        .and_then(|p| p.leader)
-        .ok_or(retriable)?;
+    let leader = super::coordinator_of(&shared.ctx, &msg.transactional_id).map_err(|_| retriable)?.node_id;
     let topic = AddPartitionsToTxnTopic::default().with_name(topic_name(msg.topic.as_ref())).with_partitions(vec![msg.partition]);
     let transaction = AddPartitionsToTxnTransaction::default()
         .with_transactional_id(TransactionalId(str_bytes(msg.transactional_id.as_ref())))

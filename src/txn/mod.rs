@@ -38,6 +38,8 @@ use state::{StoredTxn, TxnMeta};
 
 /// The internal topic of transaction states.
 pub const STATE_TOPIC: &str = "__transaction_state";
+/// The topic name WriteTxnMarkers gives a group coordinator's offsets (as Kafka).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Bytes one read of a state partition takes while loading.
 const LOAD_READ_BYTES: usize = 1 << 20;
 /// Reads one load takes at most (a compacted partition is small; this bounds a broken one).
