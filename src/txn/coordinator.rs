@@ -13,7 +13,7 @@ use actix::prelude::*;
 use kafka_protocol::ResponseError as E;
 
 use super::state::{self, End, Init, Status, TxnMeta};
-use super::Shared;
+use super::{Lease, Shared};
 
 /// What a request asks of a transactional id's coordinator.
 #[derive(Debug, Clone)]
@@ -43,10 +43,9 @@ pub struct Call(pub TxnCall);
 pub struct TxnCoordinator {
     id: Rc<str>,
     shared: Rc<Shared>,
-    /// The state partition's leader epoch this coordinator was loaded at: the
-    /// coordinator epoch every marker carries.
-    coordinator_epoch: i32,
-    partition: i32,
+    /// Its state partition, the leader epoch it was loaded at (the
+    /// coordinator epoch every marker carries), and whether its load is current.
+    lease: Lease,
     meta: Option<TxnMeta>,
     /// Markers are being written for the current prepared state.
     driving: bool,
@@ -78,8 +77,8 @@ enum Then {
 }
 
 impl TxnCoordinator {
-    pub fn new(id: Rc<str>, shared: Rc<Shared>, partition: i32, coordinator_epoch: i32, meta: Option<TxnMeta>) -> Self {
-        TxnCoordinator { id, shared, coordinator_epoch, partition, meta, driving: false }
+    pub fn new(id: Rc<str>, shared: Rc<Shared>, lease: Lease, meta: Option<TxnMeta>) -> Self {
+        TxnCoordinator { id, shared, lease, meta, driving: false }
     }
 
     /// The next state and answer for `call`, or an answer without a write.
@@ -198,8 +197,8 @@ impl TxnCoordinator {
         }
         self.driving = true;
         let shared = self.shared.clone();
-        let (partition, coordinator_epoch) = (self.partition, self.coordinator_epoch);
-        let work = async move { super::markers::write_all(&shared, partition, coordinator_epoch, &meta).await };
+        let lease = self.lease.clone();
+        let work = async move { super::markers::write_all(&shared, &lease, &meta).await };
         ctx.spawn(work.into_actor(self).map(|outcome, actor, ctx| {
             actor.driving = false;
             match outcome {
@@ -208,7 +207,7 @@ impl TxnCoordinator {
                     epoch: done.producer_epoch,
                     status: done.status,
                 })),
-                Err(why) if actor.shared.leads(actor.partition, actor.coordinator_epoch) => {
+                Err(why) if actor.lease.holds(&actor.shared) => {
                     tracing::warn!(transactional_id = %actor.id, reason = %why, "markers not written yet; trying again");
                     ctx.run_later(MARKER_RETRY, |actor, ctx| actor.drive_markers(ctx));
                 }
@@ -257,7 +256,7 @@ impl Handler<Call> for TxnCoordinator {
     type Result = AtomicResponse<Self, Result<TxnAnswer, i16>>;
 
     fn handle(&mut self, Call(call): Call, _: &mut Context<Self>) -> Self::Result {
-        if !self.shared.leads(self.partition, self.coordinator_epoch) {
+        if !self.lease.holds(&self.shared) {
             // Loaded at an older epoch of the state partition: the current coordinator is elsewhere.
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(E::NotCoordinator.code()))));
         }
@@ -266,7 +265,7 @@ impl Handler<Call> for TxnCoordinator {
             Ok(Decision::Answer(answer)) => return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(answer)))),
             Ok(Decision::Write { next, answer, then }) => (next, answer, then),
         };
-        let write = self.shared.clone().persist(self.partition, self.coordinator_epoch, self.id.clone(), next.clone());
+        let write = self.shared.clone().persist(self.lease.clone(), self.id.clone(), next.clone());
         AtomicResponse::new(Box::pin(write.into_actor(self).map(move |written, actor, ctx| {
             if let Err(code) = written {
                 tracing::warn!(transactional_id = %actor.id, status = next.status.name(), code, "transaction state not written");

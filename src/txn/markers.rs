@@ -18,7 +18,7 @@ use tributary_actors::VerifyTxn;
 use crate::kafka::{str_bytes, topic_name};
 
 use super::state::{Status, TxnMeta};
-use super::{Shared, OFFSETS_TOPIC};
+use super::{Lease, Shared, OFFSETS_TOPIC};
 
 /// Rounds of marker writes one prepared transaction gets from this coordinator
 /// (each waits at most the backoff between them).
@@ -28,12 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Writes the markers of `meta` (a prepared state) until every partition and
 /// group has it; answers `meta` once all do. Stops when this broker no longer
 /// coordinates at `coordinator_epoch` (the next coordinator takes over).
-pub async fn write_all(
-    shared: &Shared,
-    partition: i32,
-    coordinator_epoch: i32,
-    meta: &TxnMeta,
-) -> Result<TxnMeta, String> {
+pub async fn write_all(shared: &Shared, lease: &Lease, meta: &TxnMeta) -> Result<TxnMeta, String> {
+    let coordinator_epoch = lease.epoch;
     let commit = meta.status == Status::PrepareCommit;
     assert!(commit || meta.status == Status::PrepareAbort, "markers are for a prepared transaction");
     let mut partitions: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
@@ -46,10 +42,18 @@ pub async fn write_all(
         if partitions.is_empty() && groups.is_empty() {
             return Ok(meta.clone());
         }
-        if !shared.leads(partition, coordinator_epoch) {
+        if !lease.holds(shared) {
             return Err("this broker no longer coordinates the transaction".into());
         }
-        tracing::debug!(producer_id = meta.producer_id, commit, partitions = ?partitions, groups = ?groups, "writing markers");
+        tracing::debug!(
+            producer_id = meta.producer_id,
+            epoch = meta.producer_epoch,
+            coordinator_epoch,
+            commit,
+            partitions = ?partitions,
+            groups = ?groups,
+            "writing markers"
+        );
         let marker = |topics: Vec<WritableTxnMarkerTopic>| {
             WritableTxnMarker::default()
                 .with_producer_id(ProducerId(meta.producer_id))
@@ -136,6 +140,9 @@ fn done(response: &WriteTxnMarkersResponse) -> Vec<(String, i32)> {
             for p in &topic.partitions {
                 if p.error_code == 0 {
                     out.push((topic.name.to_string(), p.partition_index));
+                } else {
+                    let (topic, partition, code) = (&topic.name.0, p.partition_index, p.error_code);
+                    tracing::debug!(producer_id = marker.producer_id.0, %topic, partition, code, "marker not written");
                 }
             }
         }

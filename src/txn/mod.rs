@@ -18,9 +18,10 @@
 
 pub mod coordinator;
 mod markers;
-mod peers;
+pub mod peers;
 pub mod state;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -73,22 +74,26 @@ pub struct Shared {
 
 impl Shared {
     /// Writes `meta` as `id`'s latest state and waits for its replicas; only
-    /// while this broker leads the state partition at `coordinator_epoch` (a
-    /// coordinator loaded at an older epoch must not write over a newer one).
-    pub async fn persist(
-        self: Rc<Self>,
-        partition: i32,
-        coordinator_epoch: i32,
-        id: Rc<str>,
-        meta: TxnMeta,
-    ) -> Result<(), i16> {
-        if !self.leads(partition, coordinator_epoch) {
+    /// while `lease` holds (a coordinator of an older load or epoch must not
+    /// write over a newer one). A write the lease did not outlast is answered
+    /// NOT_COORDINATOR even if it landed: the load that replaced it may not
+    /// have read it, so the client asks the new coordinator again.
+    pub async fn persist(self: Rc<Self>, lease: Lease, id: Rc<str>, meta: TxnMeta) -> Result<(), i16> {
+        if !lease.holds(&self) {
             return Err(E::NotCoordinator.code());
         }
+        let written = self.append_state(lease.partition, &id, &meta).await;
+        if written.is_ok() && !lease.holds(&self) {
+            return Err(E::NotCoordinator.code());
+        }
+        written
+    }
+
+    async fn append_state(&self, partition: i32, id: &str, meta: &TxnMeta) -> Result<(), i16> {
         let snapshot = self.ctx.broker.metadata();
         let view = snapshot.topic(STATE_TOPIC).ok_or(E::CoordinatorNotAvailable.code())?;
         let handle = view.partitions.get(partition as usize).ok_or(E::CoordinatorNotAvailable.code())?;
-        let value = tributary_actors::stored::encode::<StoredTxn>(&meta).map_err(|e| {
+        let value = tributary_actors::stored::encode::<StoredTxn>(meta).map_err(|e| {
             tracing::error!(error = %e, "cannot encode a transaction state");
             E::UnknownServerError.code()
         })?;
@@ -120,17 +125,43 @@ impl Shared {
         crate::kafka::allocate_producer_id(&self.ctx).await
     }
 
-    /// Whether this broker still leads `partition` at `epoch` (markers stop otherwise).
-    pub fn leads(&self, partition: i32, epoch: i32) -> bool {
+    /// Whether this broker still leads `partition` at `epoch`.
+    fn leads(&self, partition: i32, epoch: i32) -> bool {
         let snapshot = self.ctx.broker.metadata();
         crate::kafka::leader_epoch(snapshot.partition(STATE_TOPIC, partition)) == Ok(epoch)
     }
 }
 
-/// The coordinators of one state partition this broker leads.
+/// A coordinator's right to act for its state partition: this broker leads
+/// it at `epoch` (the coordinator epoch its markers carry), and the load the
+/// coordinator came from is still the registry's. Leadership can be lost
+/// and regained within one epoch (a lease); the partition is then loaded
+/// again, and the coordinators of the earlier load must stop, or two would
+/// act for one transactional id.
+#[derive(Clone)]
+pub struct Lease {
+    pub partition: i32,
+    pub epoch: i32,
+    live: Rc<Cell<bool>>,
+}
+
+impl Lease {
+    pub fn holds(&self, shared: &Shared) -> bool {
+        self.live.get() && shared.leads(self.partition, self.epoch)
+    }
+}
+
+/// The coordinators of one state partition this broker leads, from one load.
 struct Loaded {
-    epoch: i32,
+    lease: Lease,
     ids: HashMap<Rc<str>, Addr<TxnCoordinator>>,
+}
+
+impl Drop for Loaded {
+    /// Replaced or unloaded: its coordinators no longer act.
+    fn drop(&mut self) {
+        self.lease.live.set(false);
+    }
 }
 
 pub struct TxnRegistry {
@@ -144,14 +175,15 @@ pub struct TxnRegistry {
 }
 
 /// Starts the registry and points this broker's partitions at it for
-/// verification. Called once per broker, on its actix thread.
-pub fn start(ctx: &Arc<RequestContext>) -> Addr<TxnRegistry> {
+/// verification. Called once per broker, on its actix thread; `dial` reaches
+/// the other brokers (TCP when `None`).
+pub fn start(ctx: &Arc<RequestContext>, dial: Option<peers::Dial>) -> Addr<TxnRegistry> {
     let (shutdown, closed) = tokio::sync::watch::channel(false);
     let own = {
         let (host, port) = ctx.config.advertised();
         tributary_client::BrokerAddress::new(host, u16::try_from(port).unwrap_or(0))
     };
-    let connector = peers::Peers::new(own.clone(), crate::in_process::InProcess::new(ctx.clone(), closed));
+    let connector = peers::Peers::new(own.clone(), crate::in_process::InProcess::new(ctx.clone(), closed), dial);
     let client = tributary_client::Client::new(connector, tributary_client::Config::new(vec![own]));
     let shared = Rc::new(Shared { ctx: ctx.clone(), config: ctx.config.clone(), client });
     let registry = TxnRegistry { shared, loaded: HashMap::new(), loading: HashSet::new(), watching: false, _shutdown: shutdown };
@@ -239,7 +271,7 @@ impl Handler<Recheck> for TxnRegistry {
         let snapshot = self.shared.ctx.broker.metadata();
         let Some(handle) = snapshot.partition(STATE_TOPIC, partition) else { return };
         match crate::kafka::leader_epoch(Some(handle)) {
-            Ok(epoch) if self.loaded.get(&partition).is_some_and(|l| l.epoch == epoch) => {}
+            Ok(epoch) if self.loaded.get(&partition).is_some_and(|l| l.lease.epoch == epoch) => {}
             Ok(epoch) => self.load(partition, epoch, handle.clone(), ctx),
             Err(_) => {
                 if self.loaded.remove(&partition).is_some() {
@@ -260,7 +292,7 @@ impl TxnRegistry {
             return Err(if create { E::CoordinatorNotAvailable.code() } else { E::TransactionalIdNotFound.code() });
         };
         let epoch = crate::kafka::leader_epoch(Some(handle)).map_err(|_| E::NotCoordinator.code())?;
-        if !self.loaded.get(&partition).is_some_and(|l| l.epoch == epoch) {
+        if !self.loaded.get(&partition).is_some_and(|l| l.lease.epoch == epoch) {
             self.load(partition, epoch, handle.clone(), ctx);
             return Err(E::CoordinatorLoadInProgress.code());
         }
@@ -278,7 +310,7 @@ impl TxnRegistry {
             return Err(E::CoordinatorNotAvailable.code());
         }
         let id: Rc<str> = id.into();
-        let addr = spawn_coordinator(id.clone(), self.shared.clone(), partition, epoch, None);
+        let addr = spawn_coordinator(id.clone(), self.shared.clone(), loaded.lease.clone(), None);
         loaded.ids.insert(id, addr.clone());
         Ok(addr)
     }
@@ -301,29 +333,24 @@ impl TxnRegistry {
                     return;
                 }
             };
-            if !registry.shared.leads(partition, epoch) {
+            let lease = Lease { partition, epoch, live: Rc::new(Cell::new(true)) };
+            if !lease.holds(&registry.shared) {
                 return;
             }
             let mut ids = HashMap::new();
             for (id, meta) in states {
                 let id: Rc<str> = id.into();
-                let addr = spawn_coordinator(id.clone(), registry.shared.clone(), partition, epoch, Some(meta));
+                let addr = spawn_coordinator(id.clone(), registry.shared.clone(), lease.clone(), Some(meta));
                 ids.insert(id, addr);
             }
             tracing::info!(partition, epoch, ids = ids.len(), "transaction states loaded");
-            registry.loaded.insert(partition, Loaded { epoch, ids });
+            registry.loaded.insert(partition, Loaded { lease, ids });
         }));
     }
 }
 
-fn spawn_coordinator(
-    id: Rc<str>,
-    shared: Rc<Shared>,
-    partition: i32,
-    epoch: i32,
-    meta: Option<TxnMeta>,
-) -> Addr<TxnCoordinator> {
-    let mut actor = Some(TxnCoordinator::new(id, shared, partition, epoch, meta));
+fn spawn_coordinator(id: Rc<str>, shared: Rc<Shared>, lease: Lease, meta: Option<TxnMeta>) -> Addr<TxnCoordinator> {
+    let mut actor = Some(TxnCoordinator::new(id, shared, lease, meta));
     Supervisor::start(move |_| actor.take().expect("a coordinator is created once"))
 }
 
