@@ -59,6 +59,10 @@ pub struct StorageConfig {
     /// Where partitions verify transactional batches (set by the broker that
     /// runs the transaction coordinators).
     pub txn_verifier: crate::partition_actor::TxnVerifier,
+    /// Whether a transactional batch that would open a transaction is first
+    /// verified with its coordinator (KIP-890). Only for brokers that must
+    /// behave as Kafka did before it, and for showing what it prevents.
+    pub verify_transactions: bool,
 }
 
 impl StorageConfig {
@@ -80,6 +84,7 @@ impl StorageConfig {
             replicated: false,
             write_stall_ms: Default::default(),
             txn_verifier: Default::default(),
+            verify_transactions: true,
         }
     }
 

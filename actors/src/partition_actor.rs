@@ -447,6 +447,7 @@ impl PartitionActor {
                 high_watermark: self.visible_end(),
                 leader_epoch: self.role.leading_epoch(),
                 last_stable_offset: self.last_stable(),
+                epoch_start_offset: self.replica_set.as_ref().map_or(-1, |set| set.lead_start_end),
                 ..log.offsets()
             };
             // Only a change wakes the fetches waiting on this watch.
@@ -751,7 +752,11 @@ impl PartitionActor {
             }
             let open = self.log.as_ref().is_some_and(|l| l.in_transaction(producer, epoch));
             if first.is_transactional() && !first.is_control() && !open {
-                self.verify(msg, reply, ctx);
+                if self.config.verify_transactions {
+                    self.verify(msg, reply, ctx);
+                } else {
+                    self.enqueue_checked(msg, true, reply, ctx);
+                }
                 return;
             }
         }

@@ -73,6 +73,10 @@ pub struct LogOffsets {
     /// what `read_committed` consumers may read. The high watermark when no
     /// transaction is open.
     pub last_stable_offset: i64,
+    /// A leader's log end when it took up its leadership (Kafka's leader epoch
+    /// start offset), -1 otherwise. Until the high watermark reaches it, the
+    /// leader may know less of it than the previous leader showed clients.
+    pub epoch_start_offset: i64,
 }
 
 impl LogOffsets {
@@ -403,6 +407,7 @@ impl PartitionLog {
             high_watermark: log_end,
             leader_epoch: None,
             last_stable_offset: log_end,
+            epoch_start_offset: -1,
         };
         Ok(())
     }
@@ -1143,6 +1148,7 @@ impl PartitionLog {
             high_watermark: end,
             leader_epoch: None,
             last_stable_offset: end,
+            epoch_start_offset: -1,
         };
         tracing::info!(dir = %self.dir.display(), log_start = start, log_end = end, "truncated log");
         Ok(())
@@ -1406,7 +1412,7 @@ mod tests {
         follower.restart_at(100).unwrap();
         assert_eq!(
             follower.offsets(),
-            LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100 }
+            LogOffsets { log_start_offset: 100, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100, epoch_start_offset: -1 }
         );
         assert!(follower.read(100, 1 << 20, true).unwrap().records.is_empty());
     }
@@ -1484,7 +1490,7 @@ mod tests {
         let log = PartitionLog::open(&path, &config).unwrap();
         assert_eq!(
             log.offsets(),
-            LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5, leader_epoch: None, last_stable_offset: 5 }
+            LogOffsets { log_start_offset: 0, log_end_offset: 5, high_watermark: 5, leader_epoch: None, last_stable_offset: 5, epoch_start_offset: -1 }
         );
         assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
         assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
@@ -1750,7 +1756,7 @@ mod tests {
         let mut log = PartitionLog::open(&path, &config).unwrap();
         assert_eq!(
             log.offsets(),
-            LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100 }
+            LogOffsets { log_start_offset: 75, log_end_offset: 100, high_watermark: 100, leader_epoch: None, last_stable_offset: 100, epoch_start_offset: -1 }
         );
         assert_eq!(log.log_bytes(), per_batch * 3);
         // Everything: the log is empty and continues at the same offsets.

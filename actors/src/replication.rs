@@ -194,7 +194,7 @@ pub struct ReplicaSet {
     /// with a high watermark of 0, so "at the high watermark" alone would let
     /// a follower that lacks acknowledged records in (found by the simulation,
     /// rolling-restart seed 239).
-    lead_start_end: i64,
+    pub lead_start_end: i64,
 }
 
 /// ISR changes in flight. A proposal that timed out may still commit (a

@@ -65,16 +65,20 @@ fn route(
         return Route::Refuse(ResponseError::UnknownTopicOrPartition.code());
     };
     let rack_of = |id: &u64| metadata.brokers.get(id).and_then(|b| b.rack.as_deref());
-    if super::leader_epoch(handle).is_ok() {
-        if version >= 11 && !rack.is_empty() && rack_of(&me) != Some(rack) {
+    match super::readable_epoch(handle) {
+        Err(code) if code == ResponseError::OffsetNotAvailable.code() => return Route::Refuse(code),
+        Err(_) => {}
+        Ok(_) => {
+            if version >= 11 && !rack.is_empty() && rack_of(&me) != Some(rack) {
             let live = |id: &u64| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
             if let Some(follower) = p.isr.iter().find(|id| **id != me && live(id) && rack_of(id) == Some(rack)) {
-                return Route::Preferred(*follower as i32);
+                    return Route::Preferred(*follower as i32);
+                }
             }
+            return Route::Serve;
         }
-        return Route::Serve;
     }
-    if version >= 11 && p.replicas.contains(&me) {
+    if version >= 11 && !rack.is_empty() && p.replicas.contains(&me) {
         return Route::Serve;
     }
     Route::Refuse(ResponseError::NotLeaderOrFollower.code())

@@ -21,7 +21,7 @@ pub async fn handle(ctx: &RequestContext, req: ListOffsetsRequest, version: i16)
         for p in topic.partitions {
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let handle = snapshot.partition(&topic.name, p.partition_index);
-            let leading = super::leader_epoch(handle);
+            let leading = super::readable_epoch(handle);
             // The leader epoch field exists from v4 on; -1 is its absent value.
             let epoch = match leading {
                 Ok(epoch) if version >= 4 => epoch,

@@ -120,8 +120,13 @@ impl RequestContext {
 
     /// Starts this broker's transaction coordinators; once, after the context is shared.
     pub fn start_transactions(self: &Arc<Self>) {
+        self.start_transactions_over(None);
+    }
+
+    /// As `start_transactions`, reaching the other brokers through `dial` (the simulation's network).
+    pub fn start_transactions_over(self: &Arc<Self>, dial: Option<crate::txn::peers::Dial>) {
         if self.txn.get().is_none() {
-            let registry = crate::txn::start(self);
+            let registry = crate::txn::start(self, dial);
             let _ = self.txn.set(registry);
         }
     }
@@ -166,6 +171,21 @@ pub async fn allocate_producer_id(ctx: &RequestContext) -> Result<i64, i16> {
 pub fn leader_epoch(handle: Option<&tributary_actors::PartitionHandle>) -> Result<i32, i16> {
     let Some(handle) = handle else { return Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code()) };
     handle.offsets.borrow().leader_epoch.ok_or(kafka_protocol::ResponseError::NotLeaderOrFollower.code())
+}
+
+/// As `leader_epoch`, for a client's reads (Fetch, ListOffsets): a leader
+/// whose high watermark has not yet reached the log end it took up its
+/// leadership at answers OFFSET_NOT_AVAILABLE, as Kafka does (KIP-207). It
+/// might otherwise answer a high watermark, and a last stable offset, below
+/// what the previous leader already showed (a restarted leader's starts at
+/// 0), and a read_committed consumer would see the last stable offset go back.
+pub fn readable_epoch(handle: Option<&tributary_actors::PartitionHandle>) -> Result<i32, i16> {
+    let epoch = leader_epoch(handle)?;
+    let offsets = *handle.expect("leader_epoch checked it").offsets.borrow();
+    if offsets.epoch_start_offset > offsets.high_watermark {
+        return Err(kafka_protocol::ResponseError::OffsetNotAvailable.code());
+    }
+    Ok(epoch)
 }
 
 /// The registry line of `key`, if this broker serves it.
