@@ -105,6 +105,12 @@ pub enum TransactionsCommand {
         #[arg(long)]
         partition: i32,
     },
+    /// Find the open transactions of a topic's partitions that no coordinator
+    /// knows (hanging: nothing will end them); `abort` ends one.
+    FindHanging {
+        #[arg(long)]
+        topic: String,
+    },
     /// End a hanging transaction on a partition with an abort marker (one its
     /// coordinator no longer knows, holding the partition's last stable offset).
     Abort {
@@ -509,6 +515,22 @@ pub fn transactions(global: &Global, command: TransactionsCommand) -> anyhow::Re
                 emit(out, global, data, |out| {
                     table(out, &["PRODUCER-ID", "EPOCH", "LAST-SEQUENCE", "COORDINATOR-EPOCH", "TXN-START-OFFSET"], &rows)
                 })?;
+            }
+            TransactionsCommand::FindHanging { topic } => {
+                let hanging = client.find_hanging_transactions(&topic).await?;
+                let rows: Vec<Vec<String>> = hanging
+                    .iter()
+                    .map(|h| {
+                        vec![format!("{}-{}", h.topic, h.partition), h.producer_id.to_string(),
+                            h.producer_epoch.to_string(), h.start_offset.to_string()]
+                    })
+                    .collect();
+                let data = json!(hanging
+                    .iter()
+                    .map(|h| json!({"topic": h.topic, "partition": h.partition, "producer_id": h.producer_id,
+                        "producer_epoch": h.producer_epoch, "start_offset": h.start_offset}))
+                    .collect::<Vec<_>>());
+                emit(out, global, data, |out| table(out, &["PARTITION", "PRODUCER-ID", "EPOCH", "START-OFFSET"], &rows))?;
             }
             TransactionsCommand::Abort { topic, partition, producer_id } => {
                 let producers = client.describe_producers(&topic, partition).await?;

@@ -36,6 +36,9 @@ pub struct TransactionsSection {
     pub max_timeout_ms: i32,
     /// Transactional ids one broker coordinates at most; InitProducerId for more is refused.
     pub max_transactional_ids: usize,
+    /// Partition leaders ask the coordinator before a transactional batch opens a
+    /// transaction (KIP-890; transaction.partition.verification.enable).
+    pub partition_verification: bool,
 }
 
 /// `[cluster]`: empty `voters` means a single broker with no cluster.
@@ -116,11 +119,15 @@ impl BrokerConfig {
     /// The embedded default, overlaid with `file` if given: keys absent from
     /// the file keep their defaults.
     pub fn load(file: Option<&str>) -> anyhow::Result<BrokerConfig> {
+        let overlay: Option<toml::Table> =
+            file.map(|text| text.parse().context("config file is not valid TOML")).transpose()?;
+        BrokerConfig::from_table(overlay.unwrap_or_default())
+    }
+
+    /// The embedded default with `overlay` over it, checked.
+    pub fn from_table(overlay: toml::Table) -> anyhow::Result<BrokerConfig> {
         let mut merged: toml::Table = DEFAULT_CONFIG.parse().context("embedded default config")?;
-        if let Some(text) = file {
-            let overlay: toml::Table = text.parse().context("config file is not valid TOML")?;
-            merge(&mut merged, overlay);
-        }
+        merge(&mut merged, overlay);
         let config: BrokerConfig = toml::Value::Table(merged).try_into().context("config file")?;
         config.validate()?;
         Ok(config)
@@ -294,6 +301,7 @@ impl BrokerConfig {
         storage.topic_defaults.retention_bytes = self.topics.retention_bytes;
         storage.retention_check_interval_ms = self.topics.retention_check_interval_ms;
         storage.groups = self.groups.clone();
+        storage.verify_transactions = self.transactions.partition_verification;
         // Every broker runs the control plane: partitions take roles from it.
         storage.replicated = true;
         storage

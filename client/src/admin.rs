@@ -336,6 +336,25 @@ impl<C: Connector> Client<C> {
         group: &str,
         topics: Option<&BTreeMap<String, Vec<i32>>>,
     ) -> Result<Vec<PartitionOffset>> {
+        self.offsets_of(group, topics, false).await
+    }
+
+    /// As [`Client::fetch_offsets`], waiting out transactional commits not yet
+    /// decided (`require_stable`, as a read_committed consumer asks).
+    pub async fn fetch_stable_offsets(
+        &self,
+        group: &str,
+        topics: Option<&BTreeMap<String, Vec<i32>>>,
+    ) -> Result<Vec<PartitionOffset>> {
+        self.offsets_of(group, topics, true).await
+    }
+
+    async fn offsets_of(
+        &self,
+        group: &str,
+        topics: Option<&BTreeMap<String, Vec<i32>>>,
+        require_stable: bool,
+    ) -> Result<Vec<PartitionOffset>> {
         let topics = topics.map(|topics| {
             topics
                 .iter()
@@ -344,7 +363,10 @@ impl<C: Connector> Client<C> {
                 })
                 .collect()
         });
-        let request = OffsetFetchRequest::default().with_group_id(group_id(group)).with_topics(topics);
+        let request = OffsetFetchRequest::default()
+            .with_group_id(group_id(group))
+            .with_topics(topics)
+            .with_require_stable(require_stable);
         let response = self
             .on_coordinator(group, &request, |response: &OffsetFetchResponse| {
                 check(response.error_code, || Subject::Group(group.to_string()))?;

@@ -110,9 +110,33 @@ pub enum Error {
     /// Metadata names a broker id the client has no address for.
     #[error("metadata names no address for broker {0}")]
     UnknownBroker(i32),
+    /// A transactional producer was asked for a step its transaction's state does not allow.
+    #[error("transactional id '{id}': {misuse}")]
+    Transaction { id: String, misuse: TxnMisuse },
     /// The broker answered with a Kafka error code.
     #[error("{subject}: {error} (Kafka error {}){}", .error.code(), suffix(.message))]
     Kafka { error: ResponseError, subject: Subject, message: Option<String> },
+}
+
+/// A step a transactional producer cannot take now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnMisuse {
+    /// `begin` while a transaction is open.
+    AlreadyOpen,
+    /// A send, offsets or end without an open transaction.
+    NotOpen,
+    /// `commit` after a send of this transaction failed: only `abort` may end it.
+    MustAbort,
+}
+
+impl std::fmt::Display for TxnMisuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TxnMisuse::AlreadyOpen => "a transaction is already open",
+            TxnMisuse::NotOpen => "no transaction is open",
+            TxnMisuse::MustAbort => "a send of this transaction failed, so it can only be aborted",
+        })
+    }
 }
 
 /// How a response frame was malformed.
@@ -143,8 +167,13 @@ fn suffix(message: &Option<String>) -> String {
 }
 
 /// Kafka errors after which refreshed metadata (a new leader, a new
-/// coordinator, a topic that every broker now knows) may well succeed.
-const RETRIABLE: [ResponseError; 11] = [
+/// coordinator, a topic that every broker now knows) may well succeed, or
+/// that say to come back shortly (a transaction still completing, an offset
+/// commit still pending in one), as Kafka's `RetriableException`s do.
+const RETRIABLE: [ResponseError; 14] = [
+    ResponseError::OffsetNotAvailable,
+    ResponseError::ConcurrentTransactions,
+    ResponseError::UnstableOffsetCommit,
     ResponseError::NotLeaderOrFollower,
     ResponseError::LeaderNotAvailable,
     ResponseError::UnknownTopicOrPartition,

@@ -13,7 +13,7 @@ use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, ListOffsetsReques
 use crate::client::{topic_name, Client};
 use crate::connector::Connector;
 use crate::error::{check, Result, Subject};
-use crate::records::{decode_batches, ConsumedRecord, Decoded};
+use crate::records::{decode_committed, AbortedTxn, ConsumedRecord, Decoded};
 
 /// Which offset ListOffsets looks up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,16 @@ pub struct ListedOffset {
     pub timestamp: i64,
 }
 
+/// Which records a fetch may see (Kafka's `isolation.level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// Everything up to the high watermark, open and aborted transactions too.
+    #[default]
+    ReadUncommitted,
+    /// Up to the last stable offset, without aborted transactions' records.
+    ReadCommitted,
+}
+
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// How long the broker may hold a fetch that has less than `min_bytes`.
@@ -54,6 +64,7 @@ pub struct FetchOptions {
     /// Bytes per response and per partition.
     pub max_bytes: i32,
     pub partition_max_bytes: i32,
+    pub isolation: Isolation,
 }
 
 impl Default for FetchOptions {
@@ -63,6 +74,7 @@ impl Default for FetchOptions {
             min_bytes: 1,
             max_bytes: 16 << 20,
             partition_max_bytes: 1 << 20,
+            isolation: Isolation::ReadUncommitted,
         }
     }
 }
@@ -73,6 +85,9 @@ pub struct FetchedPartition {
     pub partition: i32,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// The last stable offset: below it every transaction is decided (the
+    /// high watermark when none is open).
+    pub last_stable_offset: i64,
     /// At or past the fetch offset, in offset order.
     pub records: Vec<ConsumedRecord>,
     /// Where the next fetch of this partition starts: past the last whole
@@ -164,6 +179,10 @@ impl<C: Connector> Client<C> {
             .with_max_wait_ms(max_wait_ms)
             .with_min_bytes(options.min_bytes)
             .with_max_bytes(options.max_bytes)
+            .with_isolation_level(match options.isolation {
+                Isolation::ReadUncommitted => 0,
+                Isolation::ReadCommitted => 1,
+            })
             .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(parts)]);
         let connection = self.broker(leader).await?;
         let version = connection.version(ApiKey::Fetch)?;
@@ -173,14 +192,21 @@ impl<C: Connector> Client<C> {
         for p in response.responses.into_iter().flat_map(|t| t.partitions) {
             check(p.error_code, || Subject::Partition(topic.to_string(), p.partition_index))?;
             let from = positions.iter().find(|(index, _)| *index == p.partition_index).map_or(0, |(_, o)| *o);
+            let aborted: Vec<AbortedTxn> = p
+                .aborted_transactions
+                .iter()
+                .flatten()
+                .map(|a| AbortedTxn { producer_id: a.producer_id.0, first_offset: a.first_offset })
+                .collect();
             let decoded = match p.records {
-                Some(data) => decode_batches(topic, p.partition_index, data, from)?,
+                Some(data) => decode_committed(topic, p.partition_index, data, from, &aborted)?,
                 None => Decoded::default(),
             };
             out.push(FetchedPartition {
                 partition: p.partition_index,
                 high_watermark: p.high_watermark,
                 log_start_offset: p.log_start_offset,
+                last_stable_offset: p.last_stable_offset,
                 records: decoded.records,
                 next_offset: decoded.next_offset.map_or(from, |next| next.max(from)),
             });

@@ -9,7 +9,9 @@
 //!   and size.
 //! - [`Client`]: the cluster, from bootstrap brokers: metadata, one
 //!   connection per broker, leader and coordinator routing, bounded retries.
-//! - On the client: [`Producer`] (plain and idempotent), fetch and
+//! - On the client: [`Producer`] (plain and idempotent),
+//!   [`TransactionalProducer`] (transactions, offsets sent with them), fetch
+//!   (read_uncommitted or read_committed) and
 //!   ListOffsets ([`Consumer`] follows positions), admin requests, and
 //!   [`GroupMember`] for consumer groups.
 //!
@@ -35,6 +37,7 @@
 //! ```
 
 mod admin;
+mod transactional;
 mod transactions;
 mod client;
 mod connection;
@@ -56,8 +59,8 @@ pub use admin::{
 pub use client::{Client, Config, Retry};
 pub use connection::{Connection, ConnectionSettings};
 pub use connector::{BrokerAddress, Connector, ReadHalf, Tcp, WriteHalf};
-pub use error::{Error, FrameProblem, Result, Subject};
-pub use fetch::{Consumer, FetchOptions, FetchedPartition, ListedOffset, OffsetSpec};
+pub use error::{Error, FrameProblem, Result, Subject, TxnMisuse};
+pub use fetch::{Consumer, FetchOptions, FetchedPartition, Isolation, ListedOffset, OffsetSpec};
 pub use group::{range_assign, Assignment, GroupConfig, GroupMember};
 pub use kafka_protocol::messages::ApiKey;
 pub use kafka_protocol::records::Compression;
@@ -65,6 +68,10 @@ pub use kafka_protocol::ResponseError;
 pub use metadata::{BrokerInfo, Metadata, PartitionInfo, TopicInfo};
 pub use partitioner::{murmur2, partition_for_key};
 pub use produce::{Acks, Producer, ProducerConfig};
-pub use transactions::{ProducerDescription, TransactionDescription, TransactionListing};
-pub use records::{decode_batches, encode_batch, ConsumedRecord, Decoded, NewRecord, Sequenced, MAX_BATCH_RECORDS};
+pub use transactional::{TransactionConfig, TransactionalProducer};
+pub use transactions::{HangingTransaction, ProducerDescription, TransactionDescription, TransactionListing};
+pub use records::{
+    decode_batches, decode_committed, encode_batch, encode_transactional_batch, AbortedTxn, ConsumedRecord, Decoded, NewRecord,
+    Sequenced, MAX_BATCH_RECORDS,
+};
 pub use versions::IMPLEMENTED;

@@ -106,7 +106,7 @@ impl<C: Connector> Producer<C> {
         match &self.idempotence {
             None => {
                 let batch = encode_batch(records, self.config.compression, self.client.now_ms(), None)?;
-                self.send_batch(topic, partition, batch).await
+                self.send_batch(topic, partition, batch, None).await
             }
             Some(state) => self.send_sequenced(state, topic, partition, records).await,
         }
@@ -153,7 +153,7 @@ impl<C: Connector> Producer<C> {
         }
         let sequenced = Sequenced { producer_id: producer.0, producer_epoch: producer.1, base_sequence: sequence.next };
         let batch = encode_batch(records, self.config.compression, self.client.now_ms(), Some(sequenced))?;
-        match self.send_batch(topic, partition, batch).await {
+        match self.send_batch(topic, partition, batch, None).await {
             Ok(offset) => {
                 sequence.next += count;
                 Ok(offset)
@@ -166,10 +166,18 @@ impl<C: Connector> Producer<C> {
     }
 
     /// Sends one encoded batch to the partition's leader, retried through
-    /// leader changes; the same bytes every time.
-    async fn send_batch(&self, topic: &str, partition: i32, batch: bytes::Bytes) -> Result<Option<i64>> {
+    /// leader changes; the same bytes every time. A transactional batch
+    /// names its transactional id (the leader verifies it with the coordinator).
+    pub(crate) async fn send_batch(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: bytes::Bytes,
+        transactional_id: Option<&str>,
+    ) -> Result<Option<i64>> {
         let data = PartitionProduceData::default().with_index(partition).with_records(Some(batch));
         let request = ProduceRequest::default()
+            .with_transactional_id(transactional_id.map(crate::client::str_bytes).map(Into::into))
             .with_acks(self.config.acks.code())
             .with_timeout_ms(i32::try_from(self.config.ack_timeout.as_millis()).unwrap_or(i32::MAX))
             .with_topic_data(vec![TopicProduceData::default()

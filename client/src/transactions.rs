@@ -46,6 +46,22 @@ pub struct ProducerDescription {
     pub current_txn_start_offset: i64,
 }
 
+/// An open transaction on a partition that its coordinator does not know
+/// as open there (Kafka's `kafka-transactions.sh find-hanging`): no marker
+/// will end it, and it holds the partition's last stable offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HangingTransaction {
+    pub topic: String,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub producer_epoch: i32,
+    /// Where it starts: read_committed consumers stop here.
+    pub start_offset: i64,
+}
+
+/// The coordinator states in which a transaction still has markers to come.
+const UNFINISHED: [&str; 3] = ["Ongoing", "PrepareCommit", "PrepareAbort"];
+
 impl<C: Connector> Client<C> {
     /// Every transactional id the brokers coordinate, by id.
     pub async fn list_transactions(&self) -> Result<Vec<TransactionListing>> {
@@ -72,7 +88,7 @@ impl<C: Connector> Client<C> {
     }
 
     /// The connection to `id`'s transaction coordinator (FindCoordinator, key type 1).
-    async fn transaction_coordinator(&self, id: &str) -> Result<(i32, std::rc::Rc<crate::Connection>)> {
+    pub(crate) async fn transaction_coordinator(&self, id: &str) -> Result<(i32, std::rc::Rc<crate::Connection>)> {
         let request = FindCoordinatorRequest::default().with_key(str_bytes(id)).with_key_type(1);
         let response: FindCoordinatorResponse = self.any_broker().await?.send(&request).await?;
         check_message(response.error_code, response.error_message.as_ref(), || Subject::Transaction(id.to_string()))?;
@@ -164,5 +180,48 @@ impl<C: Connector> Client<C> {
             check(code, subject)
         })
         .await
+    }
+
+    /// The hanging transactions of `topic`: each partition's open
+    /// transactions (DescribeProducers) checked against their coordinators
+    /// (ListTransactions, DescribeTransactions). One found open, unknown, is
+    /// asked about again, so a transaction that just ended is not reported.
+    pub async fn find_hanging_transactions(&self, topic: &str) -> Result<Vec<HangingTransaction>> {
+        let partitions = self.topic(topic).await?.partitions;
+        let mut out = Vec::new();
+        for p in &partitions {
+            for producer in self.describe_producers(topic, p.index).await? {
+                if producer.current_txn_start_offset < 0 || self.coordinator_knows(topic, p.index, &producer).await? {
+                    continue;
+                }
+                let again = self.describe_producers(topic, p.index).await?;
+                let still = again.iter().any(|q| {
+                    q.producer_id == producer.producer_id && q.current_txn_start_offset == producer.current_txn_start_offset
+                });
+                if still {
+                    out.push(HangingTransaction {
+                        topic: topic.to_string(),
+                        partition: p.index,
+                        producer_id: producer.producer_id,
+                        producer_epoch: producer.producer_epoch,
+                        start_offset: producer.current_txn_start_offset,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a coordinator has `producer`'s transaction open on `topic`-`partition`.
+    async fn coordinator_knows(&self, topic: &str, partition: i32, producer: &ProducerDescription) -> Result<bool> {
+        let listed = self.list_transactions().await?;
+        for id in listed.iter().filter(|t| t.producer_id == producer.producer_id) {
+            let described = self.describe_transaction(&id.transactional_id).await?;
+            let open = UNFINISHED.contains(&described.state.as_str());
+            if open && described.partitions.iter().any(|(t, p)| t == topic && *p == partition) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

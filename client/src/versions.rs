@@ -44,9 +44,12 @@ pub const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
-    // Broker to broker (transaction coordinators and partition leaders): KIP-890's
-    // batched verification form, and the markers.
-    (ApiKey::AddPartitionsToTxn, 4, 4),
+    // The transactional producer's; v4 is the brokers' batched verification form (KIP-890).
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    // Broker to broker: the markers.
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
