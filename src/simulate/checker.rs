@@ -59,6 +59,35 @@ pub struct History {
     /// Errors that must not happen (an idempotent producer told its sequence is out of order...).
     pub fatal: Vec<String>,
     pub produce_attempts: u64,
+    /// Every transaction a transactional producer began, in the order they ended.
+    pub txns: Vec<Txn>,
+    /// Records read by read_committed consumers: (when, partition, offset, record).
+    pub committed_reads: Vec<(Duration, PartitionKey, i64, RecordId)>,
+    /// The highest last stable offset a read_committed fetch saw, per partition.
+    pub stable_offsets: BTreeMap<PartitionKey, i64>,
+    pub stable_regressions: Vec<String>,
+    /// The copier's acknowledged transactional offset commits, highest per input partition.
+    pub copier_commits: BTreeMap<PartitionKey, i64>,
+}
+
+/// One transaction of a transactional producer, as the producer saw it.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub producer: u32,
+    /// Records whose send was answered with an offset.
+    pub acked: Vec<(PartitionKey, i64, RecordId)>,
+    /// Records whose send failed: they may or may not be in the log.
+    pub unacked: Vec<(PartitionKey, RecordId)>,
+    pub end: TxnEnd,
+}
+
+/// How a transaction ended, as its producer knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnEnd {
+    /// EndTxn(commit) was asked at this time; `answered` if it succeeded.
+    Commit { asked: Duration, answered: bool },
+    /// Aborted, or asked to be, or left open for the coordinator to abort.
+    Abort,
 }
 
 impl History {
@@ -92,6 +121,18 @@ impl History {
             None => self.event(at, format!("broker {broker} leads {}-{} in epoch {epoch}", partition.0, partition.1)),
             _ => {}
         }
+    }
+
+    /// A read_committed fetch of `partition` answered `stable` as its last stable offset.
+    pub fn stable_seen(&mut self, at: Duration, partition: &PartitionKey, stable: i64) {
+        let best = self.stable_offsets.entry(partition.clone()).or_insert(stable);
+        if stable < *best {
+            self.stable_regressions.push(format!(
+                "{at:?}: {}-{} answered last stable offset {stable} after {best}",
+                partition.0, partition.1
+            ));
+        }
+        *best = (*best).max(stable);
     }
 
     pub fn commit_acked(&mut self, group: &str, partition: &PartitionKey, offset: i64) {
@@ -274,6 +315,151 @@ pub fn check(history: &History, logs: &FinalLogs, existing_topics: &BTreeSet<Str
     out
 }
 
+/// The transactional checks, against the partitions read read_committed
+/// after healing (`committed`; the copier's output in `copies`) and the
+/// copier group's committed offsets then (`copier_offsets`):
+/// - no aborted read (G1a): a read_committed reader never sees a record of
+///   a transaction that was aborted, nor one before its commit was asked (a
+///   marker of an earlier transaction that landed in a later one);
+/// - no torn transaction: all of a committed transaction is visible, or,
+///   if its commit was never answered, all or none;
+/// - the last stable offset never goes back;
+/// - consume-transform-produce is exactly once: the copies are the input
+///   records below the committed offsets, each once.
+pub fn check_transactions(
+    history: &History,
+    committed: &FinalLogs,
+    copies: &FinalLogs,
+    copier_offsets: &BTreeMap<PartitionKey, i64>,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut push = |invariant, detail: String, partition: Option<PartitionKey>| {
+        if out.len() < 50 {
+            out.push(Violation { invariant, detail, partition });
+        }
+    };
+    let mut owner: BTreeMap<RecordId, usize> = BTreeMap::new();
+    for (i, txn) in history.txns.iter().enumerate() {
+        for (_, _, record) in &txn.acked {
+            owner.insert(*record, i);
+        }
+        for (_, record) in &txn.unacked {
+            owner.insert(*record, i);
+        }
+    }
+    for (at, partition, offset, record) in &history.committed_reads {
+        let Some(txn) = owner.get(record).map(|i| &history.txns[*i]) else { continue };
+        match txn.end {
+            TxnEnd::Abort => push(
+                "aborted read (G1a)",
+                format!(
+                    "{} of an aborted transaction was read read_committed at offset {offset} of {}-{} at {at:?}",
+                    record.value(),
+                    partition.0,
+                    partition.1
+                ),
+                Some(partition.clone()),
+            ),
+            TxnEnd::Commit { asked, .. } if *at < asked => push(
+                "read before its transaction committed",
+                format!(
+                    "{} was read read_committed at offset {offset} of {}-{} at {at:?}, before its commit was asked at {asked:?}",
+                    record.value(),
+                    partition.0,
+                    partition.1
+                ),
+                Some(partition.clone()),
+            ),
+            TxnEnd::Commit { .. } => {}
+        }
+    }
+    let visible: BTreeMap<RecordId, (PartitionKey, i64)> = committed
+        .iter()
+        .flat_map(|(p, log)| log.iter().filter_map(move |(o, r)| r.map(|r| (r, (p.clone(), *o)))))
+        .collect();
+    for txn in &history.txns {
+        let seen = txn.acked.iter().filter(|(_, _, r)| visible.contains_key(r)).count();
+        let shown = txn.unacked.iter().filter(|(_, r)| visible.contains_key(r)).count();
+        let name = || txn.acked.first().map(|(_, _, r)| r.value()).unwrap_or_default();
+        match txn.end {
+            TxnEnd::Abort if seen + shown > 0 => push(
+                "aborted read (G1a)",
+                format!(
+                    "{} records of producer {}'s aborted transaction (from {}) are visible read_committed after healing",
+                    seen + shown,
+                    txn.producer,
+                    name()
+                ),
+                txn.acked.first().map(|(p, _, _)| p.clone()),
+            ),
+            TxnEnd::Commit { answered, .. } if seen < txn.acked.len() && (answered || seen > 0) => {
+                let missing = txn.acked.iter().find(|(_, _, r)| !visible.contains_key(r)).expect("one is missing");
+                push(
+                    "torn transaction",
+                    format!(
+                        "producer {}'s transaction{} from {}: {seen} of its {} records are visible read_committed, not {} (at offset {} of {}-{})",
+                        txn.producer,
+                        if answered { " (commit acknowledged)" } else { "" },
+                        name(),
+                        txn.acked.len(),
+                        missing.2.value(),
+                        missing.1,
+                        missing.0 .0,
+                        missing.0 .1
+                    ),
+                    Some(missing.0.clone()),
+                )
+            }
+            _ => {}
+        }
+    }
+    for regression in &history.stable_regressions {
+        push("last stable offset went back", regression.clone(), None);
+    }
+    // Exactly once: each input record below the committed offset copied once, and nothing else.
+    for (partition, upto) in copier_offsets {
+        let copied: Vec<RecordId> = copies
+            .iter()
+            .filter(|((_, p), _)| *p == partition.1)
+            .flat_map(|(_, log)| log.values().flatten().copied())
+            .collect();
+        let mut counts: BTreeMap<RecordId, usize> = BTreeMap::new();
+        for record in &copied {
+            *counts.entry(*record).or_default() += 1;
+        }
+        let input = committed.get(partition).into_iter().flat_map(|log| log.range(..*upto));
+        let expected: BTreeSet<RecordId> = input.filter_map(|(_, r)| *r).collect();
+        for record in &expected {
+            match counts.get(record).copied().unwrap_or(0) {
+                1 => {}
+                n => push(
+                    "consume-transform-produce not exactly once",
+                    format!(
+                        "{} (below the copier's committed offset {upto} of {}-{}) was copied {n} times",
+                        record.value(),
+                        partition.0,
+                        partition.1
+                    ),
+                    Some(partition.clone()),
+                ),
+            }
+        }
+        if let Some(extra) = counts.keys().find(|r| !expected.contains(r)) {
+            push(
+                "consume-transform-produce not exactly once",
+                format!(
+                    "{} was copied from {}-{} but is not a visible input record below the committed offset {upto}",
+                    extra.value(),
+                    partition.0,
+                    partition.1
+                ),
+                Some(partition.clone()),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +524,52 @@ mod tests {
         assert!(v.iter().any(|v| v.invariant == "two leaders in one epoch"));
         assert_eq!(v.iter().filter(|v| v.invariant == "committed offset went backwards").count(), 1);
         assert_eq!(RecordId::parse(b"p3-17"), Some(rid(3, 17)));
+    }
+
+    fn txn(producer: u32, acked: &[(i64, RecordId)], end: TxnEnd) -> Txn {
+        Txn { producer, acked: acked.iter().map(|(o, r)| (p(), *o, *r)).collect(), unacked: Vec::new(), end }
+    }
+
+    #[test]
+    fn transactions_are_checked() {
+        let committed = TxnEnd::Commit { asked: Duration::from_secs(5), answered: true };
+        let mut h = History::default();
+        h.txns.push(txn(1, &[(0, rid(1, 0)), (1, rid(1, 1))], committed));
+        h.txns.push(txn(1, &[(2, rid(1, 2))], TxnEnd::Abort));
+        let faithful = logs(&[(0, rid(1, 0)), (1, rid(1, 1))]);
+        let none = BTreeMap::new();
+        assert!(check_transactions(&h, &faithful, &FinalLogs::new(), &none).is_empty());
+        let aborted_seen = logs(&[(0, rid(1, 0)), (1, rid(1, 1)), (2, rid(1, 2))]);
+        let v = check_transactions(&h, &aborted_seen, &FinalLogs::new(), &none);
+        assert!(v.iter().any(|v| v.invariant == "aborted read (G1a)"), "{v:?}");
+        let torn = logs(&[(0, rid(1, 0))]);
+        let v = check_transactions(&h, &torn, &FinalLogs::new(), &none);
+        assert!(v.iter().any(|v| v.invariant == "torn transaction"), "{v:?}");
+        // A read before the commit was asked: a marker that landed early.
+        h.committed_reads.push((Duration::from_secs(4), p(), 0, rid(1, 0)));
+        h.stable_seen(Duration::ZERO, &p(), 10);
+        h.stable_seen(Duration::ZERO, &p(), 7);
+        let v = check_transactions(&h, &faithful, &FinalLogs::new(), &none);
+        assert!(v.iter().any(|v| v.invariant == "read before its transaction committed"), "{v:?}");
+        assert!(v.iter().any(|v| v.invariant == "last stable offset went back"), "{v:?}");
+    }
+
+    #[test]
+    fn consume_transform_produce_is_exactly_once() {
+        let h = History::default();
+        let input = logs(&[(0, rid(1, 0)), (1, rid(1, 1)), (2, rid(1, 2))]);
+        let upto = BTreeMap::from([(p(), 2)]);
+        let copies = |records: &[RecordId]| {
+            let mut out = FinalLogs::new();
+            out.insert(("t-copy".to_string(), 0), records.iter().enumerate().map(|(i, r)| (i as i64, Some(*r))).collect());
+            out
+        };
+        assert!(check_transactions(&h, &input, &copies(&[rid(1, 0), rid(1, 1)]), &upto).is_empty());
+        let twice = check_transactions(&h, &input, &copies(&[rid(1, 0), rid(1, 1), rid(1, 1)]), &upto);
+        assert!(twice.iter().any(|v| v.detail.contains("copied 2 times")), "{twice:?}");
+        let lost = check_transactions(&h, &input, &copies(&[rid(1, 0)]), &upto);
+        assert!(lost.iter().any(|v| v.detail.contains("copied 0 times")), "{lost:?}");
+        let beyond = check_transactions(&h, &input, &copies(&[rid(1, 0), rid(1, 1), rid(1, 2)]), &upto);
+        assert!(beyond.iter().any(|v| v.detail.contains("not a visible input record")), "{beyond:?}");
     }
 }

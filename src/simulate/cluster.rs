@@ -15,10 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, LocalSet};
 
-use super::net::{SimNet, SimNetHandle};
+use tributary_client::{BrokerAddress, Connector};
+
+use super::connector::SimConnector;
+use super::net::SimNetHandle;
+use super::world::Shared;
+use crate::txn::peers::Dial;
 use crate::cluster::metadata::NodeId;
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
@@ -70,7 +76,14 @@ impl Future for Skewed {
 }
 
 impl SimBroker {
-    pub fn new(id: NodeId, brokers: usize, data_dir: PathBuf, durability: &str) -> anyhow::Result<SimBroker> {
+    /// Broker `id` of `brokers`, with `overlay` over the simulation's settings.
+    pub fn new(
+        id: NodeId,
+        brokers: usize,
+        data_dir: PathBuf,
+        durability: &str,
+        overlay: &toml::Table,
+    ) -> anyhow::Result<SimBroker> {
         let voters: Vec<String> = (1..=brokers).map(|n| format!("\"{n}@10.0.0.{n}:9093\"")).collect();
         let text = format!(
             "[broker]\nnode_id = {id}\nlisten = \"10.0.0.{id}:9092\"\ndata_dir = {data_dir:?}\n\
@@ -79,7 +92,16 @@ impl SimBroker {
              [cluster]\nvoters = [{}]\nlisten = \"10.0.0.{id}:9093\"\nkey = \"{SIM_KEY}\"\nrack = \"rack{id}\"\n",
             voters.join(", ")
         );
-        let config = BrokerConfig::load(Some(&text))?;
+        let mut table: toml::Table = text.parse()?;
+        for (section, values) in overlay {
+            match (table.get_mut(section), values) {
+                (Some(toml::Value::Table(ours)), toml::Value::Table(theirs)) => ours.extend(theirs.clone()),
+                (_, values) => {
+                    table.insert(section.clone(), values.clone());
+                }
+            }
+        }
+        let config = BrokerConfig::from_table(table).context("the scenario's broker_config")?;
         Ok(SimBroker {
             id,
             config: Arc::new(config),
@@ -100,7 +122,8 @@ impl SimBroker {
     }
 
     /// Starts (or restarts) the broker on its own `LocalSet`.
-    pub fn start(&mut self, net: &Arc<SimNet>) {
+    pub fn start(&mut self, world: &Shared) {
+        let net = &world.net;
         assert!(self.running.is_none(), "broker {} is already running", self.id);
         self.starts += 1;
         let local = LocalSet::new();
@@ -111,8 +134,9 @@ impl SimBroker {
         let stall = self.write_stall_ms.clone();
         let published = ready.clone();
         let id = self.id;
+        let dial = dialer(SimConnector::from_broker(world, id));
         local.spawn_local(async move {
-            let context = match boot(config, network, stall).await {
+            let context = match boot(config, network, stall, dial).await {
                 Ok(context) => context,
                 Err(e) => {
                     tracing::error!(node_id = id, error = %e, "simulated broker failed to start");
@@ -169,11 +193,21 @@ impl SimBroker {
     }
 }
 
+/// A broker's way to the others' Kafka ports, for its transaction coordinators.
+fn dialer(connector: SimConnector) -> Dial {
+    let connector = Rc::new(connector);
+    Rc::new(move |address: BrokerAddress| {
+        let connector = connector.clone();
+        Box::pin(async move { connector.connect(&address).await })
+    })
+}
+
 /// Starts the actor tree and the cluster side, as `main.rs` does, minus sockets.
 async fn boot(
     config: Arc<BrokerConfig>,
     network: Arc<SimNetHandle>,
     write_stall_ms: Arc<AtomicU64>,
+    dial: Dial,
 ) -> anyhow::Result<Arc<RequestContext>> {
     let data_dir = config.broker.data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
@@ -187,5 +221,7 @@ async fn boot(
     let cluster = Cluster::start_simulated(settings, broker.clone(), &data_dir, config.advertised(), network).await?;
     crate::cluster::replica_manager::start(cluster.clone(), broker.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    Ok(Arc::new(RequestContext::new(broker, config, metrics, cluster)))
+    let context = Arc::new(RequestContext::new(broker, config, metrics, cluster));
+    context.start_transactions_over(Some(dial));
+    Ok(context)
 }

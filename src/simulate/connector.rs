@@ -11,8 +11,13 @@
 //! timeout, so faults stall a stream rather than corrupt it, and a stream
 //! that cannot get through after `MAX_RETRANSMITS` is reset. A crashed
 //! broker drops its ends, which the client sees as the connection closing.
+//!
+//! Brokers dial each other the same way (the transaction coordinators'
+//! markers and verifications): such a stream crosses the links between
+//! brokers, so partitions, delay and reordering faults apply to it.
 
 use std::io;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +27,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tributary_client::{BrokerAddress, Connector};
 
-use super::net::SimNet;
-use super::world::Shared;
+use super::net::{SimNet, CLIENT};
+use super::world::{Shared, World};
 use crate::cluster::metadata::NodeId;
 
 /// Bytes a pipe buffers each way before its writer waits.
@@ -43,14 +48,23 @@ const SYN_RETRY: Duration = Duration::from_secs(1);
 /// The Kafka port every simulated broker listens on (`10.0.0.<id>:9092`).
 pub const KAFKA_PORT: u16 = 9092;
 
-/// Connects clients to the simulated brokers.
+/// Connects clients (or a broker) to the simulated brokers.
 pub struct SimConnector {
-    world: Shared,
+    /// Weak: a broker's connector lives in the broker, which the world holds.
+    world: Weak<World>,
+    /// Where the streams start: `CLIENT`, or a broker.
+    origin: NodeId,
 }
 
 impl SimConnector {
-    pub fn new(world: Shared) -> SimConnector {
-        SimConnector { world }
+    /// A client's connector.
+    pub fn new(world: &Shared) -> SimConnector {
+        SimConnector { world: Rc::downgrade(world), origin: CLIENT }
+    }
+
+    /// Broker `id`'s connector, for its streams to the other brokers.
+    pub fn from_broker(world: &Shared, id: NodeId) -> SimConnector {
+        SimConnector { world: Rc::downgrade(world), origin: id }
     }
 }
 
@@ -70,32 +84,44 @@ impl Connector for SimConnector {
         &self,
         address: &BrokerAddress,
     ) -> io::Result<(tributary_client::ReadHalf, tributary_client::WriteHalf)> {
-        let brokers = self.world.scenario.brokers;
+        let world = self.world.upgrade().ok_or(io::ErrorKind::ConnectionRefused)?;
+        let brokers = world.scenario.brokers;
         let node = node_of(address, brokers).ok_or_else(|| {
             io::Error::new(io::ErrorKind::AddrNotAvailable, format!("no simulated broker listens on {address}"))
         })?;
-        let net = self.world.net.clone();
-        syn(&net, node, false).await?;
+        let net = world.net.clone();
+        drop(world);
+        let (there, back) = (Link { from: self.origin, to: node }, Link { from: node, to: self.origin });
+        syn(&net, there).await?;
         let (client, relay_client) = tokio::io::duplex(PIPE_BYTES);
         let (relay_broker, broker) = tokio::io::duplex(PIPE_BYTES);
-        if !self.world.accept(node, broker) {
+        let world = self.world.upgrade().ok_or(io::ErrorKind::ConnectionRefused)?;
+        if !world.accept(node, broker) {
             return Err(io::ErrorKind::ConnectionRefused.into());
         }
-        syn(&net, node, true).await?;
+        drop(world);
+        syn(&net, back).await?;
         let (from_client, to_client) = tokio::io::split(relay_client);
         let (from_broker, to_broker) = tokio::io::split(relay_broker);
-        tokio::task::spawn_local(carry(net.clone(), node, false, from_client, to_broker));
-        tokio::task::spawn_local(carry(net, node, true, from_broker, to_client));
+        tokio::task::spawn_local(carry(net.clone(), there, from_client, to_broker));
+        tokio::task::spawn_local(carry(net, back, from_broker, to_client));
         let (read, write) = tokio::io::split(client);
         Ok((Box::new(read), Box::new(write)))
     }
 }
 
+/// One direction of a stream.
+#[derive(Clone, Copy)]
+struct Link {
+    from: NodeId,
+    to: NodeId,
+}
+
 /// One way of the handshake: a SYN (or its answer) that gets through, resent
-/// after `SYN_RETRY` while lost. `back`: from the broker to the client.
-async fn syn(net: &SimNet, node: NodeId, back: bool) -> io::Result<()> {
+/// after `SYN_RETRY` while lost.
+async fn syn(net: &SimNet, link: Link) -> io::Result<()> {
     for _ in 0..MAX_SYNS {
-        match net.client_trip(node, back) {
+        match net.stream_trip(link.from, link.to) {
             Some(trip) => {
                 tokio::time::sleep(trip).await;
                 return Ok(());
@@ -110,8 +136,7 @@ async fn syn(net: &SimNet, node: NodeId, back: bool) -> io::Result<()> {
 /// the stream is reset), then closes the far end's reading side.
 async fn carry(
     net: Arc<SimNet>,
-    node: NodeId,
-    back: bool,
+    link: Link,
     mut from: ReadHalf<DuplexStream>,
     mut to: WriteHalf<DuplexStream>,
 ) {
@@ -131,7 +156,7 @@ async fn carry(
     };
     let deliver = async move {
         while let Some((sent, segment)) = queued.recv().await {
-            let Some(arrival) = arrival(&net, node, back, sent).await else { break };
+            let Some(arrival) = arrival(&net, link, sent).await else { break };
             tokio::time::sleep_until(arrival).await;
             if to.write_all(&segment).await.is_err() {
                 break;
@@ -151,11 +176,11 @@ async fn carry(
 
 /// When a segment sent at `sent` arrives: after one trip that is not lost,
 /// retransmitted while lost; `None` once `MAX_RETRANSMITS` are used up.
-async fn arrival(net: &SimNet, node: NodeId, back: bool, sent: Instant) -> Option<Instant> {
+async fn arrival(net: &SimNet, link: Link, sent: Instant) -> Option<Instant> {
     let mut at = sent;
     let mut rto = RTO;
     for _ in 0..=MAX_RETRANSMITS {
-        if let Some(trip) = net.client_trip(node, back) {
+        if let Some(trip) = net.stream_trip(link.from, link.to) {
             return Some(at + trip);
         }
         at = Instant::now().max(at) + rto;

@@ -164,7 +164,7 @@ pub fn restart(world: &Shared, id: NodeId) {
     let mut brokers = world.brokers.borrow_mut();
     let broker = &mut brokers[id as usize - 1];
     if !broker.is_running() {
-        broker.start(&world.net);
+        broker.start(world);
         let first = broker.starts == 1;
         drop(brokers);
         world.event(format!("broker {id} {}", if first { "started" } else { "restarted" }));

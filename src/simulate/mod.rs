@@ -17,10 +17,11 @@ mod connector;
 mod faults;
 mod net;
 mod scenario;
+mod txn_workload;
 mod workload;
 mod world;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tributary_actors::replication::{DescribeRole, Role};
-use tributary_client::{Client, FetchOptions, NewTopic};
+use tributary_client::{Client, FetchOptions, Isolation, NewTopic};
 
 use self::checker::{FinalLogs, Violation};
 use self::cluster::SimBroker;
@@ -104,7 +105,7 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
     let net = net::SimNet::new(rng.gen(), scenario.network.latency_ms);
     let n = scenario.brokers;
     let brokers = (1..=n as u64)
-        .map(|id| SimBroker::new(id, n, dir.join(format!("broker{id}")), &scenario.durability))
+        .map(|id| SimBroker::new(id, n, dir.join(format!("broker{id}")), &scenario.durability, &scenario.broker_config))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let world = World::new(scenario.clone(), net, brokers, StdRng::seed_from_u64(rng.gen()));
     for id in world.broker_ids() {
@@ -126,7 +127,15 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
         let task = workload::producer(world.clone(), i as u32 + 1, idempotent, stop.clone(), give_up.clone());
         producers.push(tokio::task::spawn_local(task));
     }
+    let first_transactional = (w.idempotent_producers + w.plain_producers) as u32 + 1;
+    for i in 0..w.transactional_producers as u32 {
+        let task = txn_workload::transactional_producer(world.clone(), first_transactional + i, stop.clone(), give_up.clone());
+        producers.push(tokio::task::spawn_local(task));
+    }
     let mut consumers = Vec::new();
+    if w.copier {
+        consumers.push(tokio::task::spawn_local(txn_workload::copier(world.clone(), stop.clone())));
+    }
     for g in 0..w.consumer_groups {
         consumers.push(tokio::task::spawn_local(workload::consumer(world.clone(), format!("group-{g}"), stop.clone())));
     }
@@ -194,8 +203,11 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
         }
     }
     violations.extend(checker::check(&world.history.borrow(), &logs, &existing));
+    if w.transactional_producers > 0 || w.copier {
+        check_transactions(&world, &checker, &mut violations).await;
+    }
     // A producer that never got an acknowledgement means the run tested nothing of it.
-    let producers = (w.idempotent_producers + w.plain_producers) as u32;
+    let producers = (w.idempotent_producers + w.plain_producers + w.transactional_producers) as u32;
     for id in 1..=producers {
         let acked = world.history.borrow().acks.iter().any(|a| a.records.first().is_some_and(|r| r.producer == id));
         if !acked {
@@ -231,7 +243,11 @@ async fn form(world: &Shared) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let client = workload::admin_client(world, "formation");
-    for topic in &world.scenario.topics {
+    let mut topics = world.scenario.topics.clone();
+    if world.scenario.workload.copier {
+        topics.push(scenario::TopicSpec { name: txn_workload::copy_topic(world), ..topics[0].clone() });
+    }
+    for topic in &topics {
         let new = NewTopic {
             name: topic.name.clone(),
             partitions: topic.partitions,
@@ -336,7 +352,10 @@ async fn read_final_logs(
             let key = (topic.name.clone(), p.index);
             let read = match p.leader {
                 None => Err("no leader".to_string()),
-                Some(leader) => read_partition(world, client, &topic.name, p.index, leader).await,
+                Some(leader) => {
+                    let read = Read { isolation: Isolation::ReadUncommitted, parse: checker::RecordId::parse };
+                    read_partition(world, client, &topic.name, p.index, leader, read).await.map(|(log, _)| log)
+                }
             };
             match read {
                 Ok(log) => {
@@ -353,15 +372,32 @@ async fn read_final_logs(
     (logs, existing)
 }
 
+/// How the final logs are read: which records, and what the values are.
+#[derive(Clone, Copy)]
+struct Read {
+    isolation: Isolation,
+    parse: fn(&[u8]) -> Option<checker::RecordId>,
+}
+
+/// A partition read to its end: to its high watermark, or read_committed to
+/// its last stable offset, with (last stable offset, high watermark).
+type PartitionRead = (std::collections::BTreeMap<i64, Option<checker::RecordId>>, (i64, i64));
+
 async fn read_partition(
     world: &Shared,
     client: &Client<SimConnector>,
     topic: &str,
     partition: i32,
     leader: i32,
-) -> Result<std::collections::BTreeMap<i64, Option<checker::RecordId>>, String> {
-    let options =
-        FetchOptions { max_wait: Duration::ZERO, min_bytes: 0, max_bytes: 4 << 20, partition_max_bytes: 4 << 20 };
+    read: Read,
+) -> Result<PartitionRead, String> {
+    let options = FetchOptions {
+        max_wait: Duration::ZERO,
+        min_bytes: 0,
+        max_bytes: 4 << 20,
+        partition_max_bytes: 4 << 20,
+        isolation: read.isolation,
+    };
     let mut log = std::collections::BTreeMap::new();
     let mut next = 0i64;
     let mut failures = 0;
@@ -378,22 +414,145 @@ async fn read_partition(
         };
         for record in fetched.records {
             if record.offset >= next {
-                log.insert(record.offset, record.value.as_deref().and_then(checker::RecordId::parse));
+                log.insert(record.offset, record.value.as_deref().and_then(read.parse));
                 next = record.offset + 1;
             }
         }
         next = next.max(fetched.next_offset);
-        if next >= fetched.high_watermark {
+        let end = match read.isolation {
+            Isolation::ReadCommitted => fetched.last_stable_offset,
+            Isolation::ReadUncommitted => fetched.high_watermark,
+        };
+        if next >= end {
             world.event(format!(
-                "final read of {topic}-{partition} from broker {leader}: {} records, high watermark {}, log start {}",
+                "final {:?} read of {topic}-{partition} from broker {leader}: {} records, high watermark {}, last stable {}, log start {}",
+                read.isolation,
                 log.len(),
                 fetched.high_watermark,
+                fetched.last_stable_offset,
                 fetched.log_start_offset
             ));
-            return Ok(log);
+            return Ok((log, (fetched.last_stable_offset, fetched.high_watermark)));
         }
     }
     Err(format!("not read to its end in {MAX_FINAL_FETCHES} fetches"))
+}
+
+/// How long after healing an open transaction may keep a partition's last
+/// stable offset below its high watermark: its timeout, and time to abort it.
+const HANGING_LIMIT: Duration = Duration::from_secs(30);
+
+/// Reads every partition read_committed (waiting out transactions the
+/// coordinators are still to time out) and the copier's committed offsets,
+/// and runs the transactional checks on them.
+async fn check_transactions(world: &Shared, client: &Client<SimConnector>, violations: &mut Vec<Violation>) {
+    let copy_topic = txn_workload::copy_topic(world);
+    let mut names: Vec<String> = world.scenario.topics.iter().map(|t| t.name.clone()).collect();
+    if world.scenario.workload.copier {
+        names.push(copy_topic.clone());
+    }
+    let (mut committed, mut copies) = (FinalLogs::new(), FinalLogs::new());
+    let deadline = tokio::time::Instant::now() + HANGING_LIMIT;
+    for name in &names {
+        let parse = if *name == copy_topic { txn_workload::parse_copy } else { checker::RecordId::parse };
+        let read = Read { isolation: Isolation::ReadCommitted, parse };
+        let Ok(topic) = client.topic(name).await else {
+            violations.push(Violation { invariant: "final read", detail: format!("{name}: no metadata"), partition: None });
+            continue;
+        };
+        for p in &topic.partitions {
+            let key = (name.clone(), p.index);
+            // Bounded by the deadline: a read per second while a transaction holds the partition.
+            let outcome = loop {
+                let leader = client.topic(name).await.ok().and_then(|t| t.partitions.iter().find(|q| q.index == p.index).and_then(|q| q.leader));
+                let Some(leader) = leader else { break Err("no leader".to_string()) };
+                match read_partition(world, client, name, p.index, leader, read).await {
+                    Ok((log, (stable, high))) if stable >= high => break Ok(log),
+                    Ok((_, (stable, high))) if tokio::time::Instant::now() >= deadline => {
+                        break Err(format!(
+                            "a transaction still holds it {HANGING_LIMIT:?} after healing: last stable offset {stable}, high watermark {high}"
+                        ))
+                    }
+                    Err(e) if tokio::time::Instant::now() >= deadline => break Err(e),
+                    _ => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            };
+            match outcome {
+                Ok(log) if *name == copy_topic => {
+                    copies.insert(key, log);
+                }
+                Ok(log) => {
+                    committed.insert(key, log);
+                }
+                Err(e) => violations.push(Violation {
+                    invariant: "no transaction hangs",
+                    detail: format!("{name}-{}: {e}", p.index),
+                    partition: Some(key),
+                }),
+            }
+        }
+    }
+    // A transaction open on a partition that no coordinator knows will never end (KIP-890's hazard).
+    for name in &names {
+        match client.find_hanging_transactions(name).await {
+            Ok(hanging) => {
+                for h in hanging {
+                    violations.push(Violation {
+                        invariant: "no transaction hangs",
+                        detail: format!(
+                            "{}-{}: producer {} (epoch {}) has a transaction open from offset {} that no coordinator knows",
+                            h.topic, h.partition, h.producer_id, h.producer_epoch, h.start_offset
+                        ),
+                        partition: Some((h.topic, h.partition)),
+                    });
+                }
+            }
+            Err(e) => violations.push(Violation {
+                invariant: "final read",
+                detail: format!("{name}: hanging transactions not found out: {e}"),
+                partition: None,
+            }),
+        }
+    }
+    let mut copier_offsets = BTreeMap::new();
+    if world.scenario.workload.copier {
+        let first = &world.scenario.topics[0];
+        let asked = BTreeMap::from([(first.name.clone(), (0..first.partitions).collect())]);
+        match client.fetch_stable_offsets(txn_workload::COPIER_GROUP, Some(&asked)).await {
+            Ok(offsets) => {
+                for o in offsets.into_iter().filter(|o| o.topic == first.name) {
+                    copier_offsets.insert((o.topic, o.partition), o.offset.max(0));
+                }
+            }
+            Err(e) => violations.push(Violation {
+                invariant: "committed offsets readable after healing",
+                detail: format!("the copier's committed offsets could not be read: {e}"),
+                partition: None,
+            }),
+        }
+        if world.history.borrow().copier_commits.is_empty() {
+            violations.push(Violation {
+                invariant: "every producer makes progress",
+                detail: "the copier committed no transaction".into(),
+                partition: None,
+            });
+        }
+    }
+    let history = world.history.borrow();
+    let first_transactional = (world.scenario.workload.idempotent_producers + world.scenario.workload.plain_producers) as u32 + 1;
+    for id in first_transactional..first_transactional + world.scenario.workload.transactional_producers as u32 {
+        let committed_one = history.txns.iter().any(|t| {
+            t.producer == id && matches!(t.end, checker::TxnEnd::Commit { answered: true, .. })
+        });
+        if !committed_one {
+            violations.push(Violation {
+                invariant: "every producer makes progress",
+                detail: format!("transactional producer {id} had no commit acknowledged"),
+                partition: None,
+            });
+        }
+    }
+    violations.extend(checker::check_transactions(&history, &committed, &copies, &copier_offsets));
 }
 
 /// Stops every broker and sums the run up.
@@ -416,6 +575,11 @@ async fn finish(world: &Shared, seed: u64, faults: usize, violations: Vec<Violat
             hasher.write_u32(r.producer);
             hasher.write_u64(r.seq);
         }
+    }
+    for txn in &history.txns {
+        hasher.write_u32(txn.producer);
+        hasher.write_usize(txn.acked.len());
+        hasher.write_u8(matches!(txn.end, checker::TxnEnd::Commit { answered: true, .. }) as u8);
     }
     for ((topic, partition), log) in logs {
         hasher.write(topic.as_bytes());

@@ -125,10 +125,9 @@ impl SimNet {
         Route::Deliver { delay: Duration::from_millis(delay), copy_after }
     }
 
-    /// One message's one-way trip between a client and broker `broker`:
-    /// `None` if it is lost.
-    pub fn client_trip(&self, broker: NodeId, back: bool) -> Option<Duration> {
-        let (from, to) = if back { (broker, CLIENT) } else { (CLIENT, broker) };
+    /// One segment's one-way trip on a stream from `from` to `to` (a broker,
+    /// or `CLIENT`): `None` if it is lost.
+    pub fn stream_trip(&self, from: NodeId, to: NodeId) -> Option<Duration> {
         match self.route(from, to, false) {
             Route::Lost => None,
             Route::Deliver { delay, .. } => Some(delay),

@@ -40,6 +40,10 @@ pub struct Scenario {
     pub network: NetworkSpec,
     #[serde(default)]
     pub faults: FaultSpec,
+    /// Broker settings over the simulation's own, in the broker config's
+    /// format (`[broker_config.transactions]` ...); checked as a broker checks its file.
+    #[serde(default)]
+    pub broker_config: toml::Table,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +76,16 @@ pub struct WorkloadSpec {
     pub commit_every_ms: u64,
     /// Topics created (through random brokers) while faults are running.
     pub topics_created: usize,
+    /// Transactional producers: transactions of batches to random partitions, some aborted.
+    pub transactional_producers: usize,
+    /// Batches in one transaction.
+    pub batches_per_transaction: usize,
+    /// Share of transactions aborted on purpose, in percent.
+    pub abort_percent: u64,
+    /// A consume-transform-produce copier: a read_committed member of its own
+    /// group copies the first topic to `<first topic>-copy`, each batch in a
+    /// transaction with its input offsets (exactly once).
+    pub copier: bool,
 }
 
 impl Default for WorkloadSpec {
@@ -85,6 +99,10 @@ impl Default for WorkloadSpec {
             consumer_groups: 1,
             commit_every_ms: 250,
             topics_created: 1,
+            transactional_producers: 0,
+            batches_per_transaction: 3,
+            abort_percent: 30,
+            copier: false,
         }
     }
 }
@@ -233,7 +251,7 @@ impl Scenario {
                 .map_err(|e| anyhow::anyhow!("topic {}: {e}", t.name))?;
         }
         let w = &self.workload;
-        if w.idempotent_producers + w.plain_producers > MAX_PRODUCERS {
+        if w.idempotent_producers + w.plain_producers + w.transactional_producers > MAX_PRODUCERS {
             bail!("at most {MAX_PRODUCERS} producers");
         }
         if !(1..=100).contains(&w.records_per_batch) {
@@ -244,6 +262,9 @@ impl Scenario {
         }
         if w.consumer_groups > 8 || w.topics_created > 16 {
             bail!("at most 8 consumer groups and 16 created topics");
+        }
+        if !(1..=20).contains(&w.batches_per_transaction) || w.abort_percent > 100 {
+            bail!("batches_per_transaction must be within 1..=20 and abort_percent 0..=100");
         }
         for range in [self.network.latency_ms, self.faults.gap_ms, self.faults.length_ms] {
             if range[0] > range[1] || range[1] > 600_000 {

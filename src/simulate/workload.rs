@@ -30,9 +30,9 @@ const MAX_SENDS_PER_BATCH: u32 = 200;
 const RETRY_BACKOFF_MS: std::ops::RangeInclusive<u64> = 50..=300;
 const OBSERVE_EVERY: Duration = Duration::from_millis(200);
 /// How long a produce request lets the leader wait for its replicas.
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a consumer's fetch lets the broker wait for data.
-const FETCH_WAIT: Duration = Duration::from_millis(50);
+pub(super) const FETCH_WAIT: Duration = Duration::from_millis(50);
 
 /// A flag the run raises once (stop making work; stop retrying): tasks check
 /// it between steps, or wait for it while a request is out.
@@ -60,7 +60,7 @@ impl Flag {
 }
 
 /// Runs `work` unless `flag` is raised first.
-async fn unless<T>(flag: &Flag, work: impl std::future::Future<Output = T>) -> Option<T> {
+pub(super) async fn unless<T>(flag: &Flag, work: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         () = flag.raised() => None,
@@ -70,7 +70,7 @@ async fn unless<T>(flag: &Flag, work: impl std::future::Future<Output = T>) -> O
 
 /// Retries as a producer's client makes them: many, for a producer keeps
 /// going through faults until it is told to give up.
-fn producer_retry() -> Retry {
+pub(super) fn producer_retry() -> Retry {
     Retry {
         attempts: MAX_SENDS_PER_BATCH,
         within: Duration::from_secs(120),
@@ -80,7 +80,7 @@ fn producer_retry() -> Retry {
 }
 
 /// A few quick retries: the caller goes round again anyway.
-fn brief_retry() -> Retry {
+pub(super) fn brief_retry() -> Retry {
     Retry {
         attempts: 3,
         within: Duration::from_secs(5),
@@ -98,7 +98,7 @@ fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
 
-fn records_of(ids: &[RecordId]) -> Vec<NewRecord> {
+pub(super) fn records_of(ids: &[RecordId]) -> Vec<NewRecord> {
     ids.iter().map(|r| NewRecord::keyed(format!("p{}", r.producer), r.value())).collect()
 }
 
@@ -107,7 +107,7 @@ fn encode(records: &[RecordId], producer: Sequenced, timestamp: i64) -> Result<B
     encode_batch(&records_of(records), Compression::None, timestamp, Some(producer))
 }
 
-async fn backoff(world: &Shared) {
+pub(super) async fn backoff(world: &Shared) {
     tokio::time::sleep(Duration::from_millis(world.random(RETRY_BACKOFF_MS))).await;
 }
 
@@ -135,14 +135,14 @@ async fn init_producer_id(client: &Client<SimConnector>) -> Result<(i64, i16), E
 }
 
 /// A record batch to a random partition of a random scenario topic.
-fn pick_partition(world: &Shared) -> PartitionKey {
+pub(super) fn pick_partition(world: &Shared) -> PartitionKey {
     let topics = &world.scenario.topics;
     let topic = &topics[world.random(0..=topics.len() as u64 - 1) as usize];
     (topic.name.clone(), world.random(0..=topic.partitions as u64 - 1) as i32)
 }
 
 /// The next `records_per_batch` record ids of producer `id`.
-fn next_records(world: &Shared, id: u32, next_seq: &mut u64) -> Vec<RecordId> {
+pub(super) fn next_records(world: &Shared, id: u32, next_seq: &mut u64) -> Vec<RecordId> {
     let count = world.scenario.workload.records_per_batch as u64;
     let records = (0..count).map(|i| RecordId { producer: id, seq: *next_seq + i }).collect();
     *next_seq += count;
@@ -372,7 +372,7 @@ pub async fn consumer(world: Shared, group: String, stop: Flag) {
     let client = world.client(&format!("consumer-{group}"), brief_retry());
     let topic = world.scenario.topics[0].clone();
     let member = GroupMember::new(&client, &group, &[topic.name.as_str()], member_config());
-    let options = FetchOptions { max_wait: FETCH_WAIT, min_bytes: 1, max_bytes: 1 << 20, partition_max_bytes: 1 << 20 };
+    let options = FetchOptions { max_wait: FETCH_WAIT, min_bytes: 1, max_bytes: 1 << 20, partition_max_bytes: 1 << 20, ..FetchOptions::default() };
     let mut positions: BTreeMap<i32, i64> = (0..topic.partitions).map(|p| (p, 0)).collect();
     let mut round = 0u64;
     // Bounded by `stop`: each turn joins once and reads until the generation ends.
@@ -453,7 +453,7 @@ pub async fn consumer(world: Shared, group: String, stop: Flag) {
 }
 
 /// The member's timeouts: a session long enough to ride out most faults.
-fn member_config() -> GroupConfig {
+pub(super) fn member_config() -> GroupConfig {
     GroupConfig {
         session_timeout: Duration::from_secs(10),
         rebalance_timeout: Duration::from_secs(10),
@@ -462,7 +462,7 @@ fn member_config() -> GroupConfig {
 }
 
 /// Whether a member's request failed because its generation is over.
-fn rejoin(error: &Error) -> bool {
+pub(super) fn rejoin(error: &Error) -> bool {
     matches!(
         error.kafka(),
         Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration | ResponseError::UnknownMemberId)

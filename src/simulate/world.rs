@@ -96,6 +96,6 @@ impl World {
         config.metadata_max_age = METADATA_MAX_AGE;
         config.retry = retry;
         config.clock = tributary_actors::now_ms;
-        Client::new(SimConnector::new(self.clone()), config)
+        Client::new(SimConnector::new(self), config)
     }
 }

@@ -45,3 +45,33 @@ def test_scenario_mistakes_are_named(tmp_path):
     assert "meteor-strike" in run.stderr, run.stderr
     missing = simulate("no-such-scenario")
     assert missing.returncode != 0 and "no-such-scenario" in missing.stderr, missing.stderr
+
+
+def test_a_transactional_run_replays_and_checks_transactions():
+    """The transactions scenario: transactional producers and a
+    consume-transform-produce copier under faults. A seed replays its run,
+    and the summary counts the transactional records it checked."""
+    first = simulate("transactions", "--seed", "11")
+    again = simulate("transactions", "--seed", "11")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert digest(first) == digest(again), "one seed, two different runs"
+    acked = int(re.search(r"records acknowledged and checked\s+(\d+)", first.stdout).group(1))
+    assert acked > 1000, f"the workload acknowledged only {acked} records"
+
+
+def test_turning_off_partition_verification_is_caught():
+    """The mutation check: with KIP-890's verification off
+    (transactions.partition_verification = false in the scenario's
+    broker_config), some seed of 200 must fail."""
+    run = simulate("simulations/mutations/transactions-unverified.toml", "--seeds", "200", timeout=900)
+    assert run.returncode != 0, "200 seeds without partition verification all passed:\n" + run.stdout[-3000:]
+    failed = int(re.search(r"failed\s+(\d+)", run.stdout).group(1))
+    assert failed >= 1 and "harness failed" not in run.stdout, run.stdout[-3000:]
+
+
+def test_a_scenario_broker_config_is_checked_as_a_broker_checks_its_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nduration_s = 5\n[broker_config.transactions]\npartition_verifications = false\n')
+    run = simulate(str(bad))
+    assert run.returncode != 0
+    assert "partition_verifications" in run.stdout + run.stderr, run.stdout + run.stderr

@@ -650,7 +650,7 @@ def cli(broker, *args, check=True):
 
 
 def test_cli_lists_describes_and_aborts_a_hanging_transaction(broker):
-    """`tributary transactions list|describe|producers|abort`: an open
+    """`tributary transactions list|describe|producers|find-hanging|abort`: an open
     transaction is listed and described; its partition names where it
     started; aborting it there with a marker (as kafka-transactions.sh
     abort does for a transaction its coordinator lost) frees read_committed
@@ -672,6 +672,8 @@ def test_cli_lists_describes_and_aborts_a_hanging_transaction(broker):
     open_ones = [x for x in producers if x["current_txn_start_offset"] >= 0]
     assert len(open_ones) == 1 and open_ones[0]["current_txn_start_offset"] == len(before), producers
     assert end_offsets(broker.bootstrap, topic, [0], READ_COMMITTED)[0] == len(before), "held at the open transaction"
+    hanging = json.loads(cli(broker, "transactions", "find-hanging", "--topic", topic).stdout)
+    assert hanging == [], f"an open transaction its coordinator knows is not hanging: {hanging}"
 
     producer_id = str(open_ones[0]["producer_id"])
     cli(broker, "transactions", "abort", "--topic", topic, "--partition", "0", "--producer-id", producer_id)
