@@ -132,6 +132,13 @@ pub struct ClusterDescription {
     pub brokers: Vec<BrokerInfo>,
 }
 
+/// The first error of per-partition answers `(topic, partition, error code)`, naming its partition.
+pub(crate) fn check_partitions<'a>(answers: impl IntoIterator<Item = (&'a TopicName, i32, i16)>) -> Result<()> {
+    answers.into_iter().try_for_each(|(topic, partition, code)| {
+        check(code, || Subject::Partition(topic.0.to_string(), partition))
+    })
+}
+
 pub(crate) fn group_id(group: &str) -> GroupId {
     GroupId(str_bytes(group))
 }
@@ -428,12 +435,9 @@ impl<C: Connector> Client<C> {
             .with_member_id(str_bytes(member_id))
             .with_topics(topics);
         self.on_coordinator(group, &request, |response: &OffsetCommitResponse| {
-            response.topics.iter().try_for_each(|t| {
-                let topic = t.name.0.to_string();
-                t.partitions
-                    .iter()
-                    .try_for_each(|p| check(p.error_code, || Subject::Partition(topic.clone(), p.partition_index)))
-            })
+            check_partitions(
+                response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (&t.name, p.partition_index, p.error_code))),
+            )
         })
         .await
         .map(drop)

@@ -27,11 +27,11 @@ use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnT
 use kafka_protocol::messages::txn_offset_commit_request::{TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, EndTxnRequest, InitProducerIdRequest, ProducerId,
-    TransactionalId, TxnOffsetCommitRequest,
+    TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::Request;
 
-use crate::admin::{group_id, PartitionOffset};
+use crate::admin::{check_partitions, group_id, PartitionOffset};
 use crate::client::{str_bytes, topic_name, Client};
 use crate::connector::Connector;
 use crate::error::{check, Error, Result, Subject, TxnMisuse};
@@ -277,18 +277,12 @@ impl<C: Connector> TransactionalProducer<C> {
             .with_generation_id(generation)
             .with_member_id(str_bytes(member_id))
             .with_topics(topics);
-        let client = self.producer.client();
-        client
-            .retrying(|| async {
-                let response = client.coordinator(group).await?.send(&request).await?;
-                response.topics.iter().try_for_each(|t| {
-                    let topic = t.name.0.to_string();
-                    t.partitions
-                        .iter()
-                        .try_for_each(|p| check(p.error_code, || Subject::Partition(topic.clone(), p.partition_index)))
-                })
-            })
-            .await
+        let check = |response: &TxnOffsetCommitResponse| {
+            check_partitions(
+                response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (&t.name, p.partition_index, p.error_code))),
+            )
+        };
+        self.producer.client().on_coordinator(group, &request, check).await.map(drop)
     }
 
     /// Sends `request` to the transaction coordinator until `check` passes

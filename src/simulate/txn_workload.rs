@@ -18,7 +18,7 @@ use tributary_client::{
 use super::checker::{Ack, PartitionKey, RecordId, Txn, TxnEnd};
 use super::connector::SimConnector;
 use super::workload::{
-    backoff, brief_retry, member_config, next_records, pick_partition, producer_retry, records_of, rejoin, unless,
+    backoff, brief_retry, heartbeat_if_due, join, member_config, next_records, pick_partition, producer_retry, records_of, rejoin, unless,
     Flag, ACK_TIMEOUT, FETCH_WAIT,
 };
 use super::world::Shared;
@@ -157,16 +157,11 @@ pub async fn copier(world: Shared, stop: Flag) {
     };
     // Bounded by `stop`: each turn joins once and copies until the generation ends or a round fails.
     while !stop.is_raised() {
-        let assignment = match unless(&stop, member.join()).await {
+        let mine = match join(&world, &member, &topic.name, &stop, "copier").await {
             None => return,
-            Some(Ok(assignment)) => assignment,
-            Some(Err(e)) => {
-                world.event(format!("copier: join failed: {e}"));
-                backoff(&world).await;
-                continue;
-            }
+            Some(None) => continue,
+            Some(Some(mine)) => mine,
         };
-        let mine = assignment.partitions.get(&topic.name).cloned().unwrap_or_default();
         let mut positions = match unless(&stop, committed(&client, &topic.name, &mine)).await {
             None => return,
             Some(Some(positions)) => {
@@ -211,13 +206,10 @@ pub async fn copier(world: Shared, stop: Flag) {
                     }
                 }
             }
-            if beat.elapsed() >= member.config().heartbeat_interval {
-                beat = tokio::time::Instant::now();
-                match unless(&stop, member.heartbeat()).await {
-                    None => return,
-                    Some(Err(e)) if rejoin(&e) => break,
-                    Some(_) => {}
-                }
+            match heartbeat_if_due(&member, &mut beat, &stop).await {
+                None => return,
+                Some(true) => break,
+                Some(false) => {}
             }
             tokio::time::sleep(Duration::from_millis(world.scenario.workload.commit_every_ms)).await;
         }

@@ -377,16 +377,11 @@ pub async fn consumer(world: Shared, group: String, stop: Flag) {
     let mut round = 0u64;
     // Bounded by `stop`: each turn joins once and reads until the generation ends.
     while !stop.is_raised() {
-        let assignment = match unless(&stop, member.join()).await {
+        let mine = match join(&world, &member, &topic.name, &stop, &format!("consumer of group {group}")).await {
             None => return,
-            Some(Ok(assignment)) => assignment,
-            Some(Err(e)) => {
-                world.event(format!("consumer of group {group}: join failed: {e}"));
-                backoff(&world).await;
-                continue;
-            }
+            Some(None) => continue,
+            Some(Some(mine)) => mine,
         };
-        let mine = assignment.partitions.get(&topic.name).cloned().unwrap_or_default();
         let mut beat = tokio::time::Instant::now();
         // Bounded by `stop`: each turn reads each partition once, commits, and heartbeats when due.
         while !stop.is_raised() {
@@ -437,19 +432,49 @@ pub async fn consumer(world: Shared, group: String, stop: Flag) {
             {
                 return;
             }
-            if beat.elapsed() >= member.config().heartbeat_interval {
-                beat = tokio::time::Instant::now();
-                match unless(&stop, member.heartbeat()).await {
-                    None => return,
-                    Some(Err(e)) if rejoin(&e) => break,
-                    Some(_) => {}
-                }
+            match heartbeat_if_due(&member, &mut beat, &stop).await {
+                None => return,
+                Some(true) => break,
+                Some(false) => {}
             }
             tokio::time::sleep(Duration::from_millis(world.scenario.workload.commit_every_ms)).await;
         }
     }
     // Leaving lets the group rebalance now; a failure only means its session times out.
     let _ = tokio::time::timeout(Duration::from_secs(2), member.leave()).await;
+}
+
+/// Joins the group: the member's partitions of `topic`; `Some(None)` after a
+/// failed join (logged, and backed off from); `None` if `stop` was raised.
+pub(super) async fn join(
+    world: &Shared,
+    member: &GroupMember<SimConnector>,
+    topic: &str,
+    stop: &Flag,
+    who: &str,
+) -> Option<Option<Vec<i32>>> {
+    match unless(stop, member.join()).await? {
+        Ok(assignment) => Some(Some(assignment.partitions.get(topic).cloned().unwrap_or_default())),
+        Err(e) => {
+            world.event(format!("{who}: join failed: {e}"));
+            backoff(world).await;
+            Some(None)
+        }
+    }
+}
+
+/// Heartbeats if one is due: `None` if `stop` was raised meanwhile,
+/// `Some(true)` if the member's generation is over (rejoin).
+pub(super) async fn heartbeat_if_due(
+    member: &GroupMember<SimConnector>,
+    beat: &mut tokio::time::Instant,
+    stop: &Flag,
+) -> Option<bool> {
+    if beat.elapsed() < member.config().heartbeat_interval {
+        return Some(false);
+    }
+    *beat = tokio::time::Instant::now();
+    Some(matches!(unless(stop, member.heartbeat()).await?, Err(e) if rejoin(&e)))
 }
 
 /// The member's timeouts: a session long enough to ride out most faults.
