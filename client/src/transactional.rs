@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
-use kafka_protocol::messages::txn_offset_commit_request::{TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic};
+use kafka_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, EndTxnRequest, InitProducerIdRequest, ProducerId,
     TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
@@ -89,8 +91,14 @@ impl<C: Connector> TransactionalProducer<C> {
     /// Takes the transactional id's producer id and a new epoch, fencing older instances.
     pub async fn init(client: Client<C>, config: TransactionConfig) -> Result<TransactionalProducer<C>> {
         let producer = Producer::new(client, ProducerConfig { acks: Acks::All, ..config.producer.clone() });
-        let mut me =
-            TransactionalProducer { producer, config, id: (-1, -1), sequences: HashMap::new(), bump: false, open: None };
+        let mut me = TransactionalProducer {
+            producer,
+            config,
+            id: (-1, -1),
+            sequences: HashMap::new(),
+            bump: false,
+            open: None,
+        };
         me.id = me.init_producer_id(None).await?;
         Ok(me)
     }
@@ -247,14 +255,19 @@ impl<C: Connector> TransactionalProducer<C> {
                 let response = connection.send_at(version, &request, Duration::ZERO).await?;
                 check(response.error_code, || self.subject())?;
                 let codes = response.results_by_topic_v3_and_below.iter().flat_map(|t| t.results_by_partition.iter());
-                codes.map(|p| p.partition_error_code).try_for_each(|code| {
-                    check(code, || Subject::Partition(topic.to_string(), partition))
-                })
+                codes
+                    .map(|p| p.partition_error_code)
+                    .try_for_each(|code| check(code, || Subject::Partition(topic.to_string(), partition)))
             })
             .await
     }
 
-    async fn commit_offsets(&self, group: &str, offsets: &[PartitionOffset], member: Option<(&str, i32)>) -> Result<()> {
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[PartitionOffset],
+        member: Option<(&str, i32)>,
+    ) -> Result<()> {
         let mut by_topic: BTreeMap<&str, Vec<TxnOffsetCommitRequestPartition>> = BTreeMap::new();
         for o in offsets {
             by_topic.entry(&o.topic).or_default().push(
@@ -279,7 +292,10 @@ impl<C: Connector> TransactionalProducer<C> {
             .with_topics(topics);
         let check = |response: &TxnOffsetCommitResponse| {
             check_partitions(
-                response.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (&t.name, p.partition_index, p.error_code))),
+                response
+                    .topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| (&t.name, p.partition_index, p.error_code))),
             )
         };
         self.producer.client().on_coordinator(group, &request, check).await.map(drop)

@@ -184,14 +184,22 @@ impl<C: Connector> Client<C> {
 
     /// The hanging transactions of `topic`: each partition's open
     /// transactions (DescribeProducers) checked against their coordinators
-    /// (ListTransactions, DescribeTransactions). One found open, unknown, is
-    /// asked about again, so a transaction that just ended is not reported.
+    /// (ListTransactions once, and again for one it does not know;
+    /// DescribeTransactions of the ids with that producer). One found open
+    /// and unknown is asked about again, so a transaction that just ended is
+    /// not reported.
     pub async fn find_hanging_transactions(&self, topic: &str) -> Result<Vec<HangingTransaction>> {
         let partitions = self.topic(topic).await?.partitions;
+        let listed = self.list_transactions().await?;
         let mut out = Vec::new();
         for p in &partitions {
             for producer in self.describe_producers(topic, p.index).await? {
-                if producer.current_txn_start_offset < 0 || self.coordinator_knows(topic, p.index, &producer).await? {
+                if producer.current_txn_start_offset < 0 || self.coordinator_knows(&listed, topic, p.index, &producer).await? {
+                    continue;
+                }
+                // Unknown to the listing taken first: ask afresh (it may have begun since).
+                let fresh = self.list_transactions().await?;
+                if self.coordinator_knows(&fresh, topic, p.index, &producer).await? {
                     continue;
                 }
                 let again = self.describe_producers(topic, p.index).await?;
@@ -213,8 +221,13 @@ impl<C: Connector> Client<C> {
     }
 
     /// Whether a coordinator has `producer`'s transaction open on `topic`-`partition`.
-    async fn coordinator_knows(&self, topic: &str, partition: i32, producer: &ProducerDescription) -> Result<bool> {
-        let listed = self.list_transactions().await?;
+    async fn coordinator_knows(
+        &self,
+        listed: &[TransactionListing],
+        topic: &str,
+        partition: i32,
+        producer: &ProducerDescription,
+    ) -> Result<bool> {
         for id in listed.iter().filter(|t| t.producer_id == producer.producer_id) {
             let described = self.describe_transaction(&id.transactional_id).await?;
             let open = UNFINISHED.contains(&described.state.as_str());

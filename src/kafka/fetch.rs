@@ -70,8 +70,8 @@ fn route(
         Err(_) => {}
         Ok(_) => {
             if version >= 11 && !rack.is_empty() && rack_of(&me) != Some(rack) {
-            let live = |id: &u64| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
-            if let Some(follower) = p.isr.iter().find(|id| **id != me && live(id) && rack_of(id) == Some(rack)) {
+                let live = |id: &u64| metadata.brokers.get(id).is_some_and(|b| !b.fenced);
+                if let Some(follower) = p.isr.iter().find(|id| **id != me && live(id) && rack_of(id) == Some(rack)) {
                     return Route::Preferred(*follower as i32);
                 }
             }

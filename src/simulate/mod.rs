@@ -127,9 +127,8 @@ async fn simulate(scenario: Scenario, seed: u64, dir: PathBuf) -> anyhow::Result
         let task = workload::producer(world.clone(), i as u32 + 1, idempotent, stop.clone(), give_up.clone());
         producers.push(tokio::task::spawn_local(task));
     }
-    let first_transactional = (w.idempotent_producers + w.plain_producers) as u32 + 1;
-    for i in 0..w.transactional_producers as u32 {
-        let task = txn_workload::transactional_producer(world.clone(), first_transactional + i, stop.clone(), give_up.clone());
+    for id in w.transactional_ids() {
+        let task = txn_workload::transactional_producer(world.clone(), id, stop.clone(), give_up.clone());
         producers.push(tokio::task::spawn_local(task));
     }
     let mut consumers = Vec::new();
@@ -539,8 +538,7 @@ async fn check_transactions(world: &Shared, client: &Client<SimConnector>, viola
         }
     }
     let history = world.history.borrow();
-    let first_transactional = (world.scenario.workload.idempotent_producers + world.scenario.workload.plain_producers) as u32 + 1;
-    for id in first_transactional..first_transactional + world.scenario.workload.transactional_producers as u32 {
+    for id in world.scenario.workload.transactional_ids() {
         let committed_one = history.txns.iter().any(|t| {
             t.producer == id && matches!(t.end, checker::TxnEnd::Commit { answered: true, .. })
         });

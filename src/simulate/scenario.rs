@@ -88,6 +88,14 @@ pub struct WorkloadSpec {
     pub copier: bool,
 }
 
+impl WorkloadSpec {
+    /// The workload ids of the transactional producers (after the idempotent and plain ones).
+    pub fn transactional_ids(&self) -> std::ops::Range<u32> {
+        let first = (self.idempotent_producers + self.plain_producers) as u32 + 1;
+        first..first + self.transactional_producers as u32
+    }
+}
+
 impl Default for WorkloadSpec {
     fn default() -> Self {
         WorkloadSpec {

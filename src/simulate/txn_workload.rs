@@ -18,8 +18,8 @@ use tributary_client::{
 use super::checker::{Ack, PartitionKey, RecordId, Txn, TxnEnd};
 use super::connector::SimConnector;
 use super::workload::{
-    backoff, brief_retry, heartbeat_if_due, join, member_config, next_records, pick_partition, producer_retry, records_of, rejoin, unless,
-    Flag, ACK_TIMEOUT, FETCH_WAIT,
+    backoff, brief_retry, heartbeat_if_due, join, member_config, next_records, pick_partition, producer_retry,
+    records_of, rejoin, unless, Flag, ACK_TIMEOUT, FETCH_WAIT,
 };
 use super::world::Shared;
 
@@ -102,7 +102,8 @@ pub async fn transactional_producer(world: Shared, id: u32, stop: Flag, give_up:
                 }
                 Some(Ok(base_offset)) => {
                     let at = world.now();
-                    txn.acked.extend(records.iter().enumerate().map(|(i, r)| (key.clone(), base_offset + i as i64, *r)));
+                    txn.acked
+                        .extend(records.iter().enumerate().map(|(i, r)| (key.clone(), base_offset + i as i64, *r)));
                     let ack = Ack { at, partition: key, base_offset, records, idempotent: true };
                     world.history.borrow_mut().acks.push(ack);
                 }
@@ -118,7 +119,8 @@ pub async fn transactional_producer(world: Shared, id: u32, stop: Flag, give_up:
         if commit {
             txn.end = TxnEnd::Commit { asked: world.now(), answered: false };
         }
-        let ended = if commit { unless(&give_up, producer.commit()).await } else { unless(&give_up, producer.abort()).await };
+        let ended =
+            if commit { unless(&give_up, producer.commit()).await } else { unless(&give_up, producer.abort()).await };
         let ok = matches!(ended, Some(Ok(())));
         if let (true, TxnEnd::Commit { asked, .. }) = (ok, txn.end) {
             txn.end = TxnEnd::Commit { asked, answered: true };
@@ -128,7 +130,10 @@ pub async fn transactional_producer(world: Shared, id: u32, stop: Flag, give_up:
             None => return,
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                world.event(format!("{name}: {} failed: {e}; a new producer takes over", if commit { "commit" } else { "abort" }));
+                world.event(format!(
+                    "{name}: {} failed: {e}; a new producer takes over",
+                    if commit { "commit" } else { "abort" }
+                ));
                 let Some(fresh) = init(&world, &client, &name, &give_up).await else { return };
                 producer = fresh;
             }
@@ -176,7 +181,8 @@ pub async fn copier(world: Shared, stop: Flag) {
         let mut beat = tokio::time::Instant::now();
         // Bounded by `stop`: a round per turn.
         while !stop.is_raised() {
-            let round = copy_round(&world, &client, &member, &mut producer, &topic.name, &output, &mut positions, &options);
+            let round =
+                copy_round(&world, &client, &member, &mut producer, &topic.name, &output, &mut positions, &options);
             match unless(&stop, round).await {
                 None => return,
                 Some(Round::Copied) => {}
@@ -267,7 +273,11 @@ async fn copy_round(
                 let mut history = world.history.borrow_mut();
                 history.read(world.now(), &key, record.offset, id);
                 history.committed_reads.push((world.now(), key.clone(), record.offset, id));
-                records.push(NewRecord { key: record.key.clone(), value: Some(Bytes::from(copy_value(&id))), ..NewRecord::default() });
+                records.push(NewRecord {
+                    key: record.key.clone(),
+                    value: Some(Bytes::from(copy_value(&id))),
+                    ..NewRecord::default()
+                });
             }
         }
         next.insert(part.partition, part.next_offset.max(from));

@@ -257,7 +257,7 @@ impl Handler<Call> for TxnCoordinator {
 
     fn handle(&mut self, Call(call): Call, _: &mut Context<Self>) -> Self::Result {
         if !self.lease.holds(&self.shared) {
-            // Loaded at an older epoch of the state partition: the current coordinator is elsewhere.
+            // Its load is over (an older epoch, or the partition loaded again): another coordinator answers.
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(E::NotCoordinator.code()))));
         }
         let (next, answer, then) = match self.decide(call) {

@@ -26,8 +26,8 @@ const MAX_ROUNDS: usize = 2_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Writes the markers of `meta` (a prepared state) until every partition and
-/// group has it; answers `meta` once all do. Stops when this broker no longer
-/// coordinates at `coordinator_epoch` (the next coordinator takes over).
+/// group has it; answers `meta` once all do. Stops when `lease` no longer
+/// holds (the next coordinator takes over); markers carry its epoch.
 pub async fn write_all(shared: &Shared, lease: &Lease, meta: &TxnMeta) -> Result<TxnMeta, String> {
     let coordinator_epoch = lease.epoch;
     let commit = meta.status == Status::PrepareCommit;
