@@ -17,6 +17,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use futures::future::try_join_all;
 use serde_json::json;
+use crate::cluster::metadata::ScramMechanism;
 use tributary_client::{
     partition_for_key, AlterConfig, BrokerAddress, Client, ConfigResource, ConsumedRecord, Consumer, FetchOptions,
     NewRecord, NewTopic, OffsetSpec, PartitionOffset, Producer, ProducerConfig, Tcp,
@@ -89,6 +90,34 @@ pub enum GroupCommand {
         to_latest: bool,
         #[arg(long)]
         to_offset: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a SASL user, or set its password: SCRAM credentials, salted and
+    /// iterated here, so the password never reaches the broker.
+    Create {
+        name: String,
+        /// The password (visible to other local users in the process list; prefer --password-file).
+        #[arg(long, conflicts_with = "password_file")]
+        password: Option<String>,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+        /// SCRAM-SHA-256, SCRAM-SHA-512, or both (the default).
+        #[arg(long)]
+        mechanism: Option<String>,
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+    /// List the users and their SCRAM mechanisms.
+    List,
+    /// Delete a user's credentials (all its mechanisms unless --mechanism).
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
     },
 }
 
@@ -459,6 +488,91 @@ pub fn group(global: &Global, command: GroupCommand) -> anyhow::Result<()> {
                     _ => bail!("say where to: --to-earliest, --to-latest or --to-offset N"),
                 };
                 reset_offsets(&client, global, out, &group, &topic, target).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The mechanisms `--mechanism` names: one, or both when absent.
+fn scram_mechanisms(named: Option<&str>) -> anyhow::Result<Vec<ScramMechanism>> {
+    match named {
+        None => Ok(ScramMechanism::ALL.to_vec()),
+        Some(name) => ScramMechanism::from_name(name)
+            .map(|m| vec![m])
+            .ok_or_else(|| anyhow::anyhow!("--mechanism must be SCRAM-SHA-256 or SCRAM-SHA-512, not {name:?}")),
+    }
+}
+
+pub fn user(global: &Global, command: UserCommand) -> anyhow::Result<()> {
+    use tributary_client::ScramChange;
+    run(async {
+        let client = connect(global)?;
+        let out = &mut std::io::stdout().lock();
+        match command {
+            UserCommand::Create { name, password, password_file, mechanism, iterations } => {
+                let password = match (password, password_file) {
+                    (Some(password), None) => password,
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                    _ => anyhow::bail!("give --password or --password-file"),
+                };
+                if password.is_empty() {
+                    anyhow::bail!("the password is empty");
+                }
+                let changes: Vec<ScramChange> = scram_mechanisms(mechanism.as_deref())?
+                    .into_iter()
+                    .map(|m| {
+                        let salt: [u8; 32] = rand::random();
+                        let salted = crate::security::scram::salted_password(m, password.as_bytes(), &salt, iterations.max(1));
+                        ScramChange::Upsert {
+                            user: name.clone(),
+                            mechanism: m.code(),
+                            iterations: iterations as i32,
+                            salt: salt.to_vec(),
+                            salted_password: salted,
+                        }
+                    })
+                    .collect();
+                client.alter_user_scram_credentials(&changes).await?;
+                emit(out, global, json!({"user": name, "created": true}), |out| writeln!(out, "user {name} set"))?;
+            }
+            UserCommand::List => {
+                let users = client.describe_user_scram_credentials(&[]).await?;
+                let rows: Vec<Vec<String>> = users
+                    .iter()
+                    .map(|u| {
+                        let mechanisms: Vec<String> = u
+                            .mechanisms
+                            .iter()
+                            .map(|(code, iterations)| {
+                                let name = ScramMechanism::from_code(*code).map_or("unknown", |m| m.name());
+                                format!("{name}({iterations})")
+                            })
+                            .collect();
+                        vec![u.user.clone(), mechanisms.join(" ")]
+                    })
+                    .collect();
+                let data = json!(rows.iter().map(|r| json!({"user": r[0], "mechanisms": r[1]})).collect::<Vec<_>>());
+                emit(out, global, data, |out| table(out, &["USER", "MECHANISMS(ITERATIONS)"], &rows))?;
+            }
+            UserCommand::Delete { name, mechanism } => {
+                let mechanisms = match mechanism.as_deref() {
+                    Some(m) => scram_mechanisms(Some(m))?,
+                    // Only those it has: deleting one it lacks is an error.
+                    None => {
+                        let described = client.describe_user_scram_credentials(&[&name]).await?;
+                        described.iter().flat_map(|u| &u.mechanisms).filter_map(|(c, _)| ScramMechanism::from_code(*c)).collect()
+                    }
+                };
+                let changes: Vec<ScramChange> =
+                    mechanisms.into_iter().map(|m| ScramChange::Delete { user: name.clone(), mechanism: m.code() }).collect();
+                client.alter_user_scram_credentials(&changes).await?;
+                emit(out, global, json!({"user": name, "deleted": true}), |out| writeln!(out, "user {name} deleted"))?;
             }
         }
         Ok(())

@@ -20,6 +20,7 @@ pub struct BrokerConfig {
     pub topics: TopicsSection,
     pub groups: tributary_actors::GroupSettings,
     pub transactions: TransactionsSection,
+    pub security: SecuritySection,
     pub metrics: MetricsSection,
     pub cluster: ClusterSection,
 }
@@ -39,6 +40,93 @@ pub struct TransactionsSection {
     /// Partition leaders ask the coordinator before a transactional batch opens a
     /// transaction (KIP-890; transaction.partition.verification.enable).
     pub partition_verification: bool,
+}
+
+/// `[security]`: authentication on the SASL listeners and the TLS certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Offered on SASL listeners (sasl.enabled.mechanisms).
+    pub sasl_mechanisms: Vec<String>,
+    /// A SASL connection must authenticate within this long of opening.
+    pub authentication_timeout_ms: u64,
+    /// A failed authentication is answered after this long (connection.failed.authentication.delay.ms).
+    pub failed_authentication_delay_ms: u64,
+    /// Sessions re-authenticate within this long (connections.max.reauth.ms); 0: never.
+    pub max_reauth_ms: u64,
+    /// PEM certificate chain and private key of the TLS listeners.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// PEM certificates of the CAs whose client certificates are accepted.
+    pub tls_client_ca_file: PathBuf,
+    /// "none", "requested" or "required" (ssl.client.auth).
+    pub tls_client_auth: String,
+    /// How a client certificate's subject becomes a principal (ssl.principal.mapping.rules).
+    pub tls_principal_mapping_rules: Vec<String>,
+}
+
+/// A listener's security protocol; a listener is named by its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub const ALL: [SecurityProtocol; 4] =
+        [SecurityProtocol::Plaintext, SecurityProtocol::Ssl, SecurityProtocol::SaslPlaintext, SecurityProtocol::SaslSsl];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+
+    fn parse(name: &str) -> Option<SecurityProtocol> {
+        SecurityProtocol::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// One Kafka listener, resolved: where it binds and what clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub protocol: SecurityProtocol,
+    pub addr: SocketAddr,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+}
+
+impl Listener {
+    pub fn name(&self) -> &'static str {
+        self.protocol.name()
+    }
+}
+
+/// `NAME://host:port` as Kafka's `listeners` writes it.
+fn parse_listener(entry: &str, key: &str) -> anyhow::Result<(SecurityProtocol, String, u16)> {
+    let (name, address) =
+        entry.split_once("://").with_context(|| format!("{key} entry {entry:?} must look like SASL_SSL://host:9093"))?;
+    let protocol = SecurityProtocol::parse(name).with_context(|| {
+        format!("{key} entry {entry:?}: the listener name must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    })?;
+    let (host, port) =
+        address.rsplit_once(':').with_context(|| format!("{key} entry {entry:?} has no port"))?;
+    let port: u16 = port.parse().with_context(|| format!("{key} entry {entry:?}: bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok((protocol, host, port))
 }
 
 /// `[cluster]`: empty `voters` means a single broker with no cluster.
@@ -71,6 +159,8 @@ pub struct BrokerSection {
     pub cluster_id: String,
     pub listen: SocketAddr,
     pub advertised_listener: String,
+    pub listeners: Vec<String>,
+    pub advertised_listeners: Vec<String>,
     pub data_dir: PathBuf,
 }
 
@@ -126,6 +216,10 @@ impl BrokerConfig {
 
     /// The embedded default with `overlay` over it, checked.
     pub fn from_table(overlay: toml::Table) -> anyhow::Result<BrokerConfig> {
+        let broker = overlay.get("broker").and_then(toml::Value::as_table);
+        if broker.is_some_and(|b| b.contains_key("listen") && b.contains_key("listeners")) {
+            bail!("give broker.listeners or broker.listen (one PLAINTEXT listener), not both");
+        }
         let mut merged: toml::Table = DEFAULT_CONFIG.parse().context("embedded default config")?;
         merge(&mut merged, overlay);
         let config: BrokerConfig = toml::Value::Table(merged).try_into().context("config file")?;
@@ -187,8 +281,107 @@ impl BrokerConfig {
         if self.topics.max_message_bytes < 1024 {
             bail!("topics.max_message_bytes must be at least 1024");
         }
+        self.listeners()?;
+        self.validate_security()?;
         self.cluster_settings()?;
         Ok(())
+    }
+
+    fn validate_security(&self) -> anyhow::Result<()> {
+        let s = &self.security;
+        for mechanism in &s.sasl_mechanisms {
+            if !crate::security::MECHANISMS.contains(&mechanism.as_str()) {
+                bail!(
+                    "security.sasl_mechanisms: {mechanism:?} is not one of {}",
+                    crate::security::MECHANISMS.join(", ")
+                );
+            }
+        }
+        if !(100..=3_600_000).contains(&s.authentication_timeout_ms) || s.failed_authentication_delay_ms > 60_000 {
+            bail!("security.authentication_timeout_ms must be 100 to 3600000 and failed_authentication_delay_ms at most 60000");
+        }
+        if !matches!(s.tls_client_auth.as_str(), "none" | "requested" | "required") {
+            bail!("security.tls_client_auth must be \"none\", \"requested\" or \"required\", not {:?}", s.tls_client_auth);
+        }
+        crate::security::tls::PrincipalRules::parse(&s.tls_principal_mapping_rules)
+            .context("security.tls_principal_mapping_rules")?;
+        let listeners = self.listeners()?;
+        if listeners.iter().any(|l| l.protocol.sasl()) && s.sasl_mechanisms.is_empty() {
+            bail!("a SASL listener needs at least one of security.sasl_mechanisms");
+        }
+        if listeners.iter().any(|l| l.protocol.tls()) {
+            if s.tls_cert_file.as_os_str().is_empty() || s.tls_key_file.as_os_str().is_empty() {
+                bail!("an SSL or SASL_SSL listener needs security.tls_cert_file and security.tls_key_file");
+            }
+            if s.tls_client_auth != "none" && s.tls_client_ca_file.as_os_str().is_empty() {
+                bail!("security.tls_client_auth = {:?} needs security.tls_client_ca_file", s.tls_client_auth);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Kafka listeners: `broker.listeners`, or one PLAINTEXT listener at
+    /// `broker.listen`. The first is the one other brokers use.
+    pub fn listeners(&self) -> anyhow::Result<Vec<Listener>> {
+        let b = &self.broker;
+        let bound: Vec<(SecurityProtocol, SocketAddr)> = if b.listeners.is_empty() {
+            vec![(SecurityProtocol::Plaintext, b.listen)]
+        } else {
+            let mut bound = Vec::new();
+            for entry in &b.listeners {
+                let (protocol, host, port) = parse_listener(entry, "broker.listeners")?;
+                let ip: std::net::IpAddr = host.parse().with_context(|| {
+                    format!("broker.listeners entry {entry:?}: bind to an IP address (0.0.0.0 for all)")
+                })?;
+                bound.push((protocol, SocketAddr::new(ip, port)));
+            }
+            bound
+        };
+        let mut advertised = std::collections::HashMap::new();
+        for entry in &b.advertised_listeners {
+            let (protocol, host, port) = parse_listener(entry, "broker.advertised_listeners")?;
+            if advertised.insert(protocol, (host, port as i32)).is_some() {
+                bail!("broker.advertised_listeners names {} twice", protocol.name());
+            }
+        }
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, (protocol, addr)) in bound.into_iter().enumerate() {
+            if listeners.iter().any(|l| l.protocol == protocol) {
+                bail!("broker.listeners names {} twice", protocol.name());
+            }
+            let legacy = (i == 0 && !b.advertised_listener.is_empty()).then(|| self.legacy_advertised(addr));
+            let (advertised_host, advertised_port) = advertised
+                .remove(&protocol)
+                .or(legacy)
+                .unwrap_or_else(|| (addr.ip().to_string(), addr.port() as i32));
+            listeners.push(Listener { protocol, addr, advertised_host, advertised_port });
+        }
+        if let Some(protocol) = advertised.keys().next() {
+            bail!("broker.advertised_listeners names {}, which broker.listeners does not", protocol.name());
+        }
+        Ok(listeners)
+    }
+
+    /// `broker.advertised_listener` ("host" or "host:port") for the first listener.
+    fn legacy_advertised(&self, addr: SocketAddr) -> (String, i32) {
+        let advertised = &self.broker.advertised_listener;
+        match advertised.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(addr.port() as i32)),
+            None => (advertised.clone(), addr.port() as i32),
+        }
+    }
+
+    /// Every listener's advertised address, for the cluster metadata.
+    pub fn advertised_endpoints(&self) -> Vec<crate::cluster::metadata::Endpoint> {
+        self.listeners()
+            .expect("listeners are checked at load")
+            .into_iter()
+            .map(|l| crate::cluster::metadata::Endpoint {
+                listener: l.name().to_string(),
+                host: l.advertised_host,
+                port: l.advertised_port,
+            })
+            .collect()
     }
 
     /// The `[cluster]` section resolved. With no voters the broker is a
@@ -212,7 +405,7 @@ impl BrokerConfig {
                 bail!("cluster.seeds and cluster.listen need cluster.voters (a broker with no voters is a cluster of one)");
             }
             // The address is only a label: a lone voter opens no cluster port.
-            let listen = self.broker.listen;
+            let listen = self.listeners()?[0].addr;
             return Ok(crate::cluster::ClusterSettings {
                 node_id,
                 listen,
@@ -258,6 +451,12 @@ impl BrokerConfig {
             _ => bail!("a cluster needs exactly one of cluster.key and cluster.key_file (64 hex digits)"),
         };
         let key = crate::cluster::transport::parse_key(&key_text)?;
+        if self.listeners()?[0].protocol != SecurityProtocol::Plaintext {
+            bail!(
+                "in a cluster the first of broker.listeners is the one brokers reach each other on, and must be \
+                 PLAINTEXT for now (bind it to a private address)"
+            );
+        }
         Ok(crate::cluster::ClusterSettings {
             node_id,
             listen,
@@ -273,16 +472,10 @@ impl BrokerConfig {
         })
     }
 
-    /// The host and port clients are told to use.
+    /// The first listener's advertised host and port: where other brokers reach this one.
     pub fn advertised(&self) -> (String, i32) {
-        let listen = self.broker.listen;
-        if self.broker.advertised_listener.is_empty() {
-            return (listen.ip().to_string(), listen.port() as i32);
-        }
-        match self.broker.advertised_listener.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(listen.port() as i32)),
-            None => (self.broker.advertised_listener.clone(), listen.port() as i32),
-        }
+        let first = self.listeners().expect("listeners are checked at load").swap_remove(0);
+        (first.advertised_host, first.advertised_port)
     }
 
     pub fn storage_config(&self) -> StorageConfig {
@@ -337,6 +530,33 @@ mod tests {
         assert_eq!(c.topics.num_partitions, 1);
         assert!(BrokerConfig::load(Some("[broker]\nlisen = \"x\"\n")).is_err());
         assert!(BrokerConfig::load(Some("[storage]\ndurability = \"maybe\"\n")).is_err());
+    }
+
+    #[test]
+    fn listeners_are_resolved_or_refused_with_a_reason() {
+        let c = BrokerConfig::load(Some(
+            "[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:9092\", \"sasl_ssl://0.0.0.0:9093\"]\n\
+             advertised_listeners = [\"SASL_SSL://broker.example:443\"]\n\
+             [security]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+        ))
+        .unwrap();
+        let listeners = c.listeners().unwrap();
+        assert_eq!(listeners.len(), 2);
+        assert_eq!((listeners[0].name(), listeners[0].advertised_port), ("PLAINTEXT", 9092));
+        assert_eq!(listeners[1].protocol, SecurityProtocol::SaslSsl);
+        assert_eq!((listeners[1].advertised_host.as_str(), listeners[1].advertised_port), ("broker.example", 443));
+        let refused = |overlay: &str, why: &str| {
+            let error = format!("{:#}", BrokerConfig::load(Some(overlay)).unwrap_err());
+            assert!(error.contains(why), "{error:?} should mention {why:?}");
+        };
+        refused("[broker]\nlisten = \"127.0.0.1:1\"\nlisteners = [\"PLAINTEXT://127.0.0.1:2\"]", "not both");
+        refused("[broker]\nlisteners = [\"KERBEROS://127.0.0.1:2\"]", "listener name must be");
+        refused("[broker]\nlisteners = [\"PLAINTEXT://localhost:2\"]", "IP address");
+        refused("[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:2\", \"PLAINTEXT://127.0.0.1:3\"]", "twice");
+        refused("[broker]\nlisteners = [\"SSL://127.0.0.1:2\"]", "tls_cert_file");
+        refused("[broker]\nadvertised_listeners = [\"SSL://h:2\"]", "which broker.listeners does not");
+        refused("[security]\nsasl_mechanisms = [\"GSSAPI\"]", "is not one of");
+        refused("[security]\ntls_principal_mapping_rules = [\"RULE:x\"]", "tls_principal_mapping_rules");
     }
 
     #[test]

@@ -230,9 +230,18 @@ pub async fn serve<R, W>(
     };
     let reader = actix::spawn(read_frames(read_half, reading, budget, session.clone(), frames_tx));
     let mut in_flight = futures::stream::FuturesOrdered::new();
+    // A SASL session that has not authenticated by then is closed.
+    let authentication = Duration::from_millis(ctx.config.security.authentication_timeout_ms);
+    let unauthenticated = tokio::time::sleep(authentication);
+    tokio::pin!(unauthenticated);
     // Bounded by the idle timeout and shutdown: each turn reads one request or answers one.
     loop {
         let incoming = tokio::select! {
+            _ = &mut unauthenticated, if session.authenticating() => {
+                let (listener, client) = (session.listener, session.client_software());
+                tracing::warn!(%peer, listener, %client, "closing connection: not authenticated within security.authentication_timeout_ms");
+                break;
+            }
             answered = in_flight.next(), if !in_flight.is_empty() => {
                 if !write_answer(&mut writer, &session, reading.pace, answered.expect("not empty")).await {
                     break;
@@ -253,8 +262,8 @@ pub async fn serve<R, W>(
                 break;
             }
             Incoming::Failed(e) => {
-                let (listener, client) = (session.listener, session.client_software());
-                tracing::warn!(%peer, listener, %client, reason = %e, "closing connection");
+                let (listener, client, principal) = (session.listener, session.client_software(), session.principal());
+                tracing::warn!(%peer, listener, %client, %principal, reason = %e, "closing connection");
                 break;
             }
         };
@@ -280,7 +289,8 @@ pub async fn serve<R, W>(
         }
         let answered = answer.await;
         drop(permit);
-        if !ok || !write_answer(&mut writer, &session, reading.pace, answered).await {
+        // After a failed authentication the answer (which says so) is the last.
+        if !ok || !write_answer(&mut writer, &session, reading.pace, answered).await || session.failed() {
             break;
         }
     }
@@ -461,8 +471,8 @@ async fn write_answer<W: AsyncWriteExt + Unpin>(
         }
         Ok(None) => true,
         Err(e) => {
-            let (listener, client) = (session.listener, session.client_software());
-            tracing::warn!(peer = %session.peer, listener, %client, reason = %e, "closing connection");
+            let (listener, client, principal) = (session.listener, session.client_software(), session.principal());
+            tracing::warn!(peer = %session.peer, listener, %client, %principal, reason = %e, "closing connection");
             false
         }
     }

@@ -12,6 +12,7 @@ mod in_process;
 mod kafka;
 mod metrics;
 mod node;
+mod security;
 mod server;
 mod txn;
 mod simulate;
@@ -62,6 +63,9 @@ enum Command {
     /// List, describe and abort transactions.
     #[command(subcommand)]
     Transactions(cli::TransactionsCommand),
+    /// SASL users and their SCRAM credentials.
+    #[command(subcommand)]
+    User(cli::UserCommand),
     /// Produce stdin lines as records.
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
@@ -94,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Command::Topic(command) => cli::topic(&global, command),
         Command::Group(command) => cli::group(&global, command),
         Command::Transactions(command) => cli::transactions(&global, command),
+        Command::User(command) => cli::user(&global, command),
         Command::Produce(args) => cli::produce(&global, args),
         Command::Consume(args) => cli::consume(&global, args),
         Command::Cluster { command: ClusterCommand::Status } => cli::cluster_status(&global),
@@ -111,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             };
             let mut config = BrokerConfig::load(text.as_deref())?;
             if let Some(listen) = listen {
+                if !config.broker.listeners.is_empty() {
+                    anyhow::bail!("--listen sets the one PLAINTEXT listener; this config names broker.listeners");
+                }
                 config.broker.listen = listen;
             }
             if let Some(dir) = data_dir {
@@ -141,7 +149,9 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let cluster = ctx.cluster.clone();
     let data_dir = ctx.config.broker.data_dir.clone();
     let server = Server::bind(ctx).await?;
-    tracing::info!(addr = %server.local_addr()?, data_dir = %data_dir.display(), "tributary listening");
+    for (listener, addr) in server.local_addrs()? {
+        tracing::info!(listener, %addr, data_dir = %data_dir.display(), "tributary listening");
+    }
     server.run(shutdown_signal()).await;
     let _ = stop_http.send(true);
     if let Some(http) = http {

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub transactions_timed_out: Counter,
     /// Partitions here whose last stable offset is below their high watermark (an open transaction holds them).
     partitions_unstable: Gauge,
+    /// SASL authentications that failed (wrong password, unknown user, bad message).
+    pub authentication_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             transactions_open: Gauge::default(),
             transactions_timed_out: Counter::default(),
             partitions_unstable: Gauge::default(),
+            authentication_failures: Counter::default(),
         };
         registry.register("bytes_in", "Record batch bytes produced, per topic", m.bytes_in.clone());
         registry.register("records_in", "Records produced, per topic", m.records_in.clone());
@@ -132,6 +135,11 @@ impl Metrics {
             "partitions_unstable",
             "Partitions led here whose last stable offset is below the high watermark (open transactions)",
             m.partitions_unstable.clone(),
+        );
+        registry.register(
+            "authentication_failures",
+            "SASL authentications that failed (wrong password, unknown user, malformed exchange)",
+            m.authentication_failures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -33,7 +33,7 @@ pub async fn start(config: BrokerConfig, metrics: Arc<crate::metrics::Metrics>) 
     let broker = Broker::start(config.storage_config()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = config.cluster_settings()?;
     let alone = settings.alone;
-    let cluster = Cluster::start(settings, broker.clone(), data_dir.clone(), config.advertised()).await?;
+    let cluster = Cluster::start(settings, broker.clone(), data_dir.clone(), config.advertised_endpoints()).await?;
     if alone {
         // The listener opens once this broker can answer: elected, registered, leading.
         cluster.registered(READY_WAIT).await.context("the cluster of one did not register itself")?;

@@ -1,5 +1,7 @@
-//! The Kafka listener: accepts connections up to `limits.max_connections` and
-//! runs each on the system's event loop until shutdown.
+//! The Kafka listeners: accept connections up to `limits.max_connections` (over
+//! all listeners) and run each on the system's event loop until shutdown. A TLS
+//! listener's connections are wrapped in TLS first; a SASL listener's sessions
+//! must authenticate before anything else (`Session::gate`).
 //!
 //! Shutdown is designed in: on SIGINT/SIGTERM the listener stops accepting,
 //! every connection finishes the request it is on and closes, and after at
@@ -10,20 +12,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::Listener;
 use crate::connection;
 use crate::kafka::{RequestContext, Session};
-
-/// The one listener's name, as Kafka names a plaintext listener.
-const LISTENER: &str = "PLAINTEXT";
+use crate::security::tls::Tls;
+use crate::security::Principal;
 /// A full broker closes its longest-idle connection for a new one, if that
 /// one has had no request in hand for this long.
 const EVICTABLE_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Server {
-    listener: TcpListener,
+    bound: Vec<Bound>,
+    tls: Option<Arc<Tls>>,
     ctx: Arc<RequestContext>,
 }
 
@@ -127,76 +131,175 @@ impl Drop for Gone {
     }
 }
 
+/// One bound listener and how its connections are wrapped.
+struct Bound {
+    listener: Listener,
+    socket: TcpListener,
+}
+
+/// What every accept loop shares.
+struct Shared {
+    ctx: Arc<RequestContext>,
+    /// The TLS settings, if any listener uses TLS.
+    tls: Option<Arc<Tls>>,
+    open: Arc<Mutex<Open>>,
+    /// How many connections are open, for the drain at shutdown.
+    count: Arc<watch::Sender<usize>>,
+}
+
 impl Server {
     pub async fn bind(ctx: RequestContext) -> anyhow::Result<Server> {
-        let addr = ctx.config.broker.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let mut bound = Vec::new();
+        for listener in ctx.config.listeners()? {
+            let addr = listener.addr;
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({}): {e}", listener.name()))?;
+            bound.push(Bound { listener, socket });
+        }
+        let tls = match bound.iter().any(|b| b.listener.protocol.tls()) {
+            true => Some(Arc::new(Tls::load(&ctx.config.security).context("TLS listener")?)),
+            false => None,
+        };
         let ctx = Arc::new(ctx);
         ctx.start_transactions();
-        Ok(Server { listener, ctx })
+        Ok(Server { bound, tls, ctx })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// Each listener's name and bound address.
+    pub fn local_addrs(&self) -> std::io::Result<Vec<(&'static str, SocketAddr)>> {
+        self.bound.iter().map(|b| Ok((b.listener.name(), b.socket.local_addr()?))).collect()
     }
 
     /// Serves until `shutdown` resolves, then drains connections.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let limits = &self.ctx.config.limits;
-        let open = Arc::new(Mutex::new(Open::default()));
-        // How many connections are open, for the drain at shutdown.
         let (count_tx, mut count) = watch::channel(0usize);
-        let count_tx = Arc::new(count_tx);
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.listener.accept() => accepted,
-                _ = &mut shutdown => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let session = Arc::new(Session::new(peer, LISTENER));
-            let admitted = open.lock().expect("open connections").admit(
-                &session,
-                limits.max_connections,
-                limits.max_connections_per_ip,
-            );
-            let (id, closed) = match admitted {
-                Ok(admitted) => admitted,
-                Err(Refused::PerIp(limit)) => {
-                    tracing::warn!(%peer, limit, "limits.max_connections_per_ip reached; closing new connection");
-                    continue;
-                }
-                Err(Refused::Full(limit)) => {
-                    tracing::warn!(%peer, limit, "limits.max_connections reached and none idle; closing new connection");
-                    continue;
-                }
-            };
-            let ctx = self.ctx.clone();
-            count_tx.send_modify(|n| *n += 1);
-            ctx.metrics.connections.inc();
-            // Removed from the table when the task ends, even by a panic.
-            let gone = Gone { id, open: open.clone(), count: count_tx.clone(), ctx: ctx.clone() };
-            let _ = stream.set_nodelay(true);
-            let (read_half, write_half) = stream.into_split();
-            actix::spawn(async move {
-                let _gone = gone;
-                connection::serve(read_half, write_half, session, ctx, closed).await;
-            });
+        let shared = Arc::new(Shared {
+            ctx: self.ctx.clone(),
+            tls: self.tls,
+            open: Arc::new(Mutex::new(Open::default())),
+            count: Arc::new(count_tx),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let loops: Vec<_> =
+            self.bound.into_iter().map(|b| actix::spawn(accept_loop(b, shared.clone(), stopped.clone()))).collect();
+        shutdown.await;
+        let _ = stop.send(true);
+        for accepting in loops {
+            let _ = accepting.await;
         }
-
         tracing::info!("shutting down: no new connections; draining open ones");
-        open.lock().expect("open connections").close_all();
+        shared.open.lock().expect("open connections").close_all();
+        let limits = &self.ctx.config.limits;
         let grace = Duration::from_secs(limits.shutdown_grace_secs);
         if tokio::time::timeout(grace, count.wait_for(|n| *n == 0)).await.is_err() {
             tracing::warn!(grace_secs = limits.shutdown_grace_secs, "connections still open after the grace period");
         }
     }
 }
+
+/// Accepts connections on one listener until `stopped` turns true.
+async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let limits = &shared.ctx.config.limits;
+    let name = bound.listener.name();
+    // Bounded by shutdown: each turn accepts one connection or backs off.
+    loop {
+        let accepted = tokio::select! {
+            accepted = bound.socket.accept() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Typically EMFILE: back off briefly rather than spin.
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let protocol = bound.listener.protocol;
+        let session = Arc::new(Session::with_security(peer, name, Principal::anonymous(), protocol.sasl()));
+        let admitted = shared.open.lock().expect("open connections").admit(
+            &session,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+        );
+        let (id, closed) = match admitted {
+            Ok(admitted) => admitted,
+            Err(Refused::PerIp(limit)) => {
+                tracing::warn!(%peer, limit, "limits.max_connections_per_ip reached; closing new connection");
+                continue;
+            }
+            Err(Refused::Full(limit)) => {
+                tracing::warn!(%peer, limit, "limits.max_connections reached and none idle; closing new connection");
+                continue;
+            }
+        };
+        let ctx = shared.ctx.clone();
+        shared.count.send_modify(|n| *n += 1);
+        ctx.metrics.connections.inc();
+        // Removed from the table when the task ends, even by a panic.
+        let gone = Gone { id, open: shared.open.clone(), count: shared.count.clone(), ctx: ctx.clone() };
+        let _ = stream.set_nodelay(true);
+        let tls = protocol.tls().then(|| shared.tls.clone().expect("TLS is loaded for TLS listeners"));
+        actix::spawn(async move {
+            let _gone = gone;
+            match tls {
+                None => {
+                    let (read_half, write_half) = stream.into_split();
+                    connection::serve(read_half, write_half, session, ctx, closed).await;
+                }
+                Some(tls) => {
+                    let Some(stream) = handshake(stream, &tls, &session, &ctx).await else { return };
+                    let (read_half, write_half) = tokio::io::split(stream);
+                    connection::serve(read_half, write_half, session, ctx, closed).await;
+                }
+            }
+        });
+    }
+}
+
+/// The TLS handshake, within `limits.transfer_timeout_ms`. A client that
+/// does not start one (a plaintext Kafka client on a TLS port) is named in
+/// the log and closed at once. A client certificate names the session's
+/// principal.
+async fn handshake(
+    stream: TcpStream,
+    tls: &Tls,
+    session: &Session,
+    ctx: &RequestContext,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let (peer, listener) = (session.peer, session.listener);
+    let deadline = Duration::from_millis(ctx.config.limits.transfer_timeout_ms);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => {
+            tracing::warn!(%peer, listener, "closing connection: the client did not start TLS on a TLS listener (check its security.protocol and port)");
+            return None;
+        }
+        Ok(_) => return None,
+        Err(_) => {
+            tracing::warn!(%peer, listener, "closing connection: no TLS handshake within limits.transfer_timeout_ms");
+            return None;
+        }
+    }
+    match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let principal = tls.principal(stream.get_ref().1.peer_certificates());
+            session.set_principal(principal);
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, listener, error = %e, "closing connection: TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, listener, "closing connection: the TLS handshake took longer than limits.transfer_timeout_ms");
+            None
+        }
+    }
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;

@@ -20,6 +20,21 @@ use crate::connector::{BrokerAddress, Connector};
 use crate::error::{check, check_message, Result, Subject};
 use crate::metadata::{BrokerInfo, TopicInfo};
 
+/// One change to a user's SCRAM credentials; `mechanism` is Kafka's code
+/// (1 SCRAM-SHA-256, 2 SCRAM-SHA-512).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScramChange {
+    Upsert { user: String, mechanism: i8, iterations: i32, salt: Vec<u8>, salted_password: Vec<u8> },
+    Delete { user: String, mechanism: i8 },
+}
+
+/// A user's SCRAM credentials as described: (mechanism code, iterations) each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScramUser {
+    pub user: String,
+    pub mechanisms: Vec<(i8, i32)>,
+}
+
 /// How long the broker may take over a topic change.
 const TOPIC_CHANGE_TIMEOUT_MS: i32 = 30_000;
 
@@ -460,6 +475,58 @@ impl<C: Connector> Client<C> {
         })
         .await
         .map(drop)
+    }
+
+    /// Sets and deletes users' SCRAM credentials (AlterUserScramCredentials,
+    /// on the controller). The password never leaves the caller: a change
+    /// carries its salt and salted password ([`ScramChange::Upsert`]).
+    pub async fn alter_user_scram_credentials(&self, changes: &[ScramChange]) -> Result<()> {
+        use kafka_protocol::messages::alter_user_scram_credentials_request::{
+            ScramCredentialDeletion, ScramCredentialUpsertion,
+        };
+        let mut request = AlterUserScramCredentialsRequest::default();
+        for change in changes {
+            match change {
+                ScramChange::Delete { user, mechanism } => request.deletions.push(
+                    ScramCredentialDeletion::default().with_name(str_bytes(user)).with_mechanism(*mechanism),
+                ),
+                ScramChange::Upsert { user, mechanism, iterations, salt, salted_password } => {
+                    request.upsertions.push(
+                        ScramCredentialUpsertion::default()
+                            .with_name(str_bytes(user))
+                            .with_mechanism(*mechanism)
+                            .with_iterations(*iterations)
+                            .with_salt(salt.clone().into())
+                            .with_salted_password(salted_password.clone().into()),
+                    )
+                }
+            }
+        }
+        let response = self.on_controller(&request).await?;
+        response.results.iter().try_for_each(|r| {
+            check_message(r.error_code, r.error_message.as_ref(), || Subject::User(r.user.to_string()))
+        })
+    }
+
+    /// The users with SCRAM credentials (all of them for an empty `users`),
+    /// each with its mechanisms' codes and iterations.
+    pub async fn describe_user_scram_credentials(&self, users: &[&str]) -> Result<Vec<ScramUser>> {
+        use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+        let names = users.iter().map(|u| UserName::default().with_name(str_bytes(*u))).collect();
+        let request = DescribeUserScramCredentialsRequest::default().with_users(Some(names));
+        let response = self.retrying(|| async { self.any_broker().await?.send(&request).await }).await?;
+        check_message(response.error_code, response.error_message.as_ref(), || {
+            Subject::Request(ApiKey::DescribeUserScramCredentials)
+        })?;
+        response
+            .results
+            .into_iter()
+            .map(|r| {
+                check_message(r.error_code, r.error_message.as_ref(), || Subject::User(r.user.to_string()))?;
+                let mechanisms = r.credential_infos.iter().map(|c| (c.mechanism, c.iterations)).collect();
+                Ok(ScramUser { user: r.user.to_string(), mechanisms })
+            })
+            .collect()
     }
 
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {

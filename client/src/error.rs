@@ -28,6 +28,8 @@ pub enum Subject {
     Config(String),
     /// A transactional id.
     Transaction(String),
+    /// A user's SCRAM credentials.
+    User(String),
 }
 
 impl std::fmt::Display for Subject {
@@ -39,6 +41,7 @@ impl std::fmt::Display for Subject {
             Subject::Group(group) => write!(f, "group '{group}'"),
             Subject::Config(resource) => write!(f, "configs of {resource}"),
             Subject::Transaction(id) => write!(f, "transactional id '{id}'"),
+            Subject::User(user) => write!(f, "user '{user}'"),
         }
     }
 }

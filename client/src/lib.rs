@@ -54,7 +54,7 @@ mod versions;
 
 pub use admin::{
     AlterConfig, ClusterDescription, ConfigEntry, ConfigResource, GroupDescription, GroupListing, MemberDescription,
-    NewTopic, PartitionOffset,
+    NewTopic, PartitionOffset, ScramChange, ScramUser,
 };
 pub use client::{Client, Config, Retry};
 pub use connection::{Connection, ConnectionSettings};

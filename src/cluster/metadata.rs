@@ -17,9 +17,9 @@ pub type NodeId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRecord {
     pub node_id: NodeId,
-    /// The Kafka listener clients are told to use.
-    pub host: String,
-    pub port: i32,
+    /// Where clients reach it, per listener: a client is told the addresses
+    /// of the listener its request came in on (Kafka's advertised.listeners).
+    pub listeners: Vec<Endpoint>,
     pub rack: Option<String>,
     /// Replicas spread over regions first, then over racks within a region.
     pub region: Option<String>,
@@ -30,6 +30,22 @@ pub struct BrokerRecord {
     /// KRaft does: its leaderships move, and whatever it leads again starts
     /// a new epoch from the log it has now.
     pub incarnation: u64,
+}
+
+/// One listener's advertised address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The listener's name (its security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL).
+    pub listener: String,
+    pub host: String,
+    pub port: i32,
+}
+
+impl BrokerRecord {
+    /// Its address on `listener`, if it has that listener.
+    pub fn endpoint(&self, listener: &str) -> Option<&Endpoint> {
+        self.listeners.iter().find(|e| e.listener == listener)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,9 +69,10 @@ pub struct TopicRecord {
     pub partitions: Vec<PartitionRecord>,
 }
 
-/// Stored in Raft snapshots as V1 of `raft::StoredMachineState`, and
+/// Stored in Raft snapshots as V2 of `raft::StoredMachineState`, and
 /// `Command` in log entries as V1 of `raft::StoredEntry`: these types (and the
-/// records in them) keep their layout; a new field means a new version there.
+/// records in them) keep their layout; a new field means a new version there,
+/// and a new command is a new variant at the end.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMetadata {
     pub brokers: BTreeMap<NodeId, BrokerRecord>,
@@ -64,6 +81,84 @@ pub struct ClusterMetadata {
     /// at runtime, by topic-config name (`retention.ms` for `log.retention.ms`),
     /// validated by the proposer.
     pub topic_defaults: BTreeMap<String, String>,
+    /// Users' SCRAM credentials and the ACLs: replicated, so every broker
+    /// authenticates and authorizes alike, and a restart or a new controller
+    /// keeps them.
+    pub security: SecurityMetadata,
+}
+
+/// Credentials and ACLs, as the controller quorum decided them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityMetadata {
+    /// By user name, then mechanism: salted and iterated (RFC 5802), never the password.
+    pub scram: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Kafka's ACL bindings, each once.
+    pub acls: Vec<AclBinding>,
+}
+
+/// The SCRAM mechanisms Kafka offers (its codes in AlterUserScramCredentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScramMechanism {
+    Sha256,
+    Sha512,
+}
+
+impl ScramMechanism {
+    pub const ALL: [ScramMechanism; 2] = [ScramMechanism::Sha256, ScramMechanism::Sha512];
+
+    /// Kafka's code for it (ScramMechanism in the admin APIs).
+    pub fn code(self) -> i8 {
+        match self {
+            ScramMechanism::Sha256 => 1,
+            ScramMechanism::Sha512 => 2,
+        }
+    }
+
+    pub fn from_code(code: i8) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.code() == code)
+    }
+
+    /// Its SASL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScramMechanism::Sha256 => "SCRAM-SHA-256",
+            ScramMechanism::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+}
+
+/// What a server keeps of a SCRAM password (RFC 5802 section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    #[serde(with = "serde_bytes")]
+    pub salt: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stored_key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub server_key: Vec<u8>,
+    pub iterations: u32,
+}
+
+/// One Kafka ACL: a principal is allowed or denied an operation on the
+/// resources a pattern names, from a host (`*` for any).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AclBinding {
+    /// Kafka's resource type code (2 topic, 3 group, 4 cluster, 5 transactional id).
+    pub resource_type: i8,
+    pub resource_name: String,
+    /// Kafka's pattern type code (3 literal, 4 prefixed).
+    pub pattern_type: i8,
+    /// "User:alice", or "User:*".
+    pub principal: String,
+    pub host: String,
+    /// Kafka's operation code (2 ALL, 3 READ, 4 WRITE, ...).
+    pub operation: i8,
+    /// Kafka's permission type code (2 DENY, 3 ALLOW).
+    pub permission: i8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +208,26 @@ pub enum Command {
     SetTopicDefaults {
         configs: BTreeMap<String, String>,
     },
+    /// As `RegisterBroker`, with an address per listener (the old variant
+    /// stays for log entries written before listeners: one PLAINTEXT address).
+    RegisterBrokerListeners {
+        node_id: NodeId,
+        listeners: Vec<Endpoint>,
+        rack: Option<String>,
+        region: Option<String>,
+        incarnation: u64,
+    },
+    /// Sets (or replaces) a user's credential for one mechanism.
+    UpsertScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+        credential: ScramCredential,
+    },
+    /// Removes a user's credential for one mechanism.
+    DeleteScramCredential {
+        user: String,
+        mechanism: ScramMechanism,
+    },
 }
 
 /// What applying a command answered: 0 or a Kafka error code with a reason.
@@ -150,17 +265,29 @@ impl ClusterMetadata {
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::RegisterBroker { node_id, host, port, rack, region, incarnation } => {
-                let record = BrokerRecord {
-                    node_id: *node_id,
-                    host: host.clone(),
-                    port: *port,
-                    rack: rack.clone(),
-                    region: region.clone(),
-                    fenced: false,
-                    incarnation: *incarnation,
+                let listeners = vec![Endpoint { listener: "PLAINTEXT".into(), host: host.clone(), port: *port }];
+                self.register(*node_id, listeners, rack, region, *incarnation)
+            }
+            Command::RegisterBrokerListeners { node_id, listeners, rack, region, incarnation } => {
+                self.register(*node_id, listeners.clone(), rack, region, *incarnation)
+            }
+            Command::UpsertScramCredential { user, mechanism, credential } => {
+                self.security.scram.entry(user.clone()).or_default().insert(*mechanism, credential.clone());
+                CommandResult::ok()
+            }
+            Command::DeleteScramCredential { user, mechanism } => {
+                let Some(credentials) = self.security.scram.get_mut(user) else {
+                    return CommandResult::error(ResponseError::ResourceNotFound, format!("user {user:?} has no credentials"));
                 };
-                self.brokers.insert(*node_id, record);
-                self.unfence(*node_id);
+                if credentials.remove(mechanism).is_none() {
+                    return CommandResult::error(
+                        ResponseError::ResourceNotFound,
+                        format!("user {user:?} has no {} credential", mechanism.name()),
+                    );
+                }
+                if credentials.is_empty() {
+                    self.security.scram.remove(user);
+                }
                 CommandResult::ok()
             }
             Command::FenceBroker { node_id } => {
@@ -275,6 +402,21 @@ impl ClusterMetadata {
                 CommandResult::ok()
             }
         }
+    }
+
+    fn register(
+        &mut self,
+        node_id: NodeId,
+        listeners: Vec<Endpoint>,
+        rack: &Option<String>,
+        region: &Option<String>,
+        incarnation: u64,
+    ) -> CommandResult {
+        let record =
+            BrokerRecord { node_id, listeners, rack: rack.clone(), region: region.clone(), fenced: false, incarnation };
+        self.brokers.insert(node_id, record);
+        self.unfence(node_id);
+        CommandResult::ok()
     }
 
     /// Leaders move off `node_id` to the first other unfenced in-sync replica.

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tributary_actors::replication::{ReplicaRead, ReplicaReadOutcome};
 use tributary_actors::Broker;
 
-use self::metadata::{ClusterMetadata, Command, CommandResult, NodeId};
+use self::metadata::{ClusterMetadata, Command, CommandResult, Endpoint, NodeId};
 use self::raft::{MetadataMachine, Raft, RaftStore};
 use self::transport::{
     Inbound, MemberInfo, ReplicaFetchRequest, ReplicaFetchResponse, Request, Response, SharedMembership,
@@ -99,7 +99,7 @@ impl Cluster {
         settings: ClusterSettings,
         broker: Broker,
         data_dir: std::path::PathBuf,
-        kafka: (String, i32),
+        kafka: Vec<Endpoint>,
     ) -> anyhow::Result<Cluster> {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new().name("cluster".into()).spawn(move || {
@@ -135,7 +135,7 @@ impl Cluster {
         settings: ClusterSettings,
         broker: Broker,
         data_dir: &std::path::Path,
-        kafka: (String, i32),
+        kafka: Vec<Endpoint>,
         network: Arc<dyn SimulatedNetwork>,
     ) -> anyhow::Result<Cluster> {
         start_here(settings, broker, data_dir, kafka, Network::Simulated(network)).await
@@ -307,7 +307,7 @@ async fn start_here(
     settings: ClusterSettings,
     broker: Broker,
     data_dir: &std::path::Path,
-    kafka: (String, i32),
+    kafka: Vec<Endpoint>,
     network: Network,
 ) -> anyhow::Result<Cluster> {
     let store = RaftStore::open(data_dir)?;
@@ -315,8 +315,7 @@ async fn start_here(
     let incarnation = tributary_actors::now_ms().max(0) as u64;
     let me = MemberInfo {
         node_id: settings.node_id,
-        kafka_host: kafka.0,
-        kafka_port: kafka.1,
+        listeners: kafka,
         rack: settings.rack.clone(),
         region: settings.region.clone(),
         cluster_addr: settings.listen.to_string(),
@@ -430,17 +429,15 @@ async fn controller_loop(cluster: Cluster) {
             }
             let current = registered.is_some_and(|b| {
                 !b.fenced
-                    && b.host == info.kafka_host
-                    && b.port == info.kafka_port
+                    && b.listeners == info.listeners
                     && b.rack == info.rack
                     && b.region == info.region
                     && b.incarnation == info.incarnation
             });
             if !current {
-                commands.push(Command::RegisterBroker {
+                commands.push(Command::RegisterBrokerListeners {
                     node_id: *id,
-                    host: info.kafka_host.clone(),
-                    port: info.kafka_port,
+                    listeners: info.listeners.clone(),
                     rack: info.rack.clone(),
                     region: info.region.clone(),
                     incarnation: info.incarnation,

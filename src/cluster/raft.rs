@@ -89,21 +89,33 @@ tributary_actors::stored_v1! {
 /// The format versions of a snapshot's data: what followers install, too.
 #[derive(Serialize, Deserialize)]
 enum StoredMachineState {
-    V1(MachineState),
+    /// Before listeners and security: brokers with one address, no credentials or ACLs.
+    V1(MachineStateV1),
+    V2(MachineState),
 }
 
 impl Versioned for StoredMachineState {
     const RECORD: &'static str = "raft snapshot data";
-    const NEWEST: u32 = 1;
+    const NEWEST: u32 = 2;
     type Current = MachineState;
 
     fn from_current(value: &MachineState) -> Self {
-        StoredMachineState::V1(value.clone())
+        StoredMachineState::V2(value.clone())
     }
 
     fn into_current(self) -> MachineState {
         match self {
-            StoredMachineState::V1(state) => state,
+            StoredMachineState::V1(v1) => MachineState {
+                last_applied: v1.last_applied,
+                membership: v1.membership,
+                metadata: ClusterMetadata {
+                    brokers: v1.metadata.brokers.into_iter().map(|(id, b)| (id, b.into_current())).collect(),
+                    topics: v1.metadata.topics,
+                    topic_defaults: v1.metadata.topic_defaults,
+                    security: Default::default(),
+                },
+            },
+            StoredMachineState::V2(state) => state,
         }
     }
 
@@ -111,16 +123,58 @@ impl Versioned for StoredMachineState {
     /// the metadata: its layout is [`LegacyMachineState`].
     fn from_legacy(bytes: &[u8]) -> Result<Self, tributary_actors::stored::PostcardError> {
         let legacy: LegacyMachineState = tributary_actors::stored::postcard_decode(bytes)?;
-        let metadata = ClusterMetadata {
+        let metadata = ClusterMetadataV1 {
             brokers: legacy.metadata.brokers,
             topics: legacy.metadata.topics,
             topic_defaults: Default::default(),
         };
-        Ok(StoredMachineState::V1(MachineState {
+        Ok(StoredMachineState::V1(MachineStateV1 {
             last_applied: legacy.last_applied,
             membership: legacy.membership,
             metadata,
         }))
+    }
+}
+
+/// `MachineState` as V1 stored it (frozen).
+#[derive(Serialize, Deserialize)]
+struct MachineStateV1 {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    metadata: ClusterMetadataV1,
+}
+
+/// `ClusterMetadata` as V1 stored it: brokers with one address, no security (frozen).
+#[derive(Serialize, Deserialize)]
+struct ClusterMetadataV1 {
+    brokers: std::collections::BTreeMap<NodeId, BrokerRecordV1>,
+    topics: std::collections::BTreeMap<String, super::metadata::TopicRecord>,
+    topic_defaults: std::collections::BTreeMap<String, String>,
+}
+
+/// `BrokerRecord` as V1 stored it: the one (PLAINTEXT) listener's address (frozen).
+#[derive(Serialize, Deserialize)]
+struct BrokerRecordV1 {
+    node_id: NodeId,
+    host: String,
+    port: i32,
+    rack: Option<String>,
+    region: Option<String>,
+    fenced: bool,
+    incarnation: u64,
+}
+
+impl BrokerRecordV1 {
+    fn into_current(self) -> super::metadata::BrokerRecord {
+        let plaintext = super::metadata::Endpoint { listener: "PLAINTEXT".into(), host: self.host, port: self.port };
+        super::metadata::BrokerRecord {
+            node_id: self.node_id,
+            listeners: vec![plaintext],
+            rack: self.rack,
+            region: self.region,
+            fenced: self.fenced,
+            incarnation: self.incarnation,
+        }
     }
 }
 
@@ -135,7 +189,7 @@ struct LegacyMachineState {
 /// `ClusterMetadata` as release aaeadfb stored it: no dynamic broker configs (frozen).
 #[derive(Deserialize)]
 struct LegacyClusterMetadata {
-    brokers: std::collections::BTreeMap<NodeId, super::metadata::BrokerRecord>,
+    brokers: std::collections::BTreeMap<NodeId, BrokerRecordV1>,
     topics: std::collections::BTreeMap<String, super::metadata::TopicRecord>,
 }
 
@@ -300,8 +354,8 @@ impl RaftLogStorage<TypeConfig> for RaftStore {
 }
 
 /// What a snapshot holds: the metadata and where in the log it stands.
-/// Stored as `StoredMachineState::V1`, so this layout (and `ClusterMetadata`'s)
-/// is frozen: a new field means a V2.
+/// Stored as `StoredMachineState::V2`, so this layout (and `ClusterMetadata`'s)
+/// is frozen: a new field means a V3.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MachineState {
     last_applied: Option<LogId<NodeId>>,
@@ -508,7 +562,12 @@ mod tests {
         assert_eq!(brokers.len(), 3);
         for (i, broker) in (1..).zip(brokers) {
             assert_eq!(broker.node_id, i);
-            assert_eq!((broker.host.as_str(), broker.port), (format!("127.0.0.{i}").as_str(), 39192));
+            let plaintext = crate::cluster::metadata::Endpoint {
+                listener: "PLAINTEXT".into(),
+                host: format!("127.0.0.{i}"),
+                port: 39192,
+            };
+            assert_eq!(broker.listeners, vec![plaintext], "the one listener of a V1 record");
             assert_eq!((broker.rack.clone(), broker.region.clone()), (Some(format!("rack{i}")), None));
             assert!(!broker.fenced && broker.incarnation > 1_790_000_000_000, "{broker:?}");
         }

@@ -109,8 +109,8 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub node_id: NodeId,
-    pub kafka_host: String,
-    pub kafka_port: i32,
+    /// Where clients reach it, per listener.
+    pub listeners: Vec<super::metadata::Endpoint>,
     pub rack: Option<String>,
     pub region: Option<String>,
     /// Where its swarm listens.
@@ -475,7 +475,7 @@ impl SwarmTask {
                         }
                         let mut members = membership.lock().expect("membership lock");
                         if members.members.get(&info.node_id).is_none_or(|m| m.info != info) {
-                            tracing::info!(node_id = info.node_id, kafka = %format!("{}:{}", info.kafka_host, info.kafka_port), "broker seen");
+                            tracing::info!(node_id = info.node_id, kafka = ?info.listeners, "broker seen");
                         }
                         members.members.insert(info.node_id, Member { info, last_seen: Instant::now() });
                     }

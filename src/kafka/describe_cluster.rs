@@ -8,7 +8,8 @@ use super::{message, str_bytes, RequestContext};
 
 const ENDPOINT_BROKERS: i8 = 1;
 
-pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -> DescribeClusterResponse {
+pub fn handle(call: &super::Call, req: DescribeClusterRequest) -> DescribeClusterResponse {
+    let (ctx, version): (&RequestContext, i16) = (&call.ctx, call.version);
     if version >= 1 && req.endpoint_type != ENDPOINT_BROKERS {
         return DescribeClusterResponse::default()
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
@@ -19,12 +20,15 @@ pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -
         .cluster
         .metadata()
         .live_brokers()
-        .map(|b| {
-            DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(b.node_id as i32))
-                .with_host(str_bytes(b.host.clone()))
-                .with_port(b.port)
-                .with_rack(b.rack.clone().map(str_bytes))
+        .filter_map(|b| {
+            let endpoint = super::endpoint_for(b, &call.session)?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.node_id as i32))
+                    .with_host(str_bytes(endpoint.host.clone()))
+                    .with_port(endpoint.port)
+                    .with_rack(b.rack.clone().map(str_bytes)),
+            )
         })
         .collect();
     let controller = ctx.cluster.controller_id().map_or(BrokerId(-1), |id| BrokerId(id as i32));
@@ -36,5 +40,5 @@ pub fn handle(ctx: &RequestContext, req: DescribeClusterRequest, version: i16) -
 
 super::registry::api! {
     DescribeCluster: DescribeClusterRequest => DescribeClusterResponse, versions 0..=1, access Cluster Describe,
-    |call, request| handle(&call.ctx, request, call.version)
+    |call, request| handle(call, request)
 }

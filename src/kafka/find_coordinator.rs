@@ -14,7 +14,8 @@ const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Keys one v4+ request may ask for.
 const MAX_KEYS: usize = 1_000;
 
-pub async fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub async fn handle(call: &super::Call, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let (ctx, version): (&RequestContext, i16) = (&call.ctx, call.version);
     let keys: Vec<String> = if version >= 4 {
         req.coordinator_keys.iter().take(MAX_KEYS).map(|k| k.to_string()).collect()
     } else {
@@ -32,7 +33,11 @@ pub async fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: 
                 KEY_TYPE_TRANSACTION => created.and_then(|()| crate::txn::coordinator_of(ctx, &key)),
                 _ => Err(ResponseError::InvalidRequest.code()),
             };
-            let found = found.map(|b| (b.node_id as i32, b.host, b.port as i32));
+            // A coordinator without the client's listener is one it cannot reach.
+            let found = found.and_then(|b| match super::endpoint_for(&b, &call.session) {
+                Some(e) => Ok((b.node_id as i32, e.host.clone(), e.port)),
+                None => Err(ResponseError::CoordinatorNotAvailable.code()),
+            });
             (key, found)
         })
         .collect();
@@ -64,5 +69,5 @@ pub async fn handle(ctx: &RequestContext, req: FindCoordinatorRequest, version: 
 
 super::registry::api! {
     FindCoordinator: FindCoordinatorRequest => FindCoordinatorResponse, versions 0..=4, access Group Describe,
-    |call, request| handle(&call.ctx, request, call.version).await
+    |call, request| handle(call, request).await
 }

@@ -13,10 +13,15 @@ use tributary_actors::TopicView;
 
 use super::{str_bytes, topic_name, RequestContext};
 
-pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let (host, port) = ctx.config.advertised();
+pub async fn handle(call: &super::Call, req: MetadataRequest) -> MetadataResponse {
+    let (ctx, version) = (&*call.ctx, call.version);
+    let me = ctx.config.listeners().expect("listeners are checked at load");
+    let me = me.iter().find(|l| l.name() == call.session.listener).unwrap_or(&me[0]);
     let node = BrokerId(ctx.node_id());
-    let broker = MetadataResponseBroker::default().with_node_id(node).with_host(str_bytes(host)).with_port(port);
+    let broker = MetadataResponseBroker::default()
+        .with_node_id(node)
+        .with_host(str_bytes(me.advertised_host.clone()))
+        .with_port(me.advertised_port);
     // Before v4 the request has no flag and Kafka always allowed creation.
     let allow_create = ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
 
@@ -50,7 +55,7 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
             out
         }
     };
-    let (brokers, controller) = cluster_brokers(&ctx.cluster, broker);
+    let (brokers, controller) = cluster_brokers(&ctx.cluster, &call.session, broker);
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id((version >= 2).then(|| str_bytes(ctx.config.broker.cluster_id.clone())))
@@ -60,19 +65,24 @@ pub async fn handle(ctx: &RequestContext, req: MetadataRequest, version: i16) ->
 
 /// The live brokers and the active controller, as the cluster metadata has them.
 /// Before this broker is registered it still names itself, so clients can bootstrap.
+/// Each broker at its address on the session's listener.
 pub fn cluster_brokers(
     cluster: &crate::cluster::Cluster,
+    session: &super::Session,
     me: MetadataResponseBroker,
 ) -> (Vec<MetadataResponseBroker>, BrokerId) {
     let metadata = cluster.metadata();
     let mut brokers: Vec<MetadataResponseBroker> = metadata
         .live_brokers()
-        .map(|b| {
-            MetadataResponseBroker::default()
-                .with_node_id(BrokerId(b.node_id as i32))
-                .with_host(str_bytes(b.host.clone()))
-                .with_port(b.port)
-                .with_rack(b.rack.clone().map(str_bytes))
+        .filter_map(|b| {
+            let endpoint = super::endpoint_for(b, session)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id as i32))
+                    .with_host(str_bytes(endpoint.host.clone()))
+                    .with_port(endpoint.port)
+                    .with_rack(b.rack.clone().map(str_bytes)),
+            )
         })
         .collect();
     if !brokers.iter().any(|b| b.node_id == me.node_id) {
@@ -170,5 +180,5 @@ fn describe(ctx: &RequestContext, topic: &TopicView, version: i16) -> MetadataRe
 
 super::registry::api! {
     Metadata: MetadataRequest => MetadataResponse, versions 0..=12, access Topic Describe,
-    |call, request| handle(&call.ctx, request, call.version).await
+    |call, request| handle(call, request).await
 }

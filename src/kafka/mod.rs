@@ -42,6 +42,10 @@ registry::registry! {
     describe_transactions { DescribeTransactions },
     list_transactions { ListTransactions },
     describe_producers { DescribeProducers },
+    sasl_handshake { SaslHandshake },
+    sasl_authenticate { SaslAuthenticate },
+    describe_user_scram_credentials { DescribeUserScramCredentials },
+    alter_user_scram_credentials { AlterUserScramCredentials },
 }
 
 pub use registry::{Call, Started};
@@ -85,6 +89,8 @@ pub struct RequestContext {
     pub disk: Arc<crate::disk::DiskReserve>,
     /// The transaction coordinators of this broker (`txn::start`, once the context is shared).
     pub txn: std::sync::OnceLock<actix::Addr<crate::txn::TxnRegistry>>,
+    /// The SASL mechanisms, answered from the cluster metadata's credentials.
+    pub sasl: Arc<crate::security::sasl::Sasl>,
 }
 
 impl RequestContext {
@@ -103,6 +109,8 @@ impl RequestContext {
         );
         // The simulation's brokers keep no reserve (their disk is a scratch dir, and the run must replay).
         let disk = crate::disk::DiskReserve::new(0);
+        let sasl = crate::security::sasl::Sasl::new(config.security.sasl_mechanisms.clone(), cluster.metadata_watch())
+            .expect("rsasl takes its default mechanisms and a callback");
         RequestContext {
             broker,
             config,
@@ -115,6 +123,7 @@ impl RequestContext {
             response_memory,
             disk,
             txn: std::sync::OnceLock::new(),
+            sasl: Arc::new(sasl),
         }
     }
 
@@ -188,6 +197,22 @@ pub fn readable_epoch(handle: Option<&tributary_actors::PartitionHandle>) -> Res
     Ok(epoch)
 }
 
+/// Where the client of `session` reaches `broker`: its address on the
+/// listener the session came in on. In-process and simulated sessions see the
+/// first listener's, the one brokers reach each other on.
+pub fn endpoint_for<'a>(
+    broker: &'a crate::cluster::metadata::BrokerRecord,
+    session: &Session,
+) -> Option<&'a crate::cluster::metadata::Endpoint> {
+    match broker.endpoint(session.listener) {
+        Some(endpoint) => Some(endpoint),
+        None if !crate::config::SecurityProtocol::ALL.iter().any(|p| p.name() == session.listener) => {
+            broker.listeners.first()
+        }
+        None => None,
+    }
+}
+
 /// The registry line of `key`, if this broker serves it.
 pub fn entry(key: ApiKey) -> Option<&'static registry::Entry> {
     APIS.iter().find(|e| e.key == key)
@@ -200,6 +225,8 @@ pub enum RequestError {
     UnknownApiKey(i16),
     UnsupportedVersion { api: ApiKey, version: i16 },
     Unauthorized { api: ApiKey },
+    /// The authentication gate refused it (`Session::gate`).
+    Refused { api: ApiKey, why: session::Refusal },
     Decode { api: ApiKey, version: i16, error: String },
     Encode { api: ApiKey, version: i16, error: String },
 }
@@ -215,6 +242,7 @@ impl std::fmt::Display for RequestError {
                 write!(f, "{api:?} v{version} is not supported (see ApiVersions)")
             }
             RequestError::Unauthorized { api } => write!(f, "{api:?} is not authorized for this session"),
+            RequestError::Refused { api, why } => write!(f, "{api:?}: {why}"),
             RequestError::Decode { api, version, error } => write!(f, "cannot decode {api:?} v{version}: {error}"),
             RequestError::Encode { api, version, error } => {
                 write!(f, "cannot encode {api:?} v{version} response: {error}")
@@ -290,6 +318,7 @@ fn encode_response<T: Encodable>(
 pub fn dispatch(ctx: &Arc<RequestContext>, session: &Arc<Session>, frame: Bytes) -> Result<Started, RequestError> {
     let req = decode_header(frame)?;
     let entry = entry(req.api).ok_or(RequestError::UnsupportedVersion { api: req.api, version: req.version })?;
+    session.gate(req.api).map_err(|why| RequestError::Refused { api: req.api, why })?;
     if let Some(access) = entry.access {
         if !ctx.authorizer.allows(session, req.api, access) {
             return Err(RequestError::Unauthorized { api: req.api });

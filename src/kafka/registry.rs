@@ -243,6 +243,22 @@ pub(crate) use registry;
 /// The type's name is its `ApiKey`; `access none` for requests any client may
 /// send unauthenticated.
 macro_rules! api {
+    ($ty:ident: $req:ident => $resp:ident, versions $lo:literal ..= $hi:literal, access none,
+     |$call:ident, $request:ident| $body:expr) => {
+        pub struct $ty;
+
+        impl $crate::kafka::registry::Api for $ty {
+            type Request = kafka_protocol::messages::$req;
+            type Response = kafka_protocol::messages::$resp;
+            const KEY: kafka_protocol::messages::ApiKey = kafka_protocol::messages::ApiKey::$ty;
+            const VERSIONS: (i16, i16) = ($lo, $hi);
+            const ACCESS: Option<$crate::kafka::registry::Access> = None;
+
+            async fn handle($call: &$crate::kafka::Call, $request: Self::Request) -> Self::Response {
+                $body
+            }
+        }
+    };
     ($ty:ident: $req:ident => $resp:ident, versions $lo:literal ..= $hi:literal, access $res:ident $op:ident,
      |$call:ident, $request:ident| $body:expr) => {
         pub struct $ty;

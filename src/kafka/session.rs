@@ -1,14 +1,22 @@
 //! A connection's session: who is on the other end, as far as the broker
 //! knows. Every request on the connection sees it, so what one request learns
-//! (the client's software from ApiVersions; later the principal that SASL
+//! (the client's software from ApiVersions, the principal that SASL
 //! authenticated) is there for the requests after it.
+//!
+//! On a SASL listener the session holds the exchange too: until it has
+//! authenticated, the one gate of `kafka::dispatch` ([`Session::gate`]) lets
+//! nothing through but ApiVersions and the SASL requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kafka_protocol::messages::ApiKey;
 use tokio::time::Instant;
+
+use crate::security::sasl::Exchange;
+use crate::security::Principal;
 
 /// Longest client software name or version kept (KIP-511 allows any string;
 /// the broker keeps a bounded copy).
@@ -25,6 +33,52 @@ pub struct Session {
     busy: AtomicUsize,
     /// When `busy` last fell to zero (or the connection opened), ms after `opened`.
     quiet_since_ms: AtomicU64,
+    /// Who the client is: ANONYMOUS until a certificate or SASL says otherwise.
+    principal: Mutex<Principal>,
+    /// Where authentication stands.
+    auth: Mutex<Auth>,
+}
+
+/// Where a session's authentication stands.
+pub enum Auth {
+    /// Not a SASL listener: there is nothing to prove.
+    NotRequired,
+    /// A SASL listener, before SaslHandshake.
+    AwaitingHandshake,
+    /// Between SaslHandshake and the end of the exchange (`None` while a step runs).
+    Exchanging(Option<Box<Exchange>>),
+    /// Authenticated, until `expires` (KIP-368 re-authentication) if set.
+    Authenticated { expires: Option<Instant> },
+    /// Re-authenticating (KIP-368): the old principal holds until the new exchange ends.
+    Reauthenticating(Option<Box<Exchange>>),
+    /// Authentication failed; nothing more is served.
+    Failed,
+}
+
+/// Why the gate refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// On a SASL listener before authenticating.
+    Unauthenticated,
+    /// The session outlived `security.max_reauth_ms` without re-authenticating.
+    Expired,
+    /// After a failed authentication.
+    Failed,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Unauthenticated => "request before SASL authentication on a SASL listener",
+            Refusal::Expired => "session expired (security.max_reauth_ms) without re-authenticating",
+            Refusal::Failed => "request after a failed SASL authentication",
+        })
+    }
+}
+
+/// What a session may send before it has authenticated.
+fn before_authentication(api: ApiKey) -> bool {
+    matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
 }
 
 /// What the client's ApiVersions told us: the client id of its header, and
@@ -43,7 +97,14 @@ impl std::fmt::Display for ClientSoftware {
 }
 
 impl Session {
+    /// A session with nothing to prove (PLAINTEXT; in-process), as ANONYMOUS.
     pub fn new(peer: SocketAddr, listener: &'static str) -> Session {
+        Session::with_security(peer, listener, Principal::anonymous(), false)
+    }
+
+    /// A session as `principal` (a client certificate's); `sasl`: it must
+    /// authenticate before anything else.
+    pub fn with_security(peer: SocketAddr, listener: &'static str, principal: Principal, sasl: bool) -> Session {
         Session {
             peer,
             listener,
@@ -51,7 +112,62 @@ impl Session {
             opened: Instant::now(),
             busy: AtomicUsize::new(0),
             quiet_since_ms: AtomicU64::new(0),
+            principal: Mutex::new(principal),
+            auth: Mutex::new(if sasl { Auth::AwaitingHandshake } else { Auth::NotRequired }),
         }
+    }
+
+    pub fn principal(&self) -> Principal {
+        self.principal.lock().expect("session lock").clone()
+    }
+
+    /// The principal a TLS client certificate names.
+    pub fn set_principal(&self, principal: Principal) {
+        *self.principal.lock().expect("session lock") = principal;
+    }
+
+    /// The one authentication gate: whether `api` may be served now.
+    pub fn gate(&self, api: ApiKey) -> Result<(), Refusal> {
+        match &*self.auth.lock().expect("session lock") {
+            Auth::NotRequired | Auth::Reauthenticating(_) => Ok(()),
+            Auth::Authenticated { expires } => match expires {
+                Some(at) if Instant::now() >= *at && !before_authentication(api) => Err(Refusal::Expired),
+                _ => Ok(()),
+            },
+            Auth::AwaitingHandshake | Auth::Exchanging(_) if before_authentication(api) => Ok(()),
+            Auth::AwaitingHandshake | Auth::Exchanging(_) => Err(Refusal::Unauthenticated),
+            Auth::Failed => Err(Refusal::Failed),
+        }
+    }
+
+    /// Whether the session has yet to authenticate (the connection closes it
+    /// if that takes longer than `security.authentication_timeout_ms`).
+    pub fn authenticating(&self) -> bool {
+        matches!(&*self.auth.lock().expect("session lock"), Auth::AwaitingHandshake | Auth::Exchanging(_))
+    }
+
+    /// Whether authentication failed: the connection closes once the answer is written.
+    pub fn failed(&self) -> bool {
+        matches!(&*self.auth.lock().expect("session lock"), Auth::Failed)
+    }
+
+    /// Runs `change` on the authentication state (the SASL handlers).
+    pub fn with_auth<T>(&self, change: impl FnOnce(&mut Auth) -> T) -> T {
+        change(&mut self.auth.lock().expect("session lock"))
+    }
+
+    /// Authenticated as `principal`, until `lifetime` is over if set. A
+    /// re-authentication must keep the principal (KIP-368): `false` if it did not.
+    pub fn authenticated(&self, principal: Principal, lifetime: Option<Duration>) -> bool {
+        let mut auth = self.auth.lock().expect("session lock");
+        let mut current = self.principal.lock().expect("session lock");
+        if matches!(&*auth, Auth::Reauthenticating(_)) && *current != principal {
+            *auth = Auth::Failed;
+            return false;
+        }
+        *current = principal;
+        *auth = Auth::Authenticated { expires: lifetime.map(|l| Instant::now() + l) };
+        true
     }
 
     /// A request was read; the connection is busy until it is answered.

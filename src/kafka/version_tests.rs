@@ -458,3 +458,84 @@ fn the_registry_is_the_one_list_and_sessions_keep_the_client() {
         assert_eq!(r.api_keys.len(), APIS.len());
     });
 }
+
+/// The SASL and SCRAM-credential APIs at every advertised version: a user is
+/// created through AlterUserScramCredentials, described, and authenticates
+/// with PLAIN on a SASL session, which serves nothing else before that.
+#[test]
+fn sasl_and_scram_credential_apis_at_every_version() {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+    use kafka_protocol::ResponseError as E;
+
+    use crate::cluster::metadata::ScramMechanism;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    actix::System::new().block_on(async move {
+        let ctx = super::test_context_with(&data_dir, "[security]\nfailed_authentication_delay_ms = 1\n").await;
+        for v in versions(ApiKey::AlterUserScramCredentials) {
+            let salt = b"salt-of-alice".to_vec();
+            let salted = crate::security::scram::salted_password(ScramMechanism::Sha512, b"pw", &salt, 4096);
+            let upsert = |iterations| {
+                ScramCredentialUpsertion::default()
+                    .with_name(StrBytes::from_static_str("alice"))
+                    .with_mechanism(ScramMechanism::Sha512.code())
+                    .with_iterations(iterations)
+                    .with_salt(salt.clone().into())
+                    .with_salted_password(salted.clone().into())
+            };
+            let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert(4096)]);
+            let r: AlterUserScramCredentialsResponse = call(&ctx, ApiKey::AlterUserScramCredentials, v, &req).await;
+            assert_eq!(r.results[0].error_code, 0, "{:?}", r.results[0].error_message);
+            let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![upsert(100)]);
+            let r: AlterUserScramCredentialsResponse = call(&ctx, ApiKey::AlterUserScramCredentials, v, &req).await;
+            assert_eq!(r.results[0].error_code, E::UnacceptableCredential.code(), "too few iterations");
+        }
+        for v in versions(ApiKey::DescribeUserScramCredentials) {
+            let req = DescribeUserScramCredentialsRequest::default().with_users(None);
+            let r: DescribeUserScramCredentialsResponse = call(&ctx, ApiKey::DescribeUserScramCredentials, v, &req).await;
+            assert_eq!(r.results.len(), 1);
+            assert_eq!(r.results[0].credential_infos[0].iterations, 4096);
+        }
+        for handshake in versions(ApiKey::SaslHandshake) {
+            for v in versions(ApiKey::SaslAuthenticate) {
+                let session = std::sync::Arc::new(Session::with_security(
+                    "127.0.0.1:40001".parse().unwrap(),
+                    "SASL_PLAINTEXT",
+                    crate::security::Principal::anonymous(),
+                    true,
+                ));
+                let metadata = frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default());
+                assert!(handle_frame(&ctx, &session, metadata.clone()).await.is_err(), "nothing before authenticating");
+                let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+                let bytes = handle_frame(&ctx, &session, frame(ApiKey::SaslHandshake, handshake, 2, &req)).await;
+                let r: SaslHandshakeResponse = response(ApiKey::SaslHandshake, handshake, 2, bytes.unwrap().unwrap());
+                assert_eq!(r.error_code, 0);
+                assert!(r.mechanisms.iter().any(|m| m.as_str() == "SCRAM-SHA-512"));
+                let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0alice\0pw"));
+                let bytes = handle_frame(&ctx, &session, frame(ApiKey::SaslAuthenticate, v, 3, &req)).await;
+                let r: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, v, 3, bytes.unwrap().unwrap());
+                assert_eq!(r.error_code, 0, "SaslAuthenticate v{v}: {:?}", r.error_message);
+                assert_eq!(session.principal(), crate::security::Principal::user("alice"));
+                assert!(handle_frame(&ctx, &session, metadata).await.is_ok(), "served once authenticated");
+            }
+        }
+        // A wrong password fails the session; nothing is served on it after.
+        let session = std::sync::Arc::new(Session::with_security(
+            "127.0.0.1:40002".parse().unwrap(),
+            "SASL_PLAINTEXT",
+            crate::security::Principal::anonymous(),
+            true,
+        ));
+        let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        handle_frame(&ctx, &session, frame(ApiKey::SaslHandshake, 1, 4, &req)).await.unwrap();
+        let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0alice\0wrong"));
+        let bytes = handle_frame(&ctx, &session, frame(ApiKey::SaslAuthenticate, 2, 5, &req)).await;
+        let r: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, 2, 5, bytes.unwrap().unwrap());
+        assert_eq!(r.error_code, E::SaslAuthenticationFailed.code());
+        assert!(session.failed());
+        // A PLAINTEXT session has nothing to authenticate.
+        let req = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let r: SaslHandshakeResponse = call(&ctx, ApiKey::SaslHandshake, 1, &req).await;
+        assert_eq!(r.error_code, E::IllegalSaslState.code());
+    });
+}

@@ -218,7 +218,7 @@ async fn boot(
     storage.initial_map_bytes = 16 << 20;
     let broker = tributary_actors::Broker::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = config.cluster_settings()?;
-    let cluster = Cluster::start_simulated(settings, broker.clone(), &data_dir, config.advertised(), network).await?;
+    let cluster = Cluster::start_simulated(settings, broker.clone(), &data_dir, config.advertised_endpoints(), network).await?;
     crate::cluster::replica_manager::start(cluster.clone(), broker.clone());
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let context = Arc::new(RequestContext::new(broker, config, metrics, cluster));
