@@ -130,6 +130,7 @@ class ClusterBroker(ProcessControl):
         self.kafka_port, self.cluster_port = kafka_port, cluster_port
         self.bootstrap = f"{host}:{kafka_port}"
         self.metrics_port = 9644 if cluster.net else free_port_on(host)
+        self.sasl_port = 9094 if cluster.net else free_port_on(host)
         self.data_dir, self.log_path = data_dir, log_path
         self.config_path = data_dir.parent / f"node{node_id}.toml"
         self.proc = None
@@ -138,10 +139,15 @@ class ClusterBroker(ProcessControl):
         """Every broker is a voter; a broker outside `cluster.brokers` lists them but is not one."""
         c = self.cluster
         voters = ", ".join(f'"{b.node_id}@{b.host}:{b.cluster_port}"' for b in c.brokers)
+        # With `sasl`, a SASL_PLAINTEXT listener beside the PLAINTEXT one brokers use.
+        listen = f'listen = "{self.host}:{self.kafka_port}"'
+        if c.sasl:
+            listen = (f'listeners = ["PLAINTEXT://{self.host}:{self.kafka_port}", '
+                      f'"SASL_PLAINTEXT://{self.host}:{self.sasl_port}"]')
         self.config_path.write_text(f"""
 [broker]
 node_id = {self.node_id}
-listen = "{self.host}:{self.kafka_port}"
+{listen}
 data_dir = "{self.data_dir}"
 [metrics]
 listen = "{self.host}:{self.metrics_port}"
@@ -184,8 +190,9 @@ rack = "rack{self.node_id}"
 
 
 class Cluster:
-    def __init__(self, tmp_path, n=3, netns=False, extra_cluster_config="", extra_config=""):
+    def __init__(self, tmp_path, n=3, netns=False, extra_cluster_config="", extra_config="", sasl=False):
         self.key = secrets.token_hex(32)
+        self.sasl = sasl
         self.extra_cluster_config = extra_cluster_config
         self.extra_config = extra_config
         self.net = Net(n) if netns else None

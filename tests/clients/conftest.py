@@ -67,9 +67,11 @@ class BrokerProcess(ProcessControl):
         assert self.proc is None, "already running"
         log = open(self.log_path, "ab")
         env = dict(os.environ, TRIBUTARY_LOG=os.environ.get("TRIBUTARY_LOG", "info"))
+        # A config that names its own listeners has the PLAINTEXT one at self.port.
+        listen = [] if getattr(self, "own_listeners", False) else ["--listen", self.bootstrap]
         self.proc = subprocess.Popen(
             [str(binary()), "start", "--config", str(self.config_path),
-             "--listen", self.bootstrap, "--data-dir", str(self.data_dir),
+             *listen, "--data-dir", str(self.data_dir),
              "--metrics-listen", f"127.0.0.1:{self.metrics_port}"],
             stdout=log, stderr=log, env=env, preexec_fn=self._limit_files)
         deadline = time.monotonic() + START_TIMEOUT_S
