@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # kcat: librdkafka's CLI client; iproute2 (ip, tc) and iptables: the cluster
-# and Jepsen-style tests' network namespaces and faults.
+# and Jepsen-style tests' network namespaces and faults; openssl: the security
+# tests' certificates.
 if ! command -v kcat >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1 \
-    || ! command -v iptables >/dev/null 2>&1; then
-    echo "== installing kcat, iproute2 and iptables"
+    || ! command -v iptables >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+    echo "== installing kcat, iproute2, iptables and openssl"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 iptables >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat iproute2 iptables openssl >/dev/null
 fi
 
 # Java and Maven: Apache Kafka's Java client in the tests (tests/java).
