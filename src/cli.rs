@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::cluster::metadata::ScramMechanism;
 use tributary_client::{
     partition_for_key, AlterConfig, BrokerAddress, Client, ConfigResource, ConsumedRecord, Consumer, FetchOptions,
-    NewRecord, NewTopic, OffsetSpec, PartitionOffset, Producer, ProducerConfig, Tcp,
+    NewRecord, NewTopic, OffsetSpec, PartitionOffset, Producer, ProducerConfig, Transport,
 };
 
 /// Records per round of produce requests (one batch per partition, sent together).
@@ -36,6 +36,11 @@ pub struct Global {
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Client security settings, a Kafka properties file (as Kafka's tools'
+    /// --command-config): security.protocol, sasl.mechanism, sasl.username and
+    /// sasl.password (or sasl.jaas.config), ssl.ca.location (PEM).
+    #[arg(long, global = true)]
+    pub command_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -196,10 +201,77 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-fn connect(global: &Global) -> anyhow::Result<Client<Tcp>> {
+fn connect(global: &Global) -> anyhow::Result<Client<Transport>> {
     let mut config = tributary_client::Config::new(BrokerAddress::parse_list(&global.brokers)?);
     config.connection.client_id = "tributary-cli".to_string();
-    Ok(Client::new(Tcp, config))
+    let transport = match &global.command_config {
+        None => Transport::Tcp,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let security = ClientSecurity::parse(&text).with_context(|| format!("{}", path.display()))?;
+            config.connection.sasl = security.sasl;
+            security.transport
+        }
+    };
+    Ok(Client::new(transport, config))
+}
+
+/// What a client properties file says about security.
+struct ClientSecurity {
+    transport: Transport,
+    sasl: Option<tributary_client::Sasl>,
+}
+
+impl ClientSecurity {
+    fn parse(text: &str) -> anyhow::Result<ClientSecurity> {
+        let mut properties = BTreeMap::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!')) {
+            let (key, value) = line.split_once('=').or_else(|| line.split_once(':')).unwrap_or((line, ""));
+            properties.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        let get = |key: &str| properties.get(key).map(String::as_str).filter(|v| !v.is_empty());
+        let protocol = get("security.protocol").unwrap_or("PLAINTEXT").to_ascii_uppercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (true, false),
+            "SASL_PLAINTEXT" => (false, true),
+            "SASL_SSL" => (true, true),
+            other => bail!("security.protocol {other:?} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+        };
+        let transport = match tls {
+            false => Transport::Tcp,
+            true => {
+                let ca = get("ssl.ca.location").or_else(|| get("ssl.truststore.location")).ok_or_else(|| {
+                    anyhow!("TLS needs ssl.ca.location (a PEM file of the CA certificates to trust)")
+                })?;
+                Transport::tls_trusting(std::path::Path::new(ca))?
+            }
+        };
+        let sasl = match sasl {
+            false => None,
+            true => {
+                let mechanism = get("sasl.mechanism").or_else(|| get("sasl.mechanisms")).unwrap_or("PLAIN");
+                let jaas = get("sasl.jaas.config").map(jaas_credentials).unwrap_or_default();
+                let username = get("sasl.username").map(String::from).or(jaas.0);
+                let password = get("sasl.password").map(String::from).or(jaas.1);
+                let (Some(username), Some(password)) = (username, password) else {
+                    bail!("SASL needs sasl.username and sasl.password (or sasl.jaas.config with both)");
+                };
+                Some(tributary_client::Sasl { mechanism: mechanism.to_ascii_uppercase(), username, password })
+            }
+        };
+        Ok(ClientSecurity { transport, sasl })
+    }
+}
+
+/// The username and password of a `sasl.jaas.config` (`... username="a" password="b";`).
+fn jaas_credentials(jaas: &str) -> (Option<String>, Option<String>) {
+    let field = |name: &str| {
+        let start = jaas.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = jaas[start..].find('"')? + start;
+        Some(jaas[start..end].to_string())
+    };
+    (field("username"), field("password"))
 }
 
 /// Prints `data` as one JSON line, or runs `text` for people.
@@ -239,7 +311,7 @@ fn name_value(s: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Earliest and latest offset of each of `partitions`.
-async fn bounds(client: &Client<Tcp>, topic: &str, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+async fn bounds(client: &Client<Transport>, topic: &str, partitions: &[i32]) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let (start, end) = futures::try_join!(
         client.list_offsets(topic, partitions, OffsetSpec::Earliest),
         client.list_offsets(topic, partitions, OffsetSpec::Latest),
@@ -289,7 +361,7 @@ pub fn topic(global: &Global, command: TopicCommand) -> anyhow::Result<()> {
     })
 }
 
-async fn list_topics(client: &Client<Tcp>, global: &Global, out: &mut dyn Write) -> anyhow::Result<()> {
+async fn list_topics(client: &Client<Transport>, global: &Global, out: &mut dyn Write) -> anyhow::Result<()> {
     let rows: Vec<(String, usize, usize)> = client
         .list_topics()
         .await?
@@ -306,7 +378,7 @@ async fn list_topics(client: &Client<Tcp>, global: &Global, out: &mut dyn Write)
     Ok(())
 }
 
-async fn describe_topic(client: &Client<Tcp>, global: &Global, out: &mut dyn Write, name: &str) -> anyhow::Result<()> {
+async fn describe_topic(client: &Client<Transport>, global: &Global, out: &mut dyn Write, name: &str) -> anyhow::Result<()> {
     let described = client.describe_topics(&[name]).await?;
     let t = described.first().ok_or_else(|| anyhow!("no metadata for '{name}'"))?.check()?;
     let indexes = t.indexes();
@@ -393,7 +465,7 @@ fn record_of(line: String, separator: Option<&str>) -> NewRecord {
 
 /// Sends every partition's pending batch at once (pipelined per leader).
 async fn flush(
-    producer: &Producer<Tcp>,
+    producer: &Producer<Transport>,
     topic: &str,
     pending: &mut BTreeMap<i32, Vec<NewRecord>>,
 ) -> anyhow::Result<usize> {
@@ -665,7 +737,7 @@ pub fn transactions(global: &Global, command: TransactionsCommand) -> anyhow::Re
     })
 }
 
-async fn describe_group(client: &Client<Tcp>, global: &Global, out: &mut dyn Write, group: &str) -> anyhow::Result<()> {
+async fn describe_group(client: &Client<Transport>, global: &Global, out: &mut dyn Write, group: &str) -> anyhow::Result<()> {
     let g = client.describe_group(group).await?;
     let committed = client.fetch_offsets(group, None).await?;
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
@@ -701,7 +773,7 @@ async fn describe_group(client: &Client<Tcp>, global: &Global, out: &mut dyn Wri
 }
 
 async fn reset_offsets(
-    client: &Client<Tcp>,
+    client: &Client<Transport>,
     global: &Global,
     out: &mut dyn Write,
     group: &str,

@@ -53,6 +53,8 @@ pub struct ConnectionSettings {
     /// Highest versions to speak, per API, below what both sides support
     /// (to pin versions, or to test the oldest ones the client implements).
     pub max_versions: Vec<(ApiKey, i16)>,
+    /// Authenticate every connection with this, after ApiVersions.
+    pub sasl: Option<crate::security::Sasl>,
 }
 
 impl Default for ConnectionSettings {
@@ -63,6 +65,7 @@ impl Default for ConnectionSettings {
             max_in_flight: 16,
             max_response_bytes: 128 << 20,
             max_versions: Vec::new(),
+            sasl: None,
         }
     }
 }
@@ -144,6 +147,9 @@ impl Connection {
             tasks: [writer.abort_handle(), reader.abort_handle()],
         };
         connection.versions = connection.negotiate().await?;
+        if let Some(sasl) = connection.settings.sasl.clone() {
+            sasl.authenticate(&connection).await?;
+        }
         Ok(connection)
     }
 

@@ -58,6 +58,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A TLS trust file that cannot be used.
+    #[error("TLS trust file {}: {problem}", path.display())]
+    TlsTrust { path: std::path::PathBuf, problem: String },
     /// No broker the client knows (bootstrap or from metadata) could be reached.
     #[error("no broker reachable")]
     Unreachable(#[source] Box<Error>),

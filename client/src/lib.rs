@@ -50,6 +50,7 @@ mod metadata;
 mod partitioner;
 mod produce;
 mod records;
+mod security;
 mod versions;
 
 pub use admin::{
@@ -58,6 +59,7 @@ pub use admin::{
 };
 pub use client::{Client, Config, Retry};
 pub use connection::{Connection, ConnectionSettings};
+pub use security::{Sasl, Transport};
 pub use connector::{BrokerAddress, Connector, ReadHalf, Tcp, WriteHalf};
 pub use error::{Error, FrameProblem, Result, Subject, TxnMisuse};
 pub use fetch::{Consumer, FetchOptions, FetchedPartition, Isolation, ListedOffset, OffsetSpec};

@@ -5,6 +5,7 @@ Kafka admin API; wrong passwords, unauthenticated clients and the wrong
 protocol on a port; certificates renewed while the broker runs."""
 
 import socket
+import subprocess
 import ssl
 import struct
 import time
@@ -16,6 +17,7 @@ from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechan
                                    UserScramCredentialUpsertion)
 
 import rawkafka
+from conftest import binary
 from secure import PASSWORD, SecureBroker, make_certificates
 
 
@@ -215,3 +217,31 @@ def test_client_certificates_are_required_when_configured_and_certificates_reloa
         assert produce_and_consume(with_cert, "sec-mtls-renewed", n=2) == ["v0", "v1"]
     finally:
         b.stop()
+
+
+def test_the_cli_runs_over_sasl_ssl_with_a_client_properties_file(secure, tmp_path):
+    props = tmp_path / "client.properties"
+    props.write_text(f"""# as Kafka's tools take it (--command-config)
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="alice" password="{PASSWORD}";
+ssl.ca.location={secure.certs / 'ca.pem'}
+""")
+    cli = lambda *args, **kw: subprocess.run(  # noqa: E731
+        [str(binary()), "-b", f"127.0.0.1:{secure.sasl_ssl_port}", "--command-config", str(props), *args],
+        capture_output=True, text=True, timeout=60, **kw)
+    made = cli("topic", "create", "sec-cli", "-p", "2")
+    assert made.returncode == 0, made.stderr
+    assert "sec-cli" in cli("topic", "list").stdout
+    produced = cli("produce", "sec-cli", input="one\ntwo\nthree\n")
+    assert produced.returncode == 0, produced.stderr
+    consumed = cli("consume", "sec-cli", "-n", "3")
+    assert sorted(consumed.stdout.split()) == ["one", "three", "two"], consumed.stderr
+    created = cli("user", "create", "dave", "--password", "dave-pw")
+    assert created.returncode == 0, created.stderr
+    assert "dave" in cli("user", "list").stdout
+
+    props.write_text(props.read_text().replace(PASSWORD, "wrong"))
+    refused = cli("topic", "list")
+    assert refused.returncode != 0
+    assert "SaslAuthenticationFailed" in refused.stderr and "invalid credentials" in refused.stderr, refused.stderr
