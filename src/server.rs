@@ -284,7 +284,8 @@ async fn handshake(
             return None;
         }
     }
-    match tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await {
+    let sasl = session.authenticating();
+    match tokio::time::timeout(deadline, tls.acceptor(sasl).accept(stream)).await {
         Ok(Ok(stream)) => {
             let principal = tls.principal(stream.get_ref().1.peer_certificates());
             session.set_principal(principal);

@@ -109,8 +109,7 @@ impl RequestContext {
         );
         // The simulation's brokers keep no reserve (their disk is a scratch dir, and the run must replay).
         let disk = crate::disk::DiskReserve::new(0);
-        let sasl = crate::security::sasl::Sasl::new(config.security.sasl_mechanisms.clone(), cluster.metadata_watch())
-            .expect("rsasl takes its default mechanisms and a callback");
+        let sasl = crate::security::sasl::Sasl::new(config.security.sasl_mechanisms.clone(), cluster.metadata_watch());
         RequestContext {
             broker,
             config,
@@ -316,6 +315,10 @@ fn encode_response<T: Encodable>(
 /// queues it to run alone. Every transport (sockets, the simulation, tests)
 /// comes through here.
 pub fn dispatch(ctx: &Arc<RequestContext>, session: &Arc<Session>, frame: Bytes) -> Result<Started, RequestError> {
+    // After a SaslHandshake v0 the client's frames are raw SASL tokens.
+    if let Some(started) = sasl_authenticate::raw_token(ctx, session, &frame) {
+        return Ok(started);
+    }
     let req = decode_header(frame)?;
     let entry = entry(req.api).ok_or(RequestError::UnsupportedVersion { api: req.api, version: req.version })?;
     session.gate(req.api).map_err(|why| RequestError::Refused { api: req.api, why })?;

@@ -4,54 +4,100 @@
 //! its user's (`User:<name>`) until `security.max_reauth_ms`, when the client
 //! must authenticate again (KIP-368) as the same user.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use kafka_protocol::messages::{SaslAuthenticateRequest, SaslAuthenticateResponse};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse};
 use kafka_protocol::ResponseError;
 
-use super::session::Auth;
-use super::{message, Call};
+use super::session::{Auth, Refusal};
+use super::{message, Call, RequestContext, RequestError, Session, Started};
 use crate::security::sasl::{Exchange, Step};
 use crate::security::Principal;
 
 pub async fn handle(call: &Call, request: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
-    let taken = call.session.with_auth(|auth| match auth {
+    match advance(&call.ctx, &call.session, request.auth_bytes).await {
+        Outcome::NotExchanging => SaslAuthenticateResponse::default()
+            .with_error_code(ResponseError::IllegalSaslState.code())
+            .with_error_message(message("SaslAuthenticate without a SaslHandshake before it")),
+        Outcome::Continue(reply) => SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply)),
+        Outcome::Done { reply, lifetime } => {
+            let answer = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply));
+            match call.version >= 1 {
+                true => answer.with_session_lifetime_ms(lifetime.map_or(0, |l| l.as_millis() as i64)),
+                false => answer,
+            }
+        }
+        Outcome::Failed { mechanism } => SaslAuthenticateResponse::default()
+            .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+            .with_error_message(message(format!(
+                "Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"
+            ))),
+    }
+}
+
+/// A SASL token framed on its own, after a SaslHandshake v0: the token is
+/// the whole frame, and so is the answer (a length and the server's token).
+/// `None` when the session is not in such an exchange. A failure closes the
+/// connection with no answer, as Kafka does for v0.
+pub fn raw_token(ctx: &Arc<RequestContext>, session: &Arc<Session>, frame: &Bytes) -> Option<Started> {
+    let raw = session.with_auth(|auth| matches!(auth, Auth::Exchanging(Some(e)) if e.raw));
+    if !raw {
+        return None;
+    }
+    let (ctx, session, token) = (ctx.clone(), session.clone(), frame.clone());
+    Some(Started::Serial(Box::pin(async move {
+        let reply = match advance(&ctx, &session, token).await {
+            Outcome::Continue(reply) | Outcome::Done { reply, .. } => reply,
+            Outcome::NotExchanging | Outcome::Failed { .. } => {
+                return Err(RequestError::Refused { api: ApiKey::SaslAuthenticate, why: Refusal::Failed })
+            }
+        };
+        let mut framed = BytesMut::with_capacity(4 + reply.len());
+        framed.put_u32(reply.len() as u32);
+        framed.put_slice(&reply);
+        let charge = ctx.response_memory.charge(framed.len());
+        Ok(Some(charge.attach(framed.freeze())))
+    })))
+}
+
+/// Where a client message leaves the session's exchange.
+enum Outcome {
+    NotExchanging,
+    Continue(Vec<u8>),
+    Done { reply: Vec<u8>, lifetime: Option<Duration> },
+    Failed { mechanism: String },
+}
+
+/// Takes one client message of the session's exchange and moves the session on.
+async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outcome {
+    let taken = session.with_auth(|auth| match auth {
         Auth::Exchanging(exchange) => exchange.take().map(|e| (e, false)),
         Auth::Reauthenticating(exchange) => exchange.take().map(|e| (e, true)),
         _ => None,
     });
-    let Some((exchange, reauthenticating)) = taken else {
-        return SaslAuthenticateResponse::default()
-            .with_error_code(ResponseError::IllegalSaslState.code())
-            .with_error_message(message("SaslAuthenticate without a SaslHandshake before it"));
-    };
+    let Some((exchange, reauthenticating)) = taken else { return Outcome::NotExchanging };
     let mechanism = exchange.mechanism.clone();
-    let (exchange, step) = step_off_thread(exchange, request.auth_bytes).await;
+    let (exchange, step) = step_off_thread(exchange, input).await;
     match step {
         Step::Continue(reply) => {
-            call.session.with_auth(|auth| {
+            session.with_auth(|auth| {
                 *auth = if reauthenticating { Auth::Reauthenticating(exchange) } else { Auth::Exchanging(exchange) }
             });
-            SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply))
+            Outcome::Continue(reply)
         }
         Step::Done { user, reply } => {
-            let security = &call.ctx.config.security;
+            let security = &ctx.config.security;
             let lifetime = (security.max_reauth_ms > 0).then(|| Duration::from_millis(security.max_reauth_ms));
             let principal = Principal::user(&user);
-            if !call.session.authenticated(principal.clone(), lifetime) {
-                return failed(call, &mechanism, "re-authenticated as another principal").await;
+            if !session.authenticated(principal.clone(), lifetime) {
+                return failed(ctx, session, mechanism, "re-authenticated as another principal").await;
             }
-            tracing::debug!(peer = %call.session.peer, %principal, %mechanism, "authenticated");
-            let lifetime_ms = lifetime.map_or(0, |l| l.as_millis() as i64);
-            let answer = SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply));
-            if call.version >= 1 {
-                answer.with_session_lifetime_ms(lifetime_ms)
-            } else {
-                answer
-            }
+            tracing::debug!(peer = %session.peer, %principal, %mechanism, "authenticated");
+            Outcome::Done { reply, lifetime }
         }
-        Step::Failed(why) => failed(call, &mechanism, &why).await,
+        Step::Failed(why) => failed(ctx, session, mechanism, &why).await,
     }
 }
 
@@ -69,17 +115,14 @@ async fn step_off_thread(mut exchange: Box<Exchange>, input: Bytes) -> (Option<B
     }
 }
 
-/// Fails the session, waits the configured delay, and says why in the answer.
-async fn failed(call: &Call, mechanism: &str, why: &str) -> SaslAuthenticateResponse {
-    call.session.with_auth(|auth| *auth = Auth::Failed);
-    call.ctx.metrics.authentication_failures.inc();
-    let (peer, listener) = (call.session.peer, call.session.listener);
-    tracing::info!(%peer, listener, mechanism, reason = why, "SASL authentication failed; closing connection");
-    let delay = call.ctx.config.security.failed_authentication_delay_ms;
-    tokio::time::sleep(Duration::from_millis(delay)).await;
-    SaslAuthenticateResponse::default().with_error_code(ResponseError::SaslAuthenticationFailed.code()).with_error_message(
-        message(format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}")),
-    )
+/// Fails the session and waits the configured delay before it is answered.
+async fn failed(ctx: &RequestContext, session: &Session, mechanism: String, why: &str) -> Outcome {
+    session.with_auth(|auth| *auth = Auth::Failed);
+    ctx.metrics.authentication_failures.inc();
+    let (peer, listener) = (session.peer, session.listener);
+    tracing::info!(%peer, listener, %mechanism, reason = why, "SASL authentication failed; closing connection");
+    tokio::time::sleep(Duration::from_millis(ctx.config.security.failed_authentication_delay_ms)).await;
+    Outcome::Failed { mechanism }
 }
 
 super::registry::api! {

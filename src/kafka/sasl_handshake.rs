@@ -1,7 +1,9 @@
 //! SaslHandshake: the client names its mechanism; the broker answers with the
 //! mechanisms it offers and starts an exchange (`sasl_authenticate.rs` runs
-//! it). Version 0, whose exchange is raw frames without Kafka headers, is not
-//! offered; every current client sends version 1.
+//! it). After version 1 the exchange is SaslAuthenticate requests; after
+//! version 0 it is raw tokens, each a frame of its own. Version 0 stays
+//! offered, as Kafka 4 offers it: librdkafka before 2.10 (Debian's kcat)
+//! enables SASL only if the range includes it, and then sends version 1.
 
 use kafka_protocol::messages::{SaslHandshakeRequest, SaslHandshakeResponse};
 use kafka_protocol::ResponseError;
@@ -19,11 +21,16 @@ pub fn handle(call: &Call, request: SaslHandshakeRequest) -> SaslHandshakeRespon
             Auth::Authenticated { .. } => true,
             _ => return ResponseError::IllegalSaslState.code(),
         };
-        let Some(exchange) = sasl.start(&request.mechanism) else {
+        // KIP-368 re-authentication is a SaslAuthenticate exchange.
+        if reauthenticating && call.version == 0 {
+            return ResponseError::IllegalSaslState.code();
+        }
+        let Some(mut exchange) = sasl.start(&request.mechanism) else {
             // Kafka closes the connection after this answer: there is nothing the client can do on it.
             *auth = Auth::Failed;
             return ResponseError::UnsupportedSaslMechanism.code();
         };
+        exchange.raw = call.version == 0;
         let exchange = Some(Box::new(exchange));
         *auth = if reauthenticating { Auth::Reauthenticating(exchange) } else { Auth::Exchanging(exchange) };
         0
@@ -36,6 +43,6 @@ pub fn handle(call: &Call, request: SaslHandshakeRequest) -> SaslHandshakeRespon
 }
 
 super::registry::api! {
-    SaslHandshake: SaslHandshakeRequest => SaslHandshakeResponse, versions 1..=1, access none,
+    SaslHandshake: SaslHandshakeRequest => SaslHandshakeResponse, versions 0..=1, access none,
     |call, request| handle(call, request)
 }

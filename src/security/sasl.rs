@@ -1,108 +1,54 @@
-//! SASL on the broker. rsasl runs the mechanisms (PLAIN, SCRAM-SHA-256,
-//! SCRAM-SHA-512); the callback here answers them from the cluster metadata:
-//! a user's stored SCRAM keys for SCRAM, and for PLAIN a check of the password
-//! against the same keys, so there is one set of credentials for both.
+//! SASL on the broker: PLAIN and SCRAM-SHA-256/512 (`scram.rs`), answered
+//! from the cluster metadata: a user's stored SCRAM keys for SCRAM, and for
+//! PLAIN a check of the password against the same keys, so there is one set
+//! of credentials for both.
 
 use std::sync::Arc;
 
-use rsasl::callback::{Context, Request, SessionCallback, SessionData};
-use rsasl::mechanisms::scram::properties::ScramStoredPassword;
-use rsasl::mechname::Mechname;
-use rsasl::prelude::{SASLConfig, SASLServer, SessionError, State};
-use rsasl::property::{AuthId, AuthzId, Password};
-use rsasl::validate::{Validate, Validation, ValidationError};
 use tokio::sync::watch;
 
-use crate::cluster::metadata::{ClusterMetadata, ScramMechanism};
+use super::scram::{ScramServer, ScramStep};
+use crate::cluster::metadata::{ClusterMetadata, ScramCredential, ScramMechanism};
 
 /// Longest SASL message taken (a SCRAM client message is about 200 bytes;
 /// Kafka bounds them by its frame limit, which is much larger).
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 
-/// What a finished exchange yields: the user it authenticated.
-pub struct Authenticated;
-
-impl Validation for Authenticated {
-    type Value = String;
-}
-
-/// Finds credentials in the cluster metadata as rsasl asks for them.
-struct Credentials {
+/// The SASL side of the broker: the mechanisms offered and the credentials.
+pub struct Sasl {
+    /// `security.sasl_mechanisms`, in the order configured.
+    pub mechanisms: Vec<String>,
     metadata: watch::Receiver<Arc<ClusterMetadata>>,
 }
 
-impl SessionCallback for Credentials {
-    /// SCRAM asks for the user's stored keys; none given means no such user.
-    fn callback(&self, session: &SessionData, context: &Context, request: &mut Request) -> Result<(), SessionError> {
-        let Some(mechanism) = ScramMechanism::from_name(session.mechanism().mechanism.as_str()) else { return Ok(()) };
-        let Some(user) = context.get_ref::<AuthId>() else { return Ok(()) };
-        let metadata = self.metadata.borrow().clone();
-        if let Some(c) = metadata.security.scram.get(user).and_then(|by_mechanism| by_mechanism.get(&mechanism)) {
-            let stored = ScramStoredPassword::new(c.iterations, &c.salt, &c.stored_key, &c.server_key);
-            request.satisfy::<ScramStoredPassword>(&stored)?;
-        }
-        Ok(())
-    }
-
-    /// Called once the mechanism has done its part (SCRAM: the proof checked).
-    /// PLAIN's password is checked here. An authorization id other than the
-    /// user itself is refused: nobody may act as someone else.
-    fn validate(&self, session: &SessionData, context: &Context, validate: &mut Validate<'_>) -> Result<(), ValidationError> {
-        let Some(user) = context.get_ref::<AuthId>() else { return Ok(()) };
-        if context.get_ref::<AuthzId>().is_some_and(|authz| !authz.is_empty() && authz != user) {
-            return Ok(());
-        }
-        let accepted = match session.mechanism().mechanism.as_str() {
-            "PLAIN" => context.get_ref::<Password>().is_some_and(|password| self.plain_matches(user, password)),
-            _ => true,
-        };
-        if accepted {
-            validate.with::<Authenticated, _>(|| Ok(user.to_string()))?;
-        }
-        Ok(())
-    }
-}
-
-impl Credentials {
-    /// Whether `password` is `user`'s, by any of its SCRAM credentials.
-    fn plain_matches(&self, user: &str, password: &[u8]) -> bool {
-        let metadata = self.metadata.borrow().clone();
-        let Some(credentials) = metadata.security.scram.get(user) else { return false };
-        credentials.iter().next().is_some_and(|(mechanism, credential)| super::scram::matches(*mechanism, credential, password))
-    }
-}
-
-/// The SASL side of the broker: the mechanisms offered and how to start one.
-pub struct Sasl {
-    config: Arc<SASLConfig>,
-    /// `security.sasl_mechanisms`, in the order configured.
-    pub mechanisms: Vec<String>,
-}
-
 impl Sasl {
-    pub fn new(mechanisms: Vec<String>, metadata: watch::Receiver<Arc<ClusterMetadata>>) -> anyhow::Result<Sasl> {
-        let config = SASLConfig::builder()
-            .with_defaults()
-            .with_callback(Credentials { metadata })
-            .map_err(|e| anyhow::anyhow!("SASL configuration: {e}"))?;
-        Ok(Sasl { config, mechanisms })
+    pub fn new(mechanisms: Vec<String>, metadata: watch::Receiver<Arc<ClusterMetadata>>) -> Sasl {
+        Sasl { mechanisms, metadata }
     }
 
     /// An exchange of `mechanism`, if it is offered.
     pub fn start(&self, mechanism: &str) -> Option<Exchange> {
         let offered = self.mechanisms.iter().find(|m| m.eq_ignore_ascii_case(mechanism))?;
-        let name = Mechname::parse(offered.as_bytes()).ok()?;
-        let session = SASLServer::<Authenticated>::new(self.config.clone()).start_suggested(name).ok()?;
-        Some(Exchange { session, mechanism: offered.clone(), messages: 0 })
+        let state = match ScramMechanism::from_name(offered) {
+            Some(scram) => Mechanism::Scram(ScramServer::new(scram)),
+            None => Mechanism::Plain,
+        };
+        Some(Exchange { state, mechanism: offered.clone(), metadata: self.metadata.clone(), raw: false })
     }
 }
 
-/// One client's exchange, from SaslHandshake to its last SaslAuthenticate.
+enum Mechanism {
+    Plain,
+    Scram(ScramServer),
+}
+
+/// One client's exchange, from SaslHandshake to its last message.
 pub struct Exchange {
-    session: rsasl::prelude::Session<Authenticated>,
+    state: Mechanism,
     pub mechanism: String,
-    /// Client messages taken so far.
-    messages: u32,
+    metadata: watch::Receiver<Arc<ClusterMetadata>>,
+    /// Its messages are raw frames (after SaslHandshake v0), not SaslAuthenticate requests.
+    pub raw: bool,
 }
 
 /// Where an exchange stands after a client message.
@@ -122,26 +68,46 @@ impl Exchange {
         if input.len() > MAX_TOKEN_BYTES {
             return Step::Failed(format!("SASL message of {} bytes (at most {MAX_TOKEN_BYTES})", input.len()));
         }
-        self.messages += 1;
-        // rsasl 2.3.1 slices a SCRAM client-final message's first two bytes
-        // unchecked (a panic on one byte): such a message is refused first.
-        let scram_final = self.messages == 2 && self.mechanism.starts_with("SCRAM-");
-        if scram_final && !input.starts_with(b"c=") {
-            return Step::Failed("a SCRAM client-final message must start with c=".into());
+        let metadata = self.metadata.borrow().clone();
+        match &mut self.state {
+            Mechanism::Plain => plain(&metadata, input),
+            Mechanism::Scram(server) => {
+                let mechanism = ScramMechanism::from_name(&self.mechanism).expect("a SCRAM exchange's mechanism");
+                let lookup = |user: &str| credential(&metadata, user, mechanism).cloned();
+                match server.step(input, lookup) {
+                    ScramStep::Reply(reply) => Step::Continue(reply),
+                    ScramStep::Authenticated { user, reply } => Step::Done { user, reply },
+                    ScramStep::Failed(why) => Step::Failed(why.to_string()),
+                }
+            }
         }
-        let mut reply = Vec::new();
-        // A panic in the mechanism ends this exchange, not the broker's thread.
-        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let state = self.session.step(Some(input), &mut reply);
-            state.map(|state| (state, self.session.validation()))
-        }));
-        match stepped {
-            Ok(Ok((State::Running, _))) => Step::Continue(reply),
-            Ok(Ok((State::Finished(_), Some(user)))) => Step::Done { user, reply },
-            Ok(Ok((State::Finished(_), None))) => Step::Failed("invalid credentials".into()),
-            Ok(Err(e)) => Step::Failed(e.to_string()),
-            Err(_) => Step::Failed("the SASL mechanism panicked on this message".into()),
-        }
+    }
+}
+
+fn credential<'a>(metadata: &'a ClusterMetadata, user: &str, mechanism: ScramMechanism) -> Option<&'a ScramCredential> {
+    metadata.security.scram.get(user)?.get(&mechanism)
+}
+
+/// PLAIN (RFC 4616): `authzid NUL authcid NUL password`, checked against
+/// the user's SCRAM credential. An authorization id other than the user
+/// itself is refused: nobody may act as someone else.
+fn plain(metadata: &ClusterMetadata, input: &[u8]) -> Step {
+    let parts: Vec<&[u8]> = input.split(|b| *b == 0).collect();
+    let [authzid, user, password] = parts[..] else { return Step::Failed("a PLAIN message has three parts".into()) };
+    let (Ok(authzid), Ok(user)) = (std::str::from_utf8(authzid), std::str::from_utf8(user)) else {
+        return Step::Failed("a PLAIN user name is not UTF-8".into());
+    };
+    if user.is_empty() || (!authzid.is_empty() && authzid != user) {
+        return Step::Failed("an empty user, or acting as another user".into());
+    }
+    let Some(credentials) = metadata.security.scram.get(user) else { return Step::Failed("unknown user".into()) };
+    let matched = credentials
+        .iter()
+        .next()
+        .is_some_and(|(mechanism, credential)| super::scram::matches(*mechanism, credential, password));
+    match matched {
+        true => Step::Done { user: user.to_string(), reply: Vec::new() },
+        false => Step::Failed("invalid credentials".into()),
     }
 }
 
@@ -163,7 +129,7 @@ mod tests {
 
     fn sasl() -> Sasl {
         let mechanisms = crate::security::MECHANISMS.iter().map(|m| m.to_string()).collect();
-        Sasl::new(mechanisms, metadata_with("alice", "s3cret")).unwrap()
+        Sasl::new(mechanisms, metadata_with("alice", "s3cret"))
     }
 
     #[test]
@@ -190,8 +156,9 @@ mod tests {
     }
 
     fn scram_exchange(sasl: &Sasl, mechanism: &str, user: &str, password: &str) -> Step {
+        use rsasl::prelude::{Mechname, SASLClient, SASLConfig};
         let config = SASLConfig::with_credentials(None, user.into(), password.into()).unwrap();
-        let client = rsasl::prelude::SASLClient::new(config);
+        let client = SASLClient::new(config);
         let name = Mechname::parse(mechanism.as_bytes()).unwrap();
         let mut client = client.start_suggested(&[name]).unwrap();
         let mut server = sasl.start(mechanism).unwrap();
@@ -210,6 +177,38 @@ mod tests {
             }
         }
         panic!("the exchange did not end")
+    }
+
+    /// librdkafka before 2.10 sends the client nonce twice in its final
+    /// message; Kafka accepts that, and so does this broker, checking the
+    /// proof over the message as sent.
+    #[test]
+    fn a_final_nonce_ending_with_the_servers_is_accepted_as_kafka_does() {
+        let sasl = sasl();
+        let password = "s3cret";
+        let mut exchange = sasl.start("SCRAM-SHA-256").unwrap();
+        let Step::Continue(server_first) = exchange.step(b"n,,n=alice,r=cnonce") else { panic!("server-first") };
+        let server_first = String::from_utf8(server_first).unwrap();
+        let fields: Vec<&str> = server_first.split(',').collect();
+        let nonce = fields[0].strip_prefix("r=").unwrap();
+        let salt = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, fields[1].strip_prefix("s=").unwrap()).unwrap();
+        let iterations: u32 = fields[2].strip_prefix("i=").unwrap().parse().unwrap();
+        let without_proof = format!("c=biws,r=cnonce{nonce}");
+        let auth_message = format!("n=alice,r=cnonce,{server_first},{without_proof}");
+        let salted = crate::security::scram::salted_password(ScramMechanism::Sha256, password.as_bytes(), &salt, iterations);
+        let mac = |key: &[u8], data: &[u8]| {
+            use hmac::Mac;
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        };
+        let client_key = mac(&salted, b"Client Key");
+        let stored = <sha2::Sha256 as sha2::Digest>::digest(&client_key);
+        let signature = mac(&stored, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, proof);
+        let step = exchange.step(format!("{without_proof},p={proof}").as_bytes());
+        assert!(matches!(step, Step::Done { ref user, .. } if user == "alice"), "{step:?}");
     }
 
     /// The SASL exchange as a fuzz target: arbitrary client messages, and

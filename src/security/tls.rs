@@ -46,9 +46,13 @@ struct Files {
 }
 
 struct Loaded {
-    /// The files' modification times when `acceptor` was built from them.
+    /// The files' modification times when the acceptors were built from them.
     stamps: Vec<Option<SystemTime>>,
-    acceptor: TlsAcceptor,
+    /// For SSL listeners: client certificates as `tls_client_auth` says.
+    ssl: TlsAcceptor,
+    /// For SASL_SSL listeners: no client certificates (SASL names the client;
+    /// Kafka's `ssl.client.auth` does not apply to them either, KIP-684).
+    sasl_ssl: TlsAcceptor,
 }
 
 impl Tls {
@@ -65,27 +69,35 @@ impl Tls {
             client_ca_file: config.tls_client_ca_file.clone(),
             client_auth,
         };
-        let loaded = Loaded { stamps: files.stamps(), acceptor: files.build()? };
+        let loaded = Loaded { stamps: files.stamps(), ssl: files.build(files.client_auth)?, sasl_ssl: files.build(ClientAuth::None)? };
         let rules = PrincipalRules::parse(&config.tls_principal_mapping_rules)?;
         Ok(Tls { files, rules, loaded: Mutex::new(loaded) })
     }
 
-    /// The acceptor for a new connection: rebuilt first if a file changed.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// The acceptor for a new connection on an SSL (`sasl` false) or SASL_SSL
+    /// listener: rebuilt first if a file changed.
+    pub fn acceptor(&self, sasl: bool) -> TlsAcceptor {
         let stamps = self.files.stamps();
         let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if loaded.stamps != stamps {
-            match self.files.build() {
-                Ok(acceptor) => {
+            match (self.files.build(self.files.client_auth), self.files.build(ClientAuth::None)) {
+                (Ok(ssl), Ok(sasl_ssl)) => {
                     tracing::info!(cert = %self.files.cert_file.display(), "TLS certificate reloaded");
-                    loaded.acceptor = acceptor;
+                    (loaded.ssl, loaded.sasl_ssl) = (ssl, sasl_ssl);
                 }
-                Err(e) => tracing::error!(error = format!("{e:#}"), "TLS files changed but do not load; keeping the previous certificate"),
+                (Err(e), _) | (_, Err(e)) => {
+                    let error = format!("{e:#}");
+                    tracing::error!(error, "TLS files changed but do not load; keeping the previous certificate")
+                }
             }
             // Not retried until the files change again.
             loaded.stamps = stamps;
         }
-        loaded.acceptor.clone()
+        if sasl {
+            loaded.sasl_ssl.clone()
+        } else {
+            loaded.ssl.clone()
+        }
     }
 
     /// Who a client with these certificates is: its leaf's subject, mapped;
@@ -107,7 +119,7 @@ impl Files {
             .collect()
     }
 
-    fn build(&self) -> anyhow::Result<TlsAcceptor> {
+    fn build(&self, client_auth: ClientAuth) -> anyhow::Result<TlsAcceptor> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = read_certificates(&self.cert_file).context("security.tls_cert_file")?;
         let key = PrivateKeyDer::from_pem_file(&self.key_file)
@@ -115,7 +127,7 @@ impl Files {
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .context("TLS versions")?;
-        let builder = match self.client_auth {
+        let builder = match client_auth {
             ClientAuth::None => builder.with_no_client_auth(),
             auth => {
                 let mut roots = rustls::RootCertStore::empty();
