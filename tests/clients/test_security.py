@@ -245,3 +245,52 @@ ssl.ca.location={secure.certs / 'ca.pem'}
     refused = cli("topic", "list")
     assert refused.returncode != 0
     assert "SaslAuthenticationFailed" in refused.stderr and "invalid credentials" in refused.stderr, refused.stderr
+
+
+def test_sessions_re_authenticate_before_max_reauth_ms_or_are_closed(tmp_path):
+    """KIP-368: librdkafka re-authenticates on its connection before the
+    session lifetime the broker gave it ends, and keeps producing; a client
+    that does not is closed at its next request after the lifetime."""
+    b = SecureBroker(tmp_path, security="max_reauth_ms = 2000")
+    b.start()
+    try:
+        b.create_user()
+        conf = b.librdkafka("SASL_PLAINTEXT", "SCRAM-SHA-512", **{"debug": "security"})
+        errors, logs = [], []
+        producer = Producer({**conf, "acks": "all", "logger": _Collect(logs)})
+        deadline = time.monotonic() + 7
+        sent = 0
+        while time.monotonic() < deadline:
+            producer.produce("sec-reauth", value=f"v{sent}".encode(), on_delivery=lambda e, m: e and errors.append(e))
+            sent += 1
+            producer.poll(0.05)
+        assert producer.flush(30) == 0 and errors == []
+        assert any("Received session lifetime 2000 ms" in line for line in logs), "the broker told the lifetime"
+        reauths = [line for line in logs if "Auth in state REAUTH" in line]
+        assert reauths, "librdkafka re-authenticated on its connection at least once in 7 s with a 2 s lifetime"
+
+        # A raw client authenticated with SaslAuthenticate v2 is told the lifetime and cut off after it.
+        conn = rawkafka.Conn(f"127.0.0.1:{b.sasl_port}")
+        conn.send(rawkafka.request(17, 1, 1, rawkafka.string("PLAIN")))
+        conn.recv_response()
+        token = f"\0alice\0{PASSWORD}".encode()
+        conn.send(rawkafka.request(36, 1, 2, struct.pack(">i", len(token)) + token))
+        answer = conn.recv_response()
+        assert struct.unpack(">h", answer[4:6])[0] == 0
+        assert answer[-8:] == struct.pack(">q", 2000), "session_lifetime_ms"
+        time.sleep(2.5)
+        conn.send(rawkafka.request(3, 1, 3, struct.pack(">i", -1)))
+        assert conn.closed_by_peer()
+        assert "session expired (security.max_reauth_ms)" in b.log()
+    finally:
+        b.stop()
+
+
+class _Collect:
+    """A logging.Logger stand-in for librdkafka's log lines."""
+
+    def __init__(self, lines):
+        self.lines = lines
+
+    def log(self, level, fmt, *args):
+        self.lines.append(fmt % args if args else fmt)
