@@ -63,6 +63,16 @@ pub struct SecuritySection {
     pub tls_client_auth: String,
     /// How a client certificate's subject becomes a principal (ssl.principal.mapping.rules).
     pub tls_principal_mapping_rules: Vec<String>,
+    /// OAUTHBEARER: the JWKS file of the keys tokens are signed with.
+    pub oauth_jwks_file: PathBuf,
+    /// A token's `aud` must include this (empty: not checked).
+    pub oauth_audience: String,
+    /// A token's `iss` must be this (empty: not checked).
+    pub oauth_issuer: String,
+    /// The claim that names the principal.
+    pub oauth_principal_claim: String,
+    /// Clock difference allowed on `exp` and `nbf`.
+    pub oauth_clock_skew_ms: u64,
 }
 
 /// A listener's security protocol; a listener is named by its protocol.
@@ -305,6 +315,10 @@ impl BrokerConfig {
         }
         crate::security::tls::PrincipalRules::parse(&s.tls_principal_mapping_rules)
             .context("security.tls_principal_mapping_rules")?;
+        if s.oauth_principal_claim.is_empty() || s.oauth_clock_skew_ms > 3_600_000 {
+            bail!("security.oauth_principal_claim must name a claim and oauth_clock_skew_ms be at most 3600000");
+        }
+        crate::security::oauth::OAuth::load(s).context("security.oauth_jwks_file")?;
         let listeners = self.listeners()?;
         if listeners.iter().any(|l| l.protocol.sasl()) && s.sasl_mechanisms.is_empty() {
             bail!("a SASL listener needs at least one of security.sasl_mechanisms");

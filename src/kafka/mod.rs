@@ -109,7 +109,7 @@ impl RequestContext {
         );
         // The simulation's brokers keep no reserve (their disk is a scratch dir, and the run must replay).
         let disk = crate::disk::DiskReserve::new(0);
-        let sasl = crate::security::sasl::Sasl::new(config.security.sasl_mechanisms.clone(), cluster.metadata_watch());
+        let sasl = crate::security::sasl::Sasl::new(&config.security, cluster.metadata_watch());
         RequestContext {
             broker,
             config,

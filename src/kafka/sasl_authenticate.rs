@@ -87,9 +87,12 @@ async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outco
             });
             Outcome::Continue(reply)
         }
-        Step::Done { user, reply } => {
+        Step::Done { user, reply, expires } => {
             let security = &ctx.config.security;
-            let lifetime = (security.max_reauth_ms > 0).then(|| Duration::from_millis(security.max_reauth_ms));
+            let reauth = (security.max_reauth_ms > 0).then(|| Duration::from_millis(security.max_reauth_ms));
+            // A token's session ends with it (KIP-368), sooner if max_reauth_ms says so.
+            let token = expires.map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
+            let lifetime = [reauth, token].into_iter().flatten().min();
             let principal = Principal::user(&user);
             if !session.authenticated(principal.clone(), lifetime) {
                 return failed(ctx, session, mechanism, "re-authenticated as another principal").await;

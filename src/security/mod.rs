@@ -3,12 +3,13 @@
 //! its certificate; SASL ([`sasl`]) names it by the user it authenticated as,
 //! against the SCRAM credentials ([`scram`]) the cluster metadata keeps.
 
+pub mod oauth;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
 
 /// The SASL mechanisms the broker can offer (`security.sasl_mechanisms` picks).
-pub const MECHANISMS: &[&str] = &["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"];
+pub const MECHANISMS: &[&str] = &["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER"];
 
 /// A Kafka principal, as ACLs name it: "User:alice".
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

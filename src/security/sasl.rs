@@ -1,12 +1,13 @@
 //! SASL on the broker: PLAIN and SCRAM-SHA-256/512 (`scram.rs`), answered
 //! from the cluster metadata: a user's stored SCRAM keys for SCRAM, and for
 //! PLAIN a check of the password against the same keys, so there is one set
-//! of credentials for both.
+//! of credentials for both; and OAUTHBEARER (`oauth.rs`), a signed JWT.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::oauth::OAuth;
 use super::scram::{ScramServer, ScramStep};
 use crate::cluster::metadata::{ClusterMetadata, ScramCredential, ScramMechanism};
 
@@ -19,19 +20,28 @@ pub struct Sasl {
     /// `security.sasl_mechanisms`, in the order configured.
     pub mechanisms: Vec<String>,
     metadata: watch::Receiver<Arc<ClusterMetadata>>,
+    /// OAUTHBEARER's token checks, if offered.
+    oauth: Option<Arc<OAuth>>,
 }
 
 impl Sasl {
-    pub fn new(mechanisms: Vec<String>, metadata: watch::Receiver<Arc<ClusterMetadata>>) -> Sasl {
-        Sasl { mechanisms, metadata }
+    /// The config was checked at load, JWKS included; a JWKS that no longer
+    /// loads now is logged, and OAUTHBEARER then authenticates nobody.
+    pub fn new(config: &crate::config::SecuritySection, metadata: watch::Receiver<Arc<ClusterMetadata>>) -> Sasl {
+        let oauth = OAuth::load(config).unwrap_or_else(|e| {
+            tracing::error!(error = format!("{e:#}"), "OAUTHBEARER's keys do not load; it will refuse every token");
+            None
+        });
+        Sasl { mechanisms: config.sasl_mechanisms.clone(), metadata, oauth: oauth.map(Arc::new) }
     }
 
     /// An exchange of `mechanism`, if it is offered.
     pub fn start(&self, mechanism: &str) -> Option<Exchange> {
         let offered = self.mechanisms.iter().find(|m| m.eq_ignore_ascii_case(mechanism))?;
-        let state = match ScramMechanism::from_name(offered) {
-            Some(scram) => Mechanism::Scram(ScramServer::new(scram)),
-            None => Mechanism::Plain,
+        let state = match (ScramMechanism::from_name(offered), offered.as_str()) {
+            (Some(scram), _) => Mechanism::Scram(ScramServer::new(scram)),
+            (None, "OAUTHBEARER") => Mechanism::OAuthBearer(self.oauth.clone()),
+            (None, _) => Mechanism::Plain,
         };
         Some(Exchange { state, mechanism: offered.clone(), metadata: self.metadata.clone(), raw: false })
     }
@@ -40,6 +50,8 @@ impl Sasl {
 enum Mechanism {
     Plain,
     Scram(ScramServer),
+    /// `None`: its keys did not load.
+    OAuthBearer(Option<Arc<OAuth>>),
 }
 
 /// One client's exchange, from SaslHandshake to its last message.
@@ -56,8 +68,9 @@ pub struct Exchange {
 pub enum Step {
     /// Send this to the client and wait for its next message.
     Continue(Vec<u8>),
-    /// Authenticated as `user`; `reply` is the server's last message (SCRAM's verifier).
-    Done { user: String, reply: Vec<u8> },
+    /// Authenticated as `user`; `reply` is the server's last message (SCRAM's
+    /// verifier); the session ends at `expires`, if set (an OAuth token's expiry).
+    Done { user: String, reply: Vec<u8>, expires: Option<std::time::SystemTime> },
     /// Wrong credentials, an unknown user, or a malformed message.
     Failed(String),
 }
@@ -71,12 +84,17 @@ impl Exchange {
         let metadata = self.metadata.borrow().clone();
         match &mut self.state {
             Mechanism::Plain => plain(&metadata, input),
+            Mechanism::OAuthBearer(None) => Step::Failed("OAUTHBEARER's keys did not load".into()),
+            Mechanism::OAuthBearer(Some(oauth)) => match oauth.authenticate(input) {
+                Ok((user, expires)) => Step::Done { user, reply: Vec::new(), expires: Some(expires) },
+                Err(why) => Step::Failed(why),
+            },
             Mechanism::Scram(server) => {
                 let mechanism = ScramMechanism::from_name(&self.mechanism).expect("a SCRAM exchange's mechanism");
                 let lookup = |user: &str| credential(&metadata, user, mechanism).cloned();
                 match server.step(input, lookup) {
                     ScramStep::Reply(reply) => Step::Continue(reply),
-                    ScramStep::Authenticated { user, reply } => Step::Done { user, reply },
+                    ScramStep::Authenticated { user, reply } => Step::Done { user, reply, expires: None },
                     ScramStep::Failed(why) => Step::Failed(why.to_string()),
                 }
             }
@@ -106,7 +124,7 @@ fn plain(metadata: &ClusterMetadata, input: &[u8]) -> Step {
         .next()
         .is_some_and(|(mechanism, credential)| super::scram::matches(*mechanism, credential, password));
     match matched {
-        true => Step::Done { user: user.to_string(), reply: Vec::new() },
+        true => Step::Done { user: user.to_string(), reply: Vec::new(), expires: None },
         false => Step::Failed("invalid credentials".into()),
     }
 }
@@ -128,15 +146,16 @@ mod tests {
     }
 
     fn sasl() -> Sasl {
-        let mechanisms = crate::security::MECHANISMS.iter().map(|m| m.to_string()).collect();
-        Sasl::new(mechanisms, metadata_with("alice", "s3cret"))
+        let mut config = crate::config::BrokerConfig::load(None).unwrap().security;
+        config.sasl_mechanisms = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].map(String::from).to_vec();
+        Sasl::new(&config, metadata_with("alice", "s3cret"))
     }
 
     #[test]
     fn plain_checks_the_password_against_the_scram_credential() {
         let sasl = sasl();
         let step = sasl.start("PLAIN").unwrap().step(b"\0alice\0s3cret");
-        assert_eq!(step, Step::Done { user: "alice".into(), reply: Vec::new() });
+        assert_eq!(step, Step::Done { user: "alice".into(), reply: Vec::new(), expires: None });
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"\0alice\0wrong"), Step::Failed(_)));
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"\0bob\0s3cret"), Step::Failed(_)));
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"mallory\0alice\0s3cret"), Step::Failed(_)), "acting as another");
@@ -222,7 +241,7 @@ mod tests {
         let message = || proptest::collection::vec(any::<u8>(), 0..300);
         let scram_first = "[a-z]{0,8}".prop_map(|nonce| format!("n,,n=alice,r={nonce}").into_bytes());
         let first = prop_oneof![message(), scram_first];
-        let mechanism = proptest::sample::select(crate::security::MECHANISMS.to_vec());
+        let mechanism = proptest::sample::select(vec!["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]);
         let mut runner = TestRunner::new(Config { cases: 2_000, failure_persistence: None, ..Config::default() });
         runner
             .run(&(mechanism, first, proptest::collection::vec(message(), 0..3)), |(mechanism, first, rest)| {

@@ -1,6 +1,7 @@
 // kafkajs over a SASL listener of a Tributary broker: SASL_PLAINTEXT, or SASL_SSL when a CA file is given.
 // Usage: node sasl.mjs <bootstrap> <mechanism> <user> <password> <ca.pem|-> <topic> <count>
-// <mechanism> as kafkajs names it: plain, scram-sha-256 or scram-sha-512.
+// <mechanism> as kafkajs names it: plain, scram-sha-256, scram-sha-512, or oauthbearer (then
+// <password> is the token, and <user> is ignored).
 // The admin client creates <topic> (2 partitions) and describes the cluster, a producer sends
 // <count> records, a consumer group reads them back (until <count> records or 30 s) and commits,
 // and the admin fetches the group's committed offsets. Prints one JSON line; the pytest side
@@ -20,7 +21,9 @@ const giveUp = setTimeout(() => {
 const kafka = new Kafka({
   clientId: "tributary-kafkajs-sasl", brokers: [bootstrap], logLevel: logLevel.NOTHING,
   ssl: caFile === "-" ? false : { ca: [fs.readFileSync(caFile)] },
-  sasl: { mechanism, username, password },
+  sasl: mechanism === "oauthbearer"
+    ? { mechanism, oauthBearerProvider: async () => ({ value: password }) }
+    : { mechanism, username, password },
   connectionTimeout: 5000, authenticationTimeout: 5000, retry: { retries: 0 },
 });
 
