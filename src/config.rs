@@ -160,6 +160,10 @@ pub struct ClusterSection {
 pub struct MetricsSection {
     /// Address of the /metrics and /health endpoint; empty disables it.
     pub listen: String,
+    /// Serve it over TLS, with `security.tls_cert_file` and `tls_key_file`.
+    pub tls: bool,
+    /// A file holding the token every request must bear (`Authorization: Bearer`); empty: none.
+    pub bearer_token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +285,12 @@ impl BrokerConfig {
         }
         if g.max_members == 0 || g.max_groups == 0 {
             bail!("groups.max_members and groups.max_groups must be positive");
+        }
+        if self.metrics.tls && (self.security.tls_cert_file.as_os_str().is_empty() || self.security.tls_key_file.as_os_str().is_empty()) {
+            bail!("metrics.tls needs security.tls_cert_file and security.tls_key_file");
+        }
+        if !self.metrics.bearer_token_file.as_os_str().is_empty() {
+            crate::http::read_token(&self.metrics.bearer_token_file).context("metrics.bearer_token_file")?;
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             bail!("metrics.listen must be an address like 127.0.0.1:9644, or empty; got {:?}", self.metrics.listen);

@@ -24,7 +24,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -61,6 +62,34 @@ impl Default for Limits {
             max_connection_time: Duration::from_secs(60),
         }
     }
+}
+
+/// Who may use the server: TLS (its certificates; no client certificates
+/// are asked for) and a bearer token every request must carry.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub tls: Option<Arc<crate::security::tls::Tls>>,
+    pub token: Option<Arc<str>>,
+}
+
+/// The first line of a token file, which must not be empty.
+pub fn read_token(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} holds no token", path.display())));
+    }
+    Ok(token)
+}
+
+/// Whether `request` bears `token` (compared without an early exit).
+fn bears(request: &Request<Incoming>, token: &str) -> bool {
+    let Some(presented) = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(presented) = presented.strip_prefix("Bearer ") else { return false };
+    let (a, b) = (presented.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Routes requests by method and exact path (the query is ignored). An
@@ -133,10 +162,11 @@ pub async fn serve(
     addr: SocketAddr,
     router: Router,
     limits: Limits,
+    access: Access,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "HTTP listening");
+    tracing::info!(%addr, tls = access.tls.is_some(), token = access.token.is_some(), "HTTP listening");
     let router = Rc::new(router);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
@@ -157,9 +187,19 @@ pub async fn serve(
             let _ = stream.try_write(BUSY);
             continue;
         };
-        let (router, stop) = (router.clone(), stop.clone());
+        let (router, stop, access) = (router.clone(), stop.clone(), access.clone());
         actix::spawn(async move {
-            serve_connection(stream, router, limits, stop).await;
+            match &access.tls {
+                None => serve_connection(stream, router, limits, access.token, stop).await,
+                Some(tls) => {
+                    let handshake = tls.acceptor(false).accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => serve_connection(stream, router, limits, access.token, stop).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
+                        Err(_) => tracing::debug!("HTTPS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -171,9 +211,22 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(stream: TcpStream, router: Rc<Router>, limits: Limits, mut stop: watch::Receiver<bool>) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
+    router: Rc<Router>,
+    limits: Limits,
+    token: Option<Arc<str>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let service = service_fn(move |req| {
-        let answer = router.dispatch(req);
+        let answer = match &token {
+            Some(token) if !bears(&req, token) => {
+                let mut refused = text(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer)\n");
+                refused.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Box::pin(std::future::ready(refused))
+            }
+            _ => router.dispatch(req),
+        };
         async move { Ok::<_, Infallible>(answer.await) }
     });
     let conn = http1::Builder::new()

@@ -138,10 +138,12 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let ctx = node::start(config, metrics.clone()).await?;
     tracing::info!(open_files, partitions = ctx.partition_cap, "partition replicas this broker takes");
     let (stop_http, http_stop) = tokio::sync::watch::channel(false);
+    let access = http_access(&ctx.config).context("the metrics endpoint's [metrics] tls or bearer_token_file")?;
     let http = ctx.config.metrics.listen.parse::<std::net::SocketAddr>().ok().map(|addr| {
         let routes = metrics::routes(http::Router::new(), metrics, ctx.broker.clone(), ctx.cluster.clone());
+        let access = access.clone();
         actix::spawn(async move {
-            if let Err(e) = http::serve(addr, routes, http::Limits::default(), http_stop).await {
+            if let Err(e) = http::serve(addr, routes, http::Limits::default(), access, http_stop).await {
                 tracing::error!(%addr, error = %e, "metrics endpoint failed");
             }
         })
@@ -161,6 +163,19 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     actix::System::current().stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The metrics endpoint's TLS and token, from `[metrics]`.
+fn http_access(config: &BrokerConfig) -> anyhow::Result<http::Access> {
+    let tls = match config.metrics.tls {
+        true => Some(std::sync::Arc::new(security::tls::Tls::load(&config.security)?)),
+        false => None,
+    };
+    let token = match config.metrics.bearer_token_file.as_os_str().is_empty() {
+        true => None,
+        false => Some(http::read_token(&config.metrics.bearer_token_file)?.into()),
+    };
+    Ok(http::Access { tls, token })
 }
 
 async fn shutdown_signal() {

@@ -284,8 +284,9 @@ async fn handshake(
             return None;
         }
     }
-    let sasl = session.authenticating();
-    match tokio::time::timeout(deadline, tls.acceptor(sasl).accept(stream)).await {
+    // SASL names a SASL_SSL client; only SSL listeners ask for certificates (KIP-684).
+    let client_certificates = !session.authenticating();
+    match tokio::time::timeout(deadline, tls.acceptor(client_certificates).accept(stream)).await {
         Ok(Ok(stream)) => {
             let principal = tls.principal(stream.get_ref().1.peer_certificates());
             session.set_principal(principal);

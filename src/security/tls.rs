@@ -74,9 +74,10 @@ impl Tls {
         Ok(Tls { files, rules, loaded: Mutex::new(loaded) })
     }
 
-    /// The acceptor for a new connection on an SSL (`sasl` false) or SASL_SSL
-    /// listener: rebuilt first if a file changed.
-    pub fn acceptor(&self, sasl: bool) -> TlsAcceptor {
+    /// The acceptor for a new connection: with client certificates as
+    /// `tls_client_auth` says (SSL listeners), or without (SASL_SSL
+    /// listeners and HTTP); rebuilt first if a file changed.
+    pub fn acceptor(&self, client_certificates: bool) -> TlsAcceptor {
         let stamps = self.files.stamps();
         let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if loaded.stamps != stamps {
@@ -93,10 +94,10 @@ impl Tls {
             // Not retried until the files change again.
             loaded.stamps = stamps;
         }
-        if sasl {
-            loaded.sasl_ssl.clone()
-        } else {
+        if client_certificates {
             loaded.ssl.clone()
+        } else {
+            loaded.sasl_ssl.clone()
         }
     }
 

@@ -294,3 +294,32 @@ class _Collect:
 
     def log(self, level, fmt, *args):
         self.lines.append(fmt % args if args else fmt)
+
+
+def test_the_metrics_endpoint_can_require_tls_and_a_bearer_token(tmp_path):
+    import urllib.error
+    import urllib.request
+    token_file = tmp_path / "metrics.token"
+    token_file.write_text("s3cret-scrape-token\n")
+    b = SecureBroker(tmp_path, security=f"[metrics]\ntls = true\nbearer_token_file = \"{token_file}\"")
+    b.start()
+    try:
+        context = ssl.create_default_context(cafile=str(b.certs / "ca.pem"))
+        url = f"https://127.0.0.1:{b.metrics_port}/metrics"
+
+        def get(token=None):
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers.get("WWW-Authenticate")
+
+        assert get() == (401, "Bearer")
+        assert get("wrong") == (401, "Bearer")
+        status, body = get("s3cret-scrape-token")
+        assert status == 200 and "tributary_connections" in body and "tributary_authentication_failures" in body
+        with pytest.raises(Exception):
+            urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/health", timeout=10).read()
+    finally:
+        b.stop()
