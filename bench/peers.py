@@ -171,6 +171,38 @@ class TributaryBaseline(Tributary):
         return [baseline] + super().command()[1:]
 
 
+class TributaryTls(Tributary):
+    """Tributary with one SSL listener (certificates from openssl, made once a
+    run): TLS beside plaintext in one run (`--only tributary,tributary-tls`)."""
+
+    name = "tributary-tls"
+    certs = None
+
+    @classmethod
+    def client_env(cls):
+        if cls.certs is None:
+            cls.certs = Path(tempfile.mkdtemp(prefix="tributary-tls-certs-"))
+            run = lambda *a: subprocess.run(["openssl", *a], cwd=cls.certs, check=True, capture_output=True)  # noqa: E731
+            run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=bench-ca")
+            (cls.certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr", "-subj",
+                "/CN=127.0.0.1")
+            run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", "broker.pem", "-days", "2", "-extfile", "san.cnf")
+        return {"TRIBUTARY_BENCH_KAFKA_OPTIONS": f"security.protocol=SSL;ssl.ca.location={cls.certs / 'ca.pem'}"}
+
+    def command(self):
+        self.client_env()
+        config = self.workdir / "bench.toml"
+        config.write_text(f'[broker]\nlisteners = ["SSL://{self.address}"]\n'
+                          f'[storage]\ndurability = "{self.durability}"\n'
+                          f'[security]\ntls_cert_file = "{self.certs / "broker.pem"}"\n'
+                          f'tls_key_file = "{self.certs / "broker.key"}"\n')
+        return [str(TRIBUTARY), "start", "--data-dir", str(self.workdir / "data"), "--metrics-listen", "",
+                "--config", str(config)]
+
+
 class Tansu(Broker):
     name = "tansu"
 
@@ -202,14 +234,20 @@ class Nats(Broker):
         return f"nats://127.0.0.1:{self.port}"
 
 
-BROKERS = {b.name: b for b in (Tributary, TributaryInterval, TributaryBaseline, Tansu, TansuMemory, Nats)}
+BROKERS = {b.name: b for b in (Tributary, TributaryInterval, TributaryBaseline, TributaryTls, Tansu, TansuMemory,
+                                Nats)}
+
+
+# librdkafka settings of the broker under test (`TributaryTls.client_env`).
+CLIENT_ENV = {}
 
 
 def client(*args):
     """Runs one workload in the bench client; returns its JSON, or {"error": ...}."""
     cmd = [str(CLIENT), *map(str, args)]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKLOAD_LIMIT_S)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKLOAD_LIMIT_S,
+                             env={**os.environ, **CLIENT_ENV})
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {WORKLOAD_LIMIT_S}s"}
     if out.returncode != 0:
@@ -221,6 +259,8 @@ def kafka_workloads(broker_cls, workdir, args):
     """Every workload for one Kafka-compatible broker, each on a fresh process."""
     results, rss = {}, []
     common = ["--size", args.size, "--linger-ms", args.linger_ms]
+    CLIENT_ENV.clear()
+    CLIENT_ENV.update(broker_cls.client_env() if hasattr(broker_cls, "client_env") else {})
 
     def fresh(topic, partitions):
         b = broker_cls(workdir).start()
@@ -408,7 +448,7 @@ ROWS = [
 
 # Durability-matched pairs: Tansu's SQLite engine and JetStream do not fsync each write either.
 RATIOS = [("tributary", "tansu"), ("tributary-interval", "tansu"), ("tributary", "tansu-memory"),
-          ("tributary-interval", "nats"), ("tributary", "tributary-baseline")]
+          ("tributary-interval", "nats"), ("tributary", "tributary-baseline"), ("tributary-tls", "tributary")]
 
 
 def pick(results, workload, path):

@@ -31,7 +31,7 @@ pub struct ProducerSettings {
 
 impl ProducerSettings {
     fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
+        let mut config = base_config();
         config
             .set("bootstrap.servers", &self.bootstrap)
             .set("acks", "all")
@@ -191,8 +191,19 @@ pub fn produce_many(
     Ok(figures)
 }
 
+/// A librdkafka config with the settings of `TRIBUTARY_BENCH_KAFKA_OPTIONS`
+/// (`key=value;key=value`): how a run reaches a TLS or SASL listener.
+pub fn base_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    let options = std::env::var("TRIBUTARY_BENCH_KAFKA_OPTIONS").unwrap_or_default();
+    for (key, value) in options.split(';').filter_map(|kv| kv.split_once('=')) {
+        config.set(key.trim(), value.trim());
+    }
+    config
+}
+
 fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer> {
-    ClientConfig::new()
+    base_config()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")

@@ -181,7 +181,7 @@ enum Command {
 
 fn create_topic(kafka: &KafkaArgs, partitions: i32, replication: i32) -> Result<Value> {
     let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &kafka.bootstrap).create().context("admin client")?;
+        kafka::base_config().set("bootstrap.servers", &kafka.bootstrap).create().context("admin client")?;
     let topic = NewTopic::new(&kafka.topic, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = futures::executor::block_on(admin.create_topics([&topic], &options))?;
