@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# cmake and libcurl headers: rdkafka's bundled librdkafka build; nats-server: the non-Kafka peer.
-if ! dpkg -s cmake libcurl4-openssl-dev nats-server >/dev/null 2>&1; then
-    echo "== installing cmake, libcurl4-openssl-dev and nats-server"
+# cmake, libcurl and OpenSSL headers: rdkafka's bundled librdkafka build (with TLS, for
+# tributary-tls); nats-server: the non-Kafka peer.
+if ! dpkg -s cmake libcurl4-openssl-dev libssl-dev nats-server >/dev/null 2>&1; then
+    echo "== installing cmake, libcurl4-openssl-dev, libssl-dev and nats-server"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake libcurl4-openssl-dev nats-server >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake libcurl4-openssl-dev libssl-dev nats-server >/dev/null
 fi
 
 # Python packages in the repo's .venv (Debian's system Python refuses pip installs):

@@ -286,9 +286,6 @@ impl BrokerConfig {
         if g.max_members == 0 || g.max_groups == 0 {
             bail!("groups.max_members and groups.max_groups must be positive");
         }
-        if self.metrics.tls && (self.security.tls_cert_file.as_os_str().is_empty() || self.security.tls_key_file.as_os_str().is_empty()) {
-            bail!("metrics.tls needs security.tls_cert_file and security.tls_key_file");
-        }
         if !self.metrics.bearer_token_file.as_os_str().is_empty() {
             crate::http::read_token(&self.metrics.bearer_token_file).context("metrics.bearer_token_file")?;
         }
@@ -333,13 +330,15 @@ impl BrokerConfig {
         if listeners.iter().any(|l| l.protocol.sasl()) && s.sasl_mechanisms.is_empty() {
             bail!("a SASL listener needs at least one of security.sasl_mechanisms");
         }
-        if listeners.iter().any(|l| l.protocol.tls()) {
+        if listeners.iter().any(|l| l.protocol.tls()) || self.metrics.tls {
             if s.tls_cert_file.as_os_str().is_empty() || s.tls_key_file.as_os_str().is_empty() {
-                bail!("an SSL or SASL_SSL listener needs security.tls_cert_file and security.tls_key_file");
+                bail!("an SSL or SASL_SSL listener (or metrics.tls) needs security.tls_cert_file and security.tls_key_file");
             }
             if s.tls_client_auth != "none" && s.tls_client_ca_file.as_os_str().is_empty() {
                 bail!("security.tls_client_auth = {:?} needs security.tls_client_ca_file", s.tls_client_auth);
             }
+            // Loaded now, so bad files stop the broker before it joins the cluster.
+            crate::security::tls::Tls::load(s).context("the TLS certificate, key or CA file")?;
         }
         Ok(())
     }
@@ -378,6 +377,17 @@ impl BrokerConfig {
                 .remove(&protocol)
                 .or(legacy)
                 .unwrap_or_else(|| (addr.ip().to_string(), addr.port() as i32));
+            let wildcard = advertised_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+            if advertised_host.is_empty() || wildcard {
+                bail!(
+                    "the {} listener would advertise {advertised_host:?}, which clients cannot reach: \
+                     name a host in broker.advertised_listeners (or advertised_listener)",
+                    protocol.name()
+                );
+            }
+            if let Some(other) = listeners.iter().find(|l| l.addr.port() == addr.port()) {
+                bail!("broker.listeners: {} and {} both use port {}", other.name(), protocol.name(), addr.port());
+            }
             listeners.push(Listener { protocol, addr, advertised_host, advertised_port });
         }
         if let Some(protocol) = advertised.keys().next() {
@@ -559,15 +569,14 @@ mod tests {
     #[test]
     fn listeners_are_resolved_or_refused_with_a_reason() {
         let c = BrokerConfig::load(Some(
-            "[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:9092\", \"sasl_ssl://0.0.0.0:9093\"]\n\
-             advertised_listeners = [\"SASL_SSL://broker.example:443\"]\n\
-             [security]\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+            "[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:9092\", \"sasl_plaintext://0.0.0.0:9093\"]\n\
+             advertised_listeners = [\"SASL_PLAINTEXT://broker.example:443\"]\n",
         ))
         .unwrap();
         let listeners = c.listeners().unwrap();
         assert_eq!(listeners.len(), 2);
         assert_eq!((listeners[0].name(), listeners[0].advertised_port), ("PLAINTEXT", 9092));
-        assert_eq!(listeners[1].protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(listeners[1].protocol, SecurityProtocol::SaslPlaintext);
         assert_eq!((listeners[1].advertised_host.as_str(), listeners[1].advertised_port), ("broker.example", 443));
         let refused = |overlay: &str, why: &str| {
             let error = format!("{:#}", BrokerConfig::load(Some(overlay)).unwrap_err());
@@ -578,6 +587,12 @@ mod tests {
         refused("[broker]\nlisteners = [\"PLAINTEXT://localhost:2\"]", "IP address");
         refused("[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:2\", \"PLAINTEXT://127.0.0.1:3\"]", "twice");
         refused("[broker]\nlisteners = [\"SSL://127.0.0.1:2\"]", "tls_cert_file");
+        refused("[broker]\nlisteners = [\"SASL_PLAINTEXT://0.0.0.0:2\"]", "clients cannot reach");
+        refused("[broker]\nlisteners = [\"PLAINTEXT://127.0.0.1:2\", \"SASL_PLAINTEXT://127.0.0.2:2\"]", "both use port");
+        refused(
+            "[broker]\nlisteners = [\"SSL://127.0.0.1:2\"]\n[security]\ntls_cert_file = \"/nonexistent.pem\"\ntls_key_file = \"/nonexistent.key\"",
+            "TLS certificate",
+        );
         refused("[broker]\nadvertised_listeners = [\"SSL://h:2\"]", "which broker.listeners does not");
         refused("[security]\nsasl_mechanisms = [\"GSSAPI\"]", "is not one of");
         refused("[security]\ntls_principal_mapping_rules = [\"RULE:x\"]", "tls_principal_mapping_rules");

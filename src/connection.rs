@@ -194,6 +194,10 @@ async fn fill_paced<R: AsyncReadExt + Unpin>(
     Ok(())
 }
 
+/// The largest frame a session that has yet to authenticate may send (Kafka's
+/// `sasl.server.max.receive.size`): it holds no more of the request budget.
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 512 * 1024;
+
 /// Produce requests one connection may have started and not yet answered
 /// (librdkafka sends up to 5 by default).
 const MAX_IN_FLIGHT: usize = 16;
@@ -324,8 +328,11 @@ async fn read_frames(
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     // Bounded by the connection: ends at end of stream, an error, or when the request loop is gone.
     loop {
-        let incoming =
-            match tokio::time::timeout(limits.idle, read_frame_len(&mut reader, limits.max_frame_bytes)).await {
+        let max_frame = match session.authenticating() {
+            true => limits.max_frame_bytes.min(MAX_UNAUTHENTICATED_FRAME),
+            false => limits.max_frame_bytes,
+        };
+        let incoming = match tokio::time::timeout(limits.idle, read_frame_len(&mut reader, max_frame)).await {
                 Ok(Ok(Some(len))) => match {
                     // In hand from its length on, so a connection sending a body is not idle.
                     session.request_started();

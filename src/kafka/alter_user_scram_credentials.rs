@@ -44,7 +44,8 @@ pub async fn handle(ctx: &RequestContext, request: AlterUserScramCredentialsRequ
     }
     let mut results = Vec::with_capacity(changes.len());
     for (user, commands) in changes {
-        let outcome = match commands {
+        // Every change of a user is checked against the current credentials before any is written.
+        let outcome = match commands.and_then(|commands| applicable(ctx, &user, commands)) {
             Ok(commands) => commit_all(ctx, commands).await,
             Err(refusal) => Err(refusal),
         };
@@ -62,10 +63,37 @@ pub async fn handle(ctx: &RequestContext, request: AlterUserScramCredentialsRequ
     AlterUserScramCredentialsResponse::default().with_results(results)
 }
 
+/// Users the metadata holds at most, and the longest name.
+const MAX_USERS: usize = 100_000;
+const MAX_USER_NAME_BYTES: usize = 256;
+
+/// `commands`, if each applies to the current credentials: a deletion names
+/// one that exists, and a new user fits under `MAX_USERS`.
+fn applicable(ctx: &RequestContext, user: &str, commands: Vec<Command>) -> Result<Vec<Command>, Refusal> {
+    let metadata = ctx.cluster.metadata();
+    let existing = metadata.security.scram.get(user);
+    for command in &commands {
+        match command {
+            Command::DeleteScramCredential { mechanism, .. } if !existing.is_some_and(|c| c.contains_key(mechanism)) => {
+                return Err((
+                    ResponseError::ResourceNotFound.code(),
+                    format!("user {user:?} has no {} credential to delete", mechanism.name()),
+                ));
+            }
+            Command::UpsertScramCredential { .. } if existing.is_none() && metadata.security.scram.len() >= MAX_USERS => {
+                return Err((ResponseError::PolicyViolation.code(), format!("at most {MAX_USERS} users")));
+            }
+            _ => {}
+        }
+    }
+    Ok(commands)
+}
+
 /// A change's user and mechanism, checked: named, known, and not changed twice.
 fn check(user: &str, code: i8, pairs: &mut BTreeSet<(String, i8)>) -> Result<ScramMechanism, Refusal> {
-    if user.is_empty() {
-        return Err((ResponseError::UnacceptableCredential.code(), "the user name is empty".into()));
+    if user.is_empty() || user.len() > MAX_USER_NAME_BYTES {
+        let why = format!("a user name is 1 to {MAX_USER_NAME_BYTES} bytes");
+        return Err((ResponseError::UnacceptableCredential.code(), why));
     }
     let mechanism = ScramMechanism::from_code(code)
         .ok_or((ResponseError::UnsupportedSaslMechanism.code(), format!("unknown SCRAM mechanism {code}")))?;

@@ -73,17 +73,25 @@ enum Outcome {
 /// Takes one client message of the session's exchange and moves the session on.
 async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outcome {
     let taken = session.with_auth(|auth| match auth {
-        Auth::Exchanging(exchange) => exchange.take().map(|e| (e, false)),
-        Auth::Reauthenticating(exchange) => exchange.take().map(|e| (e, true)),
+        Auth::Exchanging(exchange) => exchange.take().map(|e| (e, None)),
+        Auth::Reauthenticating { exchange, expires } => exchange.take().map(|e| (e, Some(*expires))),
+        // SaslAuthenticate with no exchange begun: Kafka closes the connection after the answer.
+        Auth::AwaitingHandshake => {
+            *auth = Auth::Failed;
+            None
+        }
         _ => None,
     });
     let Some((exchange, reauthenticating)) = taken else { return Outcome::NotExchanging };
     let mechanism = exchange.mechanism.clone();
-    let (exchange, step) = step_off_thread(exchange, input).await;
+    let (exchange, step) = step_off_thread(ctx, exchange, input).await;
     match step {
         Step::Continue(reply) => {
             session.with_auth(|auth| {
-                *auth = if reauthenticating { Auth::Reauthenticating(exchange) } else { Auth::Exchanging(exchange) }
+                *auth = match reauthenticating {
+                    Some(expires) => Auth::Reauthenticating { exchange, expires },
+                    None => Auth::Exchanging(exchange),
+                }
             });
             Outcome::Continue(reply)
         }
@@ -92,6 +100,10 @@ async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outco
             let reauth = (security.max_reauth_ms > 0).then(|| Duration::from_millis(security.max_reauth_ms));
             // A token's session ends with it (KIP-368), sooner if max_reauth_ms says so.
             let token = expires.map(|at| at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
+            // Within the clock skew a token may be past its exp: nothing is left of its session.
+            if token.is_some_and(|left| left < Duration::from_secs(1)) {
+                return failed(ctx, session, mechanism, "the token expires within a second").await;
+            }
             let lifetime = [reauth, token].into_iter().flatten().min();
             let principal = Principal::user(&user);
             if !session.authenticated(principal.clone(), lifetime) {
@@ -106,7 +118,10 @@ async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outco
 
 /// Runs the step on the blocking pool: PLAIN's check is a PBKDF2 of up to
 /// 16384 rounds, which would stall the other connections of this thread.
-async fn step_off_thread(mut exchange: Box<Exchange>, input: Bytes) -> (Option<Box<Exchange>>, Step) {
+async fn step_off_thread(ctx: &RequestContext, mut exchange: Box<Exchange>, input: Bytes) -> (Option<Box<Exchange>>, Step) {
+    let Ok(_turn) = ctx.sasl.steps.clone().acquire_owned().await else {
+        return (None, Step::Failed("the broker is shutting down".into()));
+    };
     let stepped = tokio::task::spawn_blocking(move || {
         let step = exchange.step(&input);
         (exchange, step)

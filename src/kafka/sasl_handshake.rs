@@ -17,12 +17,17 @@ pub fn handle(call: &Call, request: SaslHandshakeRequest) -> SaslHandshakeRespon
     let answer = SaslHandshakeResponse::default().with_mechanisms(offered);
     let code = call.session.with_auth(|auth| {
         let reauthenticating = match auth {
-            Auth::AwaitingHandshake => false,
-            Auth::Authenticated { .. } => true,
-            _ => return ResponseError::IllegalSaslState.code(),
+            Auth::AwaitingHandshake => None,
+            Auth::Authenticated { expires } => Some(*expires),
+            Auth::NotRequired => return ResponseError::IllegalSaslState.code(),
+            _ => {
+                // A handshake in the middle of an exchange: Kafka closes the connection.
+                *auth = Auth::Failed;
+                return ResponseError::IllegalSaslState.code();
+            }
         };
         // KIP-368 re-authentication is a SaslAuthenticate exchange.
-        if reauthenticating && call.version == 0 {
+        if reauthenticating.is_some() && call.version == 0 {
             return ResponseError::IllegalSaslState.code();
         }
         let Some(mut exchange) = sasl.start(&request.mechanism) else {
@@ -32,7 +37,10 @@ pub fn handle(call: &Call, request: SaslHandshakeRequest) -> SaslHandshakeRespon
         };
         exchange.raw = call.version == 0;
         let exchange = Some(Box::new(exchange));
-        *auth = if reauthenticating { Auth::Reauthenticating(exchange) } else { Auth::Exchanging(exchange) };
+        *auth = match reauthenticating {
+            Some(expires) => Auth::Reauthenticating { exchange, expires },
+            None => Auth::Exchanging(exchange),
+        };
         0
     });
     if code == ResponseError::UnsupportedSaslMechanism.code() {

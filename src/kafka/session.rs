@@ -49,8 +49,9 @@ pub enum Auth {
     Exchanging(Option<Box<Exchange>>),
     /// Authenticated, until `expires` (KIP-368 re-authentication) if set.
     Authenticated { expires: Option<Instant> },
-    /// Re-authenticating (KIP-368): the old principal holds until the new exchange ends.
-    Reauthenticating(Option<Box<Exchange>>),
+    /// Re-authenticating (KIP-368): the old principal holds until the new
+    /// exchange ends, and only while the old session has not expired.
+    Reauthenticating { exchange: Option<Box<Exchange>>, expires: Option<Instant> },
     /// Authentication failed; nothing more is served.
     Failed,
 }
@@ -129,8 +130,8 @@ impl Session {
     /// The one authentication gate: whether `api` may be served now.
     pub fn gate(&self, api: ApiKey) -> Result<(), Refusal> {
         match &*self.auth.lock().expect("session lock") {
-            Auth::NotRequired | Auth::Reauthenticating(_) => Ok(()),
-            Auth::Authenticated { expires } => match expires {
+            Auth::NotRequired => Ok(()),
+            Auth::Authenticated { expires } | Auth::Reauthenticating { expires, .. } => match expires {
                 Some(at) if Instant::now() >= *at && !before_authentication(api) => Err(Refusal::Expired),
                 _ => Ok(()),
             },
@@ -141,7 +142,8 @@ impl Session {
     }
 
     /// Whether the session has yet to authenticate (the connection closes it
-    /// if that takes longer than `security.authentication_timeout_ms`).
+    /// if that takes longer than `security.authentication_timeout_ms`; its
+    /// frames are held to `MAX_UNAUTHENTICATED_FRAME`).
     pub fn authenticating(&self) -> bool {
         matches!(&*self.auth.lock().expect("session lock"), Auth::AwaitingHandshake | Auth::Exchanging(_))
     }
@@ -161,7 +163,7 @@ impl Session {
     pub fn authenticated(&self, principal: Principal, lifetime: Option<Duration>) -> bool {
         let mut auth = self.auth.lock().expect("session lock");
         let mut current = self.principal.lock().expect("session lock");
-        if matches!(&*auth, Auth::Reauthenticating(_)) && *current != principal {
+        if matches!(&*auth, Auth::Reauthenticating { .. }) && *current != principal {
             *auth = Auth::Failed;
             return false;
         }

@@ -56,7 +56,7 @@ impl OAuth {
     /// The principal the client's message authenticates and when its token
     /// expires, or why not.
     pub fn authenticate(&self, message: &[u8]) -> Result<(String, SystemTime), String> {
-        let token = bearer_token(message)?;
+        let (authzid, token) = bearer_token(message)?;
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
         let key = match &header.kid {
             Some(kid) => self.keys.find(kid).ok_or_else(|| format!("no key {kid:?} in the JWKS"))?,
@@ -83,13 +83,18 @@ impl OAuth {
             .and_then(serde_json::Value::as_str)
             .filter(|p| !p.is_empty())
             .ok_or_else(|| format!("the token has no {:?} claim to name the principal", self.claim))?;
+        // RFC 7628: an authorization id other than the token's principal is refused.
+        if authzid.is_some_and(|a| a != principal) {
+            return Err("the message's authorization id is not the token's principal".into());
+        }
         let exp = claims.get("exp").and_then(serde_json::Value::as_u64).ok_or("the token has no numeric exp")?;
         Ok((principal.to_string(), UNIX_EPOCH + Duration::from_secs(exp)))
     }
 }
 
-/// The token of a client's first message: `gs2-header \x01 auth=Bearer <token> \x01 ... \x01\x01`.
-fn bearer_token(message: &[u8]) -> Result<&str, String> {
+/// The authorization id and token of a client's first message:
+/// `gs2-header \x01 auth=Bearer <token> \x01 ... \x01\x01`.
+fn bearer_token(message: &[u8]) -> Result<(Option<&str>, &str), String> {
     if message.len() > MAX_TOKEN_BYTES {
         return Err(format!("an OAUTHBEARER message of {} bytes (at most {MAX_TOKEN_BYTES})", message.len()));
     }
@@ -98,13 +103,15 @@ fn bearer_token(message: &[u8]) -> Result<&str, String> {
     if !(gs2.starts_with("n,") || gs2.starts_with("y,")) {
         return Err("channel binding is not supported".into());
     }
-    pairs
+    let authzid = gs2[2..].strip_prefix("a=").map(|a| a.trim_end_matches(',')).filter(|a| !a.is_empty());
+    let token = pairs
         .split('\u{1}')
         .find_map(|pair| pair.strip_prefix("auth="))
         .and_then(|auth| auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| "an OAUTHBEARER message without auth=Bearer <token>".into())
+        .ok_or_else(|| String::from("an OAUTHBEARER message without auth=Bearer <token>"))?;
+    Ok((authzid, token))
 }
 
 #[cfg(test)]
@@ -149,6 +156,10 @@ mod tests {
         refused(&oauth(""), message(&forged), "not valid");
         refused(&oauth(""), b"n,,\x01auth=Basic abc\x01\x01".to_vec(), "without auth=Bearer");
         refused(&oauth(""), b"garbage".to_vec(), "no key-value pairs");
+        let as_bob = format!("n,a=bob,\u{1}auth=Bearer {good}\u{1}\u{1}").into_bytes();
+        refused(&oauth("kafka"), as_bob, "authorization id");
+        let as_alice = format!("n,a=alice,\u{1}auth=Bearer {good}\u{1}\u{1}").into_bytes();
+        assert_eq!(oauth("kafka").authenticate(&as_alice).unwrap().0, "alice");
         // alg "none" (an unsigned token) is not an algorithm jsonwebtoken verifies.
         refused(&oauth(""), message("eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0."), "not a JWT");
     }

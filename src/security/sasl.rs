@@ -22,7 +22,14 @@ pub struct Sasl {
     metadata: watch::Receiver<Arc<ClusterMetadata>>,
     /// OAUTHBEARER's token checks, if offered.
     oauth: Option<Arc<OAuth>>,
+    /// Exchange steps running at once, broker-wide: a PLAIN check is a PBKDF2
+    /// of up to 16384 rounds, so many connections trying passwords at once
+    /// wait their turn instead of taking every core.
+    pub steps: Arc<tokio::sync::Semaphore>,
 }
+
+/// Exchange steps run at once (`Sasl::steps`).
+const CONCURRENT_STEPS: usize = 2;
 
 impl Sasl {
     /// The config was checked at load, JWKS included; a JWKS that no longer
@@ -32,7 +39,8 @@ impl Sasl {
             tracing::error!(error = format!("{e:#}"), "OAUTHBEARER's keys do not load; it will refuse every token");
             None
         });
-        Sasl { mechanisms: config.sasl_mechanisms.clone(), metadata, oauth: oauth.map(Arc::new) }
+        let steps = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STEPS));
+        Sasl { mechanisms: config.sasl_mechanisms.clone(), metadata, oauth: oauth.map(Arc::new), steps }
     }
 
     /// An exchange of `mechanism`, if it is offered.
@@ -118,7 +126,11 @@ fn plain(metadata: &ClusterMetadata, input: &[u8]) -> Step {
     if user.is_empty() || (!authzid.is_empty() && authzid != user) {
         return Step::Failed("an empty user, or acting as another user".into());
     }
-    let Some(credentials) = metadata.security.scram.get(user) else { return Step::Failed("unknown user".into()) };
+    let Some(credentials) = metadata.security.scram.get(user) else {
+        // As long as a known user's check, so the time taken does not tell who exists.
+        let _ = super::scram::salted_password(ScramMechanism::Sha512, password, b"no such user", 8192);
+        return Step::Failed("unknown user".into());
+    };
     let matched = credentials
         .iter()
         .next()

@@ -95,6 +95,11 @@ def test_an_unauthenticated_client_on_a_sasl_port_gets_nothing_else(secure):
     # ... anything else closes the connection unanswered.
     conn.send(rawkafka.request(3, 1, 2, struct.pack(">i", -1)))
     assert conn.closed_by_peer()
+    # Before authenticating a frame may be 512 KiB at most (sasl.server.max.receive.size).
+    big = rawkafka.Conn(f"127.0.0.1:{secure.sasl_port}")
+    big.send(struct.pack(">i", 1 << 20) + b"x" * 64)
+    assert big.closed_by_peer()
+    assert "exceeds" in secure.log()
     assert "request before SASL authentication on a SASL listener" in secure.log()
     # A connection that never authenticates is closed after security.authentication_timeout_ms.
     idle = rawkafka.Conn(f"127.0.0.1:{secure.sasl_port}", timeout=15)
@@ -282,6 +287,18 @@ def test_sessions_re_authenticate_before_max_reauth_ms_or_are_closed(tmp_path):
         conn.send(rawkafka.request(3, 1, 3, struct.pack(">i", -1)))
         assert conn.closed_by_peer()
         assert "session expired (security.max_reauth_ms)" in b.log()
+
+        # Starting a re-authentication does not open an expired session again.
+        conn = rawkafka.Conn(f"127.0.0.1:{b.sasl_port}")
+        conn.send(rawkafka.request(17, 1, 1, rawkafka.string("PLAIN")))
+        conn.recv_response()
+        conn.send(rawkafka.request(36, 1, 2, struct.pack(">i", len(token)) + token))
+        conn.recv_response()
+        time.sleep(2.5)
+        conn.send(rawkafka.request(17, 1, 3, rawkafka.string("PLAIN")))
+        assert struct.unpack(">h", conn.recv_response()[4:6])[0] == 0, "the re-authentication may begin"
+        conn.send(rawkafka.request(3, 1, 4, struct.pack(">i", -1)))
+        assert conn.closed_by_peer(), "but nothing else is served until it ends"
     finally:
         b.stop()
 
