@@ -245,21 +245,18 @@ pub(crate) use registry;
 macro_rules! api {
     ($ty:ident: $req:ident => $resp:ident, versions $lo:literal ..= $hi:literal, access none,
      |$call:ident, $request:ident| $body:expr) => {
-        pub struct $ty;
-
-        impl $crate::kafka::registry::Api for $ty {
-            type Request = kafka_protocol::messages::$req;
-            type Response = kafka_protocol::messages::$resp;
-            const KEY: kafka_protocol::messages::ApiKey = kafka_protocol::messages::ApiKey::$ty;
-            const VERSIONS: (i16, i16) = ($lo, $hi);
-            const ACCESS: Option<$crate::kafka::registry::Access> = None;
-
-            async fn handle($call: &$crate::kafka::Call, $request: Self::Request) -> Self::Response {
-                $body
-            }
-        }
+        $crate::kafka::registry::api!(@impl $ty, $req, $resp, $lo, $hi, None, |$call, $request| $body);
     };
     ($ty:ident: $req:ident => $resp:ident, versions $lo:literal ..= $hi:literal, access $res:ident $op:ident,
+     |$call:ident, $request:ident| $body:expr) => {
+        $crate::kafka::registry::api!(@impl $ty, $req, $resp, $lo, $hi,
+            Some($crate::kafka::registry::Access::new(
+                $crate::kafka::registry::ResourceType::$res,
+                $crate::kafka::registry::Operation::$op,
+            )),
+            |$call, $request| $body);
+    };
+    (@impl $ty:ident, $req:ident, $resp:ident, $lo:literal, $hi:literal, $access:expr,
      |$call:ident, $request:ident| $body:expr) => {
         pub struct $ty;
 
@@ -268,10 +265,7 @@ macro_rules! api {
             type Response = kafka_protocol::messages::$resp;
             const KEY: kafka_protocol::messages::ApiKey = kafka_protocol::messages::ApiKey::$ty;
             const VERSIONS: (i16, i16) = ($lo, $hi);
-            const ACCESS: Option<$crate::kafka::registry::Access> = Some($crate::kafka::registry::Access::new(
-                $crate::kafka::registry::ResourceType::$res,
-                $crate::kafka::registry::Operation::$op,
-            ));
+            const ACCESS: Option<$crate::kafka::registry::Access> = $access;
 
             async fn handle($call: &$crate::kafka::Call, $request: Self::Request) -> Self::Response {
                 $body

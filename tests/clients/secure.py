@@ -4,7 +4,10 @@ SASL_SSL and SSL. Certificates are made with the openssl command, fresh for
 each test: a CA, the broker's (for 127.0.0.1 and localhost) and a client's."""
 
 import subprocess
+import time
 from pathlib import Path
+
+from confluent_kafka import KafkaError, Producer
 
 from conftest import BrokerProcess, binary, free_port
 
@@ -78,3 +81,15 @@ tls_client_auth = "{client_auth}"
             conf["ssl.ca.location"] = str(self.certs / "ca.pem")
         conf.update(extra)
         return conf
+
+
+def authentication_refused(conf, timeout_s=20):
+    """Whether a librdkafka producer with `conf` is told its authentication
+    failed (and not merely that it cannot connect), within the time."""
+    seen = []
+    producer = Producer({**conf, "error_cb": seen.append})
+    producer.produce("never", b"x")
+    deadline = time.monotonic() + timeout_s
+    while not seen and time.monotonic() < deadline:
+        producer.poll(0.2)
+    return bool(seen) and seen[0].code() == KafkaError._AUTHENTICATION
