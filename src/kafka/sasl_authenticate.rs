@@ -106,7 +106,7 @@ async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outco
             }
             let lifetime = [reauth, token].into_iter().flatten().min();
             let principal = Principal::user(&user);
-            if !session.authenticated(principal.clone(), lifetime) {
+            if !session.authenticated(principal.clone(), &mechanism, lifetime) {
                 return failed(ctx, session, mechanism, "re-authenticated as another principal").await;
             }
             tracing::debug!(peer = %session.peer, %principal, %mechanism, "authenticated");

@@ -18,7 +18,12 @@ pub fn handle(call: &Call, request: SaslHandshakeRequest) -> SaslHandshakeRespon
     let code = call.session.with_auth(|auth| {
         let reauthenticating = match auth {
             Auth::AwaitingHandshake => None,
-            Auth::Authenticated { expires } => Some(*expires),
+            // KIP-368: a re-authentication keeps the mechanism.
+            Auth::Authenticated { mechanism, .. } if !mechanism.eq_ignore_ascii_case(&request.mechanism) => {
+                *auth = Auth::Failed;
+                return ResponseError::UnsupportedSaslMechanism.code();
+            }
+            Auth::Authenticated { expires, .. } => Some(*expires),
             Auth::NotRequired => return ResponseError::IllegalSaslState.code(),
             _ => {
                 // A handshake in the middle of an exchange: Kafka closes the connection.

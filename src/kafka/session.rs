@@ -47,8 +47,8 @@ pub enum Auth {
     AwaitingHandshake,
     /// Between SaslHandshake and the end of the exchange (`None` while a step runs).
     Exchanging(Option<Box<Exchange>>),
-    /// Authenticated, until `expires` (KIP-368 re-authentication) if set.
-    Authenticated { expires: Option<Instant> },
+    /// Authenticated with `mechanism`, until `expires` (KIP-368 re-authentication) if set.
+    Authenticated { expires: Option<Instant>, mechanism: String },
     /// Re-authenticating (KIP-368): the old principal holds until the new
     /// exchange ends, and only while the old session has not expired.
     Reauthenticating { exchange: Option<Box<Exchange>>, expires: Option<Instant> },
@@ -131,7 +131,7 @@ impl Session {
     pub fn gate(&self, api: ApiKey) -> Result<(), Refusal> {
         match &*self.auth.lock().expect("session lock") {
             Auth::NotRequired => Ok(()),
-            Auth::Authenticated { expires } | Auth::Reauthenticating { expires, .. } => match expires {
+            Auth::Authenticated { expires, .. } | Auth::Reauthenticating { expires, .. } => match expires {
                 Some(at) if Instant::now() >= *at && !before_authentication(api) => Err(Refusal::Expired),
                 _ => Ok(()),
             },
@@ -160,7 +160,7 @@ impl Session {
 
     /// Authenticated as `principal`, until `lifetime` is over if set. A
     /// re-authentication must keep the principal (KIP-368): `false` if it did not.
-    pub fn authenticated(&self, principal: Principal, lifetime: Option<Duration>) -> bool {
+    pub fn authenticated(&self, principal: Principal, mechanism: &str, lifetime: Option<Duration>) -> bool {
         let mut auth = self.auth.lock().expect("session lock");
         let mut current = self.principal.lock().expect("session lock");
         if matches!(&*auth, Auth::Reauthenticating { .. }) && *current != principal {
@@ -168,7 +168,7 @@ impl Session {
             return false;
         }
         *current = principal;
-        *auth = Auth::Authenticated { expires: lifetime.map(|l| Instant::now() + l) };
+        *auth = Auth::Authenticated { expires: lifetime.map(|l| Instant::now() + l), mechanism: mechanism.to_string() };
         true
     }
 

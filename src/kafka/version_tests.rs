@@ -524,6 +524,12 @@ fn sasl_and_scram_credential_apis_at_every_version() {
                 }
                 assert_eq!(session.principal(), crate::security::Principal::user("alice"));
                 assert!(handle_frame(&ctx, &session, metadata).await.is_ok(), "served once authenticated");
+                // Re-authenticating keeps the mechanism (KIP-368).
+                let other = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("SCRAM-SHA-512"));
+                let bytes = handle_frame(&ctx, &session, frame(ApiKey::SaslHandshake, 1, 4, &other)).await;
+                let r: SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, 4, bytes.unwrap().unwrap());
+                assert_eq!(r.error_code, E::UnsupportedSaslMechanism.code());
+                assert!(session.failed(), "and the connection closes");
             }
         }
         // A wrong password fails the session; nothing is served on it after.
