@@ -10,6 +10,7 @@ mod http;
 #[allow(dead_code)]
 mod in_process;
 mod kafka;
+mod log_throttle;
 mod metrics;
 mod node;
 mod security;

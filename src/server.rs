@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::config::Listener;
 use crate::connection;
 use crate::kafka::{RequestContext, Session};
+use crate::log_throttle::Throttle;
 use crate::security::tls::Tls;
 use crate::security::Principal;
 /// A full broker closes its longest-idle connection for a new one, if that
@@ -269,18 +270,25 @@ async fn handshake(
     session: &Session,
     ctx: &RequestContext,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    static PLAINTEXT: Throttle = Throttle::new();
+    static SLOW: Throttle = Throttle::new();
+    static FAILED: Throttle = Throttle::new();
     let (peer, listener) = (session.peer, session.listener);
     let deadline = Duration::from_millis(ctx.config.limits.transfer_timeout_ms);
     let mut first = [0u8; 1];
     match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
         Ok(Ok(1)) => {
-            tracing::warn!(%peer, listener, "closing connection: the client did not start TLS on a TLS listener (check its security.protocol and port)");
+            if let Some(skipped) = PLAINTEXT.admit() {
+                tracing::warn!(%peer, listener, skipped, "closing connection: the client did not start TLS on a TLS listener (check its security.protocol and port)");
+            }
             return None;
         }
         Ok(_) => return None,
         Err(_) => {
-            tracing::warn!(%peer, listener, "closing connection: no TLS handshake within limits.transfer_timeout_ms");
+            if let Some(skipped) = SLOW.admit() {
+                tracing::warn!(%peer, listener, skipped, "closing connection: no TLS handshake within limits.transfer_timeout_ms");
+            }
             return None;
         }
     }
@@ -293,11 +301,15 @@ async fn handshake(
             Some(stream)
         }
         Ok(Err(e)) => {
-            tracing::warn!(%peer, listener, error = %e, "closing connection: TLS handshake failed");
+            if let Some(skipped) = FAILED.admit() {
+                tracing::warn!(%peer, listener, skipped, error = %e, "closing connection: TLS handshake failed");
+            }
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, listener, "closing connection: the TLS handshake took longer than limits.transfer_timeout_ms");
+            if let Some(skipped) = SLOW.admit() {
+                tracing::warn!(%peer, listener, skipped, "closing connection: the TLS handshake took longer than limits.transfer_timeout_ms");
+            }
             None
         }
     }

@@ -19,7 +19,10 @@ const MAX_CHANGES: usize = 1000;
 
 type Refusal = (i16, String);
 
-pub async fn handle(ctx: &RequestContext, request: AlterUserScramCredentialsRequest) -> AlterUserScramCredentialsResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    request: AlterUserScramCredentialsRequest,
+) -> AlterUserScramCredentialsResponse {
     // Each user's changes, in request order; a user's first refusal is its answer.
     let mut changes: BTreeMap<String, Result<Vec<Command>, Refusal>> = BTreeMap::new();
     let mut pairs = BTreeSet::new();
@@ -74,13 +77,17 @@ fn applicable(ctx: &RequestContext, user: &str, commands: Vec<Command>) -> Resul
     let existing = metadata.security.scram.get(user);
     for command in &commands {
         match command {
-            Command::DeleteScramCredential { mechanism, .. } if !existing.is_some_and(|c| c.contains_key(mechanism)) => {
+            Command::DeleteScramCredential { mechanism, .. }
+                if !existing.is_some_and(|c| c.contains_key(mechanism)) =>
+            {
                 return Err((
                     ResponseError::ResourceNotFound.code(),
                     format!("user {user:?} has no {} credential to delete", mechanism.name()),
                 ));
             }
-            Command::UpsertScramCredential { .. } if existing.is_none() && metadata.security.scram.len() >= MAX_USERS => {
+            Command::UpsertScramCredential { .. }
+                if existing.is_none() && metadata.security.scram.len() >= MAX_USERS =>
+            {
                 return Err((ResponseError::PolicyViolation.code(), format!("at most {MAX_USERS} users")));
             }
             _ => {}
@@ -106,7 +113,13 @@ fn check(user: &str, code: i8, pairs: &mut BTreeSet<(String, i8)>) -> Result<Scr
     Ok(mechanism)
 }
 
-fn upsert(user: &str, mechanism: ScramMechanism, iterations: i32, salt: &[u8], salted: &[u8]) -> Result<Command, Refusal> {
+fn upsert(
+    user: &str,
+    mechanism: ScramMechanism,
+    iterations: i32,
+    salt: &[u8],
+    salted: &[u8],
+) -> Result<Command, Refusal> {
     let unacceptable = |why: String| (ResponseError::UnacceptableCredential.code(), why);
     let iterations = u32::try_from(iterations).unwrap_or(0);
     if !(scram::MIN_ITERATIONS..=scram::MAX_ITERATIONS).contains(&iterations) {
@@ -122,7 +135,11 @@ fn upsert(user: &str, mechanism: ScramMechanism, iterations: i32, salt: &[u8], s
     }
     let expected = scram::key_len(mechanism);
     if salted.len() != expected {
-        return Err(unacceptable(format!("a {} salted password is {expected} bytes, not {}", mechanism.name(), salted.len())));
+        return Err(unacceptable(format!(
+            "a {} salted password is {expected} bytes, not {}",
+            mechanism.name(),
+            salted.len()
+        )));
     }
     let credential = scram::credential(mechanism, salt, salted, iterations);
     Ok(Command::UpsertScramCredential { user: user.to_string(), mechanism, credential })

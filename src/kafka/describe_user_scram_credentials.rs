@@ -11,7 +11,10 @@ use kafka_protocol::ResponseError;
 
 use super::{message, str_bytes, RequestContext};
 
-pub fn handle(ctx: &RequestContext, request: DescribeUserScramCredentialsRequest) -> DescribeUserScramCredentialsResponse {
+pub fn handle(
+    ctx: &RequestContext,
+    request: DescribeUserScramCredentialsRequest,
+) -> DescribeUserScramCredentialsResponse {
     let metadata = ctx.cluster.metadata();
     let scram = &metadata.security.scram;
     let requested: Vec<String> = match request.users {
@@ -36,7 +39,9 @@ pub fn handle(ctx: &RequestContext, request: DescribeUserScramCredentialsRequest
                     credentials
                         .iter()
                         .map(|(mechanism, c)| {
-                            CredentialInfo::default().with_mechanism(mechanism.code()).with_iterations(c.iterations as i32)
+                            CredentialInfo::default()
+                                .with_mechanism(mechanism.code())
+                                .with_iterations(c.iterations as i32)
                         })
                         .collect(),
                 ),

@@ -118,7 +118,11 @@ async fn advance(ctx: &RequestContext, session: &Session, input: Bytes) -> Outco
 
 /// Runs the step on the blocking pool: PLAIN's check is a PBKDF2 of up to
 /// 16384 rounds, which would stall the other connections of this thread.
-async fn step_off_thread(ctx: &RequestContext, mut exchange: Box<Exchange>, input: Bytes) -> (Option<Box<Exchange>>, Step) {
+async fn step_off_thread(
+    ctx: &RequestContext,
+    mut exchange: Box<Exchange>,
+    input: Bytes,
+) -> (Option<Box<Exchange>>, Step) {
     let Ok(_turn) = ctx.sasl.steps.clone().acquire_owned().await else {
         return (None, Step::Failed("the broker is shutting down".into()));
     };
@@ -138,7 +142,10 @@ async fn failed(ctx: &RequestContext, session: &Session, mechanism: String, why:
     session.with_auth(|auth| *auth = Auth::Failed);
     ctx.metrics.authentication_failures.inc();
     let (peer, listener) = (session.peer, session.listener);
-    tracing::info!(%peer, listener, %mechanism, reason = why, "SASL authentication failed; closing connection");
+    static FAILURES: crate::log_throttle::Throttle = crate::log_throttle::Throttle::new();
+    if let Some(skipped) = FAILURES.admit() {
+        tracing::info!(%peer, listener, %mechanism, reason = why, skipped, "SASL authentication failed; closing connection");
+    }
     tokio::time::sleep(Duration::from_millis(ctx.config.security.failed_authentication_delay_ms)).await;
     Outcome::Failed { mechanism }
 }

@@ -119,8 +119,17 @@ mod tests {
     use super::*;
 
     fn oauth(audience: &str) -> OAuth {
-        let keys = serde_json::from_str(r#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#).unwrap();
-        OAuth { keys, audience: (!audience.is_empty()).then(|| audience.into()), issuer: None, claim: "sub".into(), leeway: Duration::ZERO }
+        let keys = serde_json::from_str(
+            r#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}"#,
+        )
+        .unwrap();
+        OAuth {
+            keys,
+            audience: (!audience.is_empty()).then(|| audience.into()),
+            issuer: None,
+            claim: "sub".into(),
+            leeway: Duration::ZERO,
+        }
     }
 
     fn token(claims: serde_json::Value, kid: &str) -> String {

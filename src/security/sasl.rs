@@ -170,7 +170,10 @@ mod tests {
         assert_eq!(step, Step::Done { user: "alice".into(), reply: Vec::new(), expires: None });
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"\0alice\0wrong"), Step::Failed(_)));
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"\0bob\0s3cret"), Step::Failed(_)));
-        assert!(matches!(sasl.start("PLAIN").unwrap().step(b"mallory\0alice\0s3cret"), Step::Failed(_)), "acting as another");
+        assert!(
+            matches!(sasl.start("PLAIN").unwrap().step(b"mallory\0alice\0s3cret"), Step::Failed(_)),
+            "acting as another"
+        );
         assert!(matches!(sasl.start("PLAIN").unwrap().step(b"garbage"), Step::Failed(_)));
         assert!(sasl.start("GSSAPI").is_none());
     }
@@ -180,7 +183,9 @@ mod tests {
     fn scram_authenticates_with_the_right_password_only() {
         let sasl = sasl();
         for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
-            assert!(matches!(scram_exchange(&sasl, mechanism, "alice", "s3cret"), Step::Done { ref user, .. } if user == "alice"));
+            assert!(
+                matches!(scram_exchange(&sasl, mechanism, "alice", "s3cret"), Step::Done { ref user, .. } if user == "alice")
+            );
             assert!(matches!(scram_exchange(&sasl, mechanism, "alice", "wrong"), Step::Failed(_)));
             assert!(matches!(scram_exchange(&sasl, mechanism, "nobody", "s3cret"), Step::Failed(_)));
         }
@@ -222,11 +227,14 @@ mod tests {
         let server_first = String::from_utf8(server_first).unwrap();
         let fields: Vec<&str> = server_first.split(',').collect();
         let nonce = fields[0].strip_prefix("r=").unwrap();
-        let salt = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, fields[1].strip_prefix("s=").unwrap()).unwrap();
+        let salt =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, fields[1].strip_prefix("s=").unwrap())
+                .unwrap();
         let iterations: u32 = fields[2].strip_prefix("i=").unwrap().parse().unwrap();
         let without_proof = format!("c=biws,r=cnonce{nonce}");
         let auth_message = format!("n=alice,r=cnonce,{server_first},{without_proof}");
-        let salted = crate::security::scram::salted_password(ScramMechanism::Sha256, password.as_bytes(), &salt, iterations);
+        let salted =
+            crate::security::scram::salted_password(ScramMechanism::Sha256, password.as_bytes(), &salt, iterations);
         let mac = |key: &[u8], data: &[u8]| {
             use hmac::Mac;
             let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();

@@ -96,13 +96,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// the password it is sent this way).
 pub fn matches(mechanism: ScramMechanism, credential: &ScramCredential, password: &[u8]) -> bool {
     let salted = salted_password(mechanism, password, &credential.salt, credential.iterations);
-    same(&self::credential(mechanism, &credential.salt, &salted, credential.iterations).stored_key, &credential.stored_key)
+    same(
+        &self::credential(mechanism, &credential.salt, &salted, credential.iterations).stored_key,
+        &credential.stored_key,
+    )
 }
 
 /// The server side of one SCRAM exchange: client-first, then client-final.
 pub enum ScramServer {
     /// Waiting for client-first-message.
-    Start { mechanism: ScramMechanism },
+    Start {
+        mechanism: ScramMechanism,
+    },
     /// server-first-message sent; waiting for client-final-message.
     Challenged {
         mechanism: ScramMechanism,
@@ -153,7 +158,15 @@ impl ScramServer {
                     ScramStep::Reply(reply)
                 }
             },
-            ScramServer::Challenged { mechanism, user, credential, gs2_header, client_first_bare, server_first, nonce } => {
+            ScramServer::Challenged {
+                mechanism,
+                user,
+                credential,
+                gs2_header,
+                client_first_bare,
+                server_first,
+                nonce,
+            } => {
                 let Some((without_proof, proof)) = text.rsplit_once(",p=") else {
                     return ScramStep::Failed("the client-final message has no proof");
                 };
@@ -193,7 +206,9 @@ fn client_first(text: &str) -> Result<(String, String, String, String), &'static
         return Err("channel binding is not supported (SCRAM-...-PLUS)");
     }
     let mut attributes = bare.split(',');
-    let (Some(user), Some(nonce)) = (attributes.next().and_then(|a| a.strip_prefix("n=")), attributes.next().and_then(|a| a.strip_prefix("r="))) else {
+    let (Some(user), Some(nonce)) =
+        (attributes.next().and_then(|a| a.strip_prefix("n=")), attributes.next().and_then(|a| a.strip_prefix("r=")))
+    else {
         return Err("the client-first message needs n= and r=");
     };
     // Kafka's only extension is tokenauth (delegation tokens, not offered); m= is mandatory-unknown.
@@ -265,7 +280,9 @@ mod tests {
     #[test]
     fn malformed_first_messages_are_refused() {
         let lookup = |_: &str| Some(new_credential(ScramMechanism::Sha256, b"pw", 4096));
-        for bad in ["", "n,,", "p=tls-unique,,n=a,r=x", "n,,n=a", "n,,r=x", "n,,n=,r=x", "n,a=b,n=a,r=x", "n,,n=a,r=x,m=ext"] {
+        for bad in
+            ["", "n,,", "p=tls-unique,,n=a,r=x", "n,,n=a", "n,,r=x", "n,,n=,r=x", "n,a=b,n=a,r=x", "n,,n=a,r=x,m=ext"]
+        {
             let step = ScramServer::new(ScramMechanism::Sha256).step(bad.as_bytes(), lookup);
             assert!(matches!(step, ScramStep::Failed(_)), "{bad:?} refused: {step:?}");
         }

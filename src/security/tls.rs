@@ -69,7 +69,11 @@ impl Tls {
             client_ca_file: config.tls_client_ca_file.clone(),
             client_auth,
         };
-        let loaded = Loaded { stamps: files.stamps(), ssl: files.build(files.client_auth)?, sasl_ssl: files.build(ClientAuth::None)? };
+        let loaded = Loaded {
+            stamps: files.stamps(),
+            ssl: files.build(files.client_auth)?,
+            sasl_ssl: files.build(ClientAuth::None)?,
+        };
         let rules = PrincipalRules::parse(&config.tls_principal_mapping_rules)?;
         Ok(Tls { files, rules, loaded: Mutex::new(loaded) })
     }
@@ -291,7 +295,8 @@ fn parse_rule(rule: &str) -> anyhow::Result<Rule> {
     };
     let pattern = regex::Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("{rule:?}: bad pattern"))?;
     // Java writes group references as $1; so does the regex crate, once braced ($1x would be a group named "1x").
-    let replacement = regex::Regex::new(r"\$(\d+)").expect("a valid regex").replace_all(&replacement, "$${$1}").into_owned();
+    let replacement =
+        regex::Regex::new(r"\$(\d+)").expect("a valid regex").replace_all(&replacement, "$${$1}").into_owned();
     Ok(Rule::Replace { pattern, replacement, case })
 }
 
@@ -306,7 +311,12 @@ mod tests {
     /// Kafka's documented examples (ssl.principal.mapping.rules).
     #[test]
     fn mapping_rules_as_kafka_documents_them() {
-        let r = rules(&["RULE:^CN=(.*?),OU=ServiceUsers.*$/$1/", "RULE:^CN=(.*?),OU=(.*?),O=(.*?),L=(.*?),ST=(.*?),C=(.*?)$/$1@$2/L", "RULE:^.*[Cc][Nn]=([a-zA-Z0-9.]*).*$/$1/L", "DEFAULT"]);
+        let r = rules(&[
+            "RULE:^CN=(.*?),OU=ServiceUsers.*$/$1/",
+            "RULE:^CN=(.*?),OU=(.*?),O=(.*?),L=(.*?),ST=(.*?),C=(.*?)$/$1@$2/L",
+            "RULE:^.*[Cc][Nn]=([a-zA-Z0-9.]*).*$/$1/L",
+            "DEFAULT",
+        ]);
         assert_eq!(r.apply("CN=serviceuser,OU=ServiceUsers,O=Unknown,L=Unknown,ST=Unknown,C=Unknown"), "serviceuser");
         assert_eq!(r.apply("CN=adminUser,OU=Admin,O=Unknown,L=Unknown,ST=Unknown,C=Unknown"), "adminuser@admin");
         assert_eq!(r.apply("CN=Bob.Smith,O=x"), "bob.smith");
