@@ -199,6 +199,10 @@ impl Server {
     }
 }
 
+/// Refusals a client can cause at will, logged once a second at most.
+static PER_IP: Throttle = Throttle::new();
+static FULL: Throttle = Throttle::new();
+
 /// Accepts connections on one listener until `stopped` turns true.
 async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let limits = &shared.ctx.config.limits;
@@ -228,11 +232,15 @@ async fn accept_loop(bound: Bound, shared: Arc<Shared>, mut stopped: watch::Rece
         let (id, closed) = match admitted {
             Ok(admitted) => admitted,
             Err(Refused::PerIp(limit)) => {
-                tracing::warn!(%peer, limit, "limits.max_connections_per_ip reached; closing new connection");
+                if let Some(skipped) = PER_IP.admit() {
+                    tracing::warn!(%peer, limit, skipped, "limits.max_connections_per_ip reached; closing new connection");
+                }
                 continue;
             }
             Err(Refused::Full(limit)) => {
-                tracing::warn!(%peer, limit, "limits.max_connections reached and none idle; closing new connection");
+                if let Some(skipped) = FULL.admit() {
+                    tracing::warn!(%peer, limit, skipped, "limits.max_connections reached and none idle; closing new connection");
+                }
                 continue;
             }
         };
