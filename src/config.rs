@@ -330,7 +330,7 @@ impl BrokerConfig {
         if listeners.iter().any(|l| l.protocol.sasl()) && s.sasl_mechanisms.is_empty() {
             bail!("a SASL listener needs at least one of security.sasl_mechanisms");
         }
-        if listeners.iter().any(|l| l.protocol.tls()) || self.metrics.tls {
+        if crate::security::tls::needed(self, &listeners) {
             if s.tls_cert_file.as_os_str().is_empty() || s.tls_key_file.as_os_str().is_empty() {
                 bail!("an SSL or SASL_SSL listener (or metrics.tls) needs security.tls_cert_file and security.tls_key_file");
             }

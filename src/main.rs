@@ -139,7 +139,12 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let ctx = node::start(config, metrics.clone()).await?;
     tracing::info!(open_files, partitions = ctx.partition_cap, "partition replicas this broker takes");
     let (stop_http, http_stop) = tokio::sync::watch::channel(false);
-    let access = http_access(&ctx.config).context("the metrics endpoint's [metrics] tls or bearer_token_file")?;
+    // One TLS setup (and one watch on its files) for the listeners and the metrics endpoint.
+    let tls = match security::tls::needed(&ctx.config, &ctx.listeners) {
+        true => Some(std::sync::Arc::new(security::tls::Tls::load(&ctx.config.security).context("TLS")?)),
+        false => None,
+    };
+    let access = http_access(&ctx.config, &tls).context("the metrics endpoint's [metrics] bearer_token_file")?;
     let http = ctx.config.metrics.listen.parse::<std::net::SocketAddr>().ok().map(|addr| {
         let routes = metrics::routes(http::Router::new(), metrics, ctx.broker.clone(), ctx.cluster.clone());
         let access = access.clone();
@@ -151,7 +156,7 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
     });
     let cluster = ctx.cluster.clone();
     let data_dir = ctx.config.broker.data_dir.clone();
-    let server = Server::bind(ctx).await?;
+    let server = Server::bind(ctx, tls).await?;
     for (listener, addr) in server.local_addrs()? {
         tracing::info!(listener, %addr, data_dir = %data_dir.display(), "tributary listening");
     }
@@ -167,11 +172,11 @@ async fn run(config: BrokerConfig) -> anyhow::Result<()> {
 }
 
 /// The metrics endpoint's TLS and token, from `[metrics]`.
-fn http_access(config: &BrokerConfig) -> anyhow::Result<http::Access> {
-    let tls = match config.metrics.tls {
-        true => Some(std::sync::Arc::new(security::tls::Tls::load(&config.security)?)),
-        false => None,
-    };
+fn http_access(
+    config: &BrokerConfig,
+    tls: &Option<std::sync::Arc<security::tls::Tls>>,
+) -> anyhow::Result<http::Access> {
+    let tls = tls.clone().filter(|_| config.metrics.tls);
     let token = match config.metrics.bearer_token_file.as_os_str().is_empty() {
         true => None,
         false => Some(http::read_token(&config.metrics.bearer_token_file)?.into()),

@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -149,19 +148,19 @@ struct Shared {
 }
 
 impl Server {
-    pub async fn bind(ctx: RequestContext) -> anyhow::Result<Server> {
+    /// Binds every listener; `tls` serves the TLS ones (`security::tls::needed`).
+    pub async fn bind(ctx: RequestContext, tls: Option<Arc<Tls>>) -> anyhow::Result<Server> {
         let mut bound = Vec::new();
-        for listener in ctx.config.listeners()? {
+        for listener in ctx.listeners.iter().cloned() {
             let addr = listener.addr;
             let socket = TcpListener::bind(addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({}): {e}", listener.name()))?;
             bound.push(Bound { listener, socket });
         }
-        let tls = match bound.iter().any(|b| b.listener.protocol.tls()) {
-            true => Some(Arc::new(Tls::load(&ctx.config.security).context("TLS listener")?)),
-            false => None,
-        };
+        if tls.is_none() && bound.iter().any(|b| b.listener.protocol.tls()) {
+            anyhow::bail!("a TLS listener needs the TLS settings loaded");
+        }
         let ctx = Arc::new(ctx);
         ctx.start_transactions();
         Ok(Server { bound, tls, ctx })

@@ -15,8 +15,8 @@ use super::{str_bytes, topic_name, RequestContext};
 
 pub async fn handle(call: &super::Call, req: MetadataRequest) -> MetadataResponse {
     let (ctx, version) = (&*call.ctx, call.version);
-    let me = ctx.config.listeners().expect("listeners are checked at load");
-    let me = me.iter().find(|l| l.name() == call.session.listener).unwrap_or(&me[0]);
+    let listeners = &ctx.listeners;
+    let me = listeners.iter().find(|l| l.name() == call.session.listener).unwrap_or(&listeners[0]);
     let node = BrokerId(ctx.node_id());
     let broker = MetadataResponseBroker::default()
         .with_node_id(node)

@@ -91,6 +91,8 @@ pub struct RequestContext {
     pub txn: std::sync::OnceLock<actix::Addr<crate::txn::TxnRegistry>>,
     /// The SASL mechanisms, answered from the cluster metadata's credentials.
     pub sasl: Arc<crate::security::sasl::Sasl>,
+    /// `config.listeners()`, resolved once (the config was checked at load).
+    pub listeners: Vec<crate::config::Listener>,
 }
 
 impl RequestContext {
@@ -110,6 +112,7 @@ impl RequestContext {
         // The simulation's brokers keep no reserve (their disk is a scratch dir, and the run must replay).
         let disk = crate::disk::DiskReserve::new(0);
         let sasl = crate::security::sasl::Sasl::new(&config.security, cluster.metadata_watch());
+        let listeners = config.listeners().expect("listeners are checked at load");
         RequestContext {
             broker,
             config,
@@ -123,6 +126,7 @@ impl RequestContext {
             disk,
             txn: std::sync::OnceLock::new(),
             sasl: Arc::new(sasl),
+            listeners,
         }
     }
 

@@ -11,6 +11,12 @@ pub mod tls;
 /// The SASL mechanisms the broker can offer (`security.sasl_mechanisms` picks).
 pub const MECHANISMS: &[&str] = &["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER"];
 
+/// Whether two secrets (keys, tokens) are equal, compared without an early
+/// exit so the time taken does not tell how much of a guess was right.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A Kafka principal, as ACLs name it: "User:alice".
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal(String);

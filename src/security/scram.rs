@@ -87,16 +87,11 @@ pub fn new_credential(mechanism: ScramMechanism, password: &[u8], iterations: u3
     credential(mechanism, &salt, &salted, iterations)
 }
 
-/// Compares without an early exit.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Whether `password` is the one `credential` was made from (PLAIN checks
 /// the password it is sent this way).
 pub fn matches(mechanism: ScramMechanism, credential: &ScramCredential, password: &[u8]) -> bool {
     let salted = salted_password(mechanism, password, &credential.salt, credential.iterations);
-    same(
+    super::same_secret(
         &self::credential(mechanism, &credential.salt, &salted, credential.iterations).stored_key,
         &credential.stored_key,
     )
@@ -185,7 +180,7 @@ impl ScramServer {
                     return ScramStep::Failed("invalid credentials");
                 }
                 let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(p, s)| p ^ s).collect();
-                if !same(&hash(mechanism, &client_key), &credential.stored_key) {
+                if !super::same_secret(&hash(mechanism, &client_key), &credential.stored_key) {
                     return ScramStep::Failed("invalid credentials");
                 }
                 let verifier = hmac(mechanism, &credential.server_key, auth_message.as_bytes());

@@ -55,6 +55,11 @@ struct Loaded {
     sasl_ssl: TlsAcceptor,
 }
 
+/// Whether anything this broker serves uses TLS: a listener or the metrics endpoint.
+pub fn needed(config: &crate::config::BrokerConfig, listeners: &[crate::config::Listener]) -> bool {
+    config.metrics.tls || listeners.iter().any(|l| l.protocol.tls())
+}
+
 impl Tls {
     /// Loads the certificate and key now, so a broker with bad files does not start.
     pub fn load(config: &SecuritySection) -> anyhow::Result<Tls> {

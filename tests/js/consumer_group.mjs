@@ -2,27 +2,14 @@
 // Usage: node consumer_group.mjs <bootstrap> <topic> <group> <expected>
 // Consumes until <expected> records (or 60 s), commits, prints one JSON line.
 import { Kafka, logLevel } from "kafkajs";
+import { readFromStart } from "./read.mjs";
 
 const [bootstrap, topic, groupId, expectedArg] = process.argv.slice(2);
 const expected = Number(expectedArg);
 const kafka = new Kafka({ clientId: "tributary-kafkajs-consumer", brokers: [bootstrap], logLevel: logLevel.WARN });
 const consumer = kafka.consumer({ groupId, sessionTimeout: 10000, heartbeatInterval: 500 });
 await consumer.connect();
-await consumer.subscribe({ topics: [topic], fromBeginning: true });
-
-const values = [];
-let finish;
-const done = new Promise((resolve) => { finish = resolve; });
-const timer = setTimeout(() => finish(), 60_000);
-await consumer.run({
-  autoCommit: true,
-  eachMessage: async ({ partition, message }) => {
-    values.push({ partition, offset: Number(message.offset), value: message.value.toString() });
-    if (values.length >= expected) finish();
-  },
-});
-await done;
-clearTimeout(timer);
+const values = await readFromStart(consumer, topic, expected, { timeoutMs: 60_000, autoCommit: true });
 await consumer.commitOffsets([]).catch(() => {});
 await consumer.disconnect();
 const admin = kafka.admin();

@@ -9,6 +9,7 @@
 // {"error": {...}} with the error's name, message and causes, and exits 0: it is what is tested.
 import fs from "node:fs";
 import { Kafka, logLevel } from "kafkajs";
+import { readFromStart } from "./read.mjs";
 
 const [bootstrap, mechanism, username, password, caFile, topic, countArg] = process.argv.slice(2);
 const count = Number(countArg);
@@ -50,20 +51,7 @@ async function roundTrip() {
   const groupId = `${topic}-readers`;
   const consumer = kafka.consumer({ groupId, sessionTimeout: 10000, heartbeatInterval: 500 });
   await consumer.connect();
-  await consumer.subscribe({ topics: [topic], fromBeginning: true });
-  const values = [];
-  let finish;
-  const done = new Promise((resolve) => { finish = resolve; });
-  const readTimer = setTimeout(() => finish(), 30_000);
-  await consumer.run({
-    autoCommit: true,
-    eachMessage: async ({ partition, message }) => {
-      values.push({ partition, offset: Number(message.offset), value: message.value.toString() });
-      if (values.length >= count) finish();
-    },
-  });
-  await done;
-  clearTimeout(readTimer);
+  const values = await readFromStart(consumer, topic, count, { timeoutMs: 30_000, autoCommit: true });
   await consumer.disconnect(); // commits what was read
   const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
   await admin.disconnect();

@@ -8,6 +8,7 @@
 // (until 60 records or 30 s), and the admin client fetches <offsets-group>'s
 // committed offsets. Prints one JSON line; the pytest side checks it.
 import { Kafka, logLevel } from "kafkajs";
+import { readFromStart } from "./read.mjs";
 
 const [bootstrap, topic, offsetsTopic, transactionalId, offsetsGroup, readerGroup] = process.argv.slice(2);
 const EXPECTED = 60;
@@ -48,20 +49,7 @@ await producer.disconnect();
 const consumer = kafka.consumer({ groupId: readerGroup, readUncommitted: false, sessionTimeout: 10000,
   heartbeatInterval: 500 });
 await consumer.connect();
-await consumer.subscribe({ topics: [topic], fromBeginning: true });
-const values = [];
-let finish;
-const done = new Promise((resolve) => { finish = resolve; });
-const readTimer = setTimeout(() => finish(), 30_000);
-await consumer.run({
-  autoCommit: false,
-  eachMessage: async ({ partition, message }) => {
-    values.push({ partition, offset: Number(message.offset), value: message.value.toString() });
-    if (values.length >= EXPECTED) finish();
-  },
-});
-await done;
-clearTimeout(readTimer);
+const values = await readFromStart(consumer, topic, EXPECTED, { timeoutMs: 30_000, autoCommit: false });
 await consumer.disconnect();
 
 const admin = kafka.admin();
